@@ -1,0 +1,1 @@
+"""Labeling data model (projects, items, batches, assignments, annotations)."""
