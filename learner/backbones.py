@@ -331,6 +331,16 @@ def build_backbone(
     """
     if in_channels not in (1, 3):
         raise ValueError(f"in_channels must be 1 or 3, got {in_channels}")
+    if isinstance(weights, str) and weights == "imagenet":
+        # Checked before building: constructing a ResNet-50 takes a second or two.
+        if name != "resnet50":
+            raise ValueError(f"weights='imagenet' exists only for resnet50, not {name!r}")
+        if not imagenet_weights_path().is_file():
+            raise FileNotFoundError(
+                f"ImageNet weights not in the torch hub cache ({imagenet_weights_path()}); they "
+                "are never downloaded here. Copy resnet50-11ad3fa6.pth there, or pass "
+                "weights=<path to a state_dict>."
+            )
     if name == "flatten":
         model: nn.Module = Flatten()
     elif name == "smallcnn":
@@ -342,15 +352,7 @@ def build_backbone(
     else:
         raise ValueError(f"unknown backbone {name!r}; choose one of {BACKBONE_NAMES}")
     if isinstance(weights, str) and weights == "imagenet":
-        if name != "resnet50":
-            raise ValueError(f"weights='imagenet' exists only for resnet50, not {name!r}")
-        p = imagenet_weights_path()
-        if not p.is_file():
-            raise FileNotFoundError(
-                f"ImageNet weights not in the torch hub cache ({p}); they are never downloaded "
-                "here. Copy resnet50-11ad3fa6.pth there, or pass weights=<path to a state_dict>."
-            )
-        load_state_dict_file(model, p, name=name)
+        load_state_dict_file(model, imagenet_weights_path(), name=name)
     elif weights is not None:
         load_state_dict_file(model, weights, name=name)
     model.backbone_name = name
@@ -639,7 +641,7 @@ def train_backbone_supervised(
             loss.backward()
             opt.step()
             sched.step()
-            total_loss += float(loss) * len(idx)
+            total_loss += loss.item() * len(idx)
             seen += len(idx)
         if bar is not None:
             bar.set_postfix(loss=f"{total_loss / max(seen, 1):.4f}")

@@ -97,7 +97,7 @@ def _fingerprint(arrays: Iterable[np.ndarray], classes: Sequence[str]) -> str:
         a = np.ascontiguousarray(a)
         # Shape and dtype go in so that equal bytes with another layout differ.
         h.update(f"{a.dtype.str}{a.shape}".encode())
-        h.update(memoryview(a).cast("B"))
+        h.update(a.tobytes() if a.size == 0 else memoryview(a).cast("B"))
     h.update("\x1f".join(classes).encode("utf-8"))
     return h.hexdigest()[:16]
 

@@ -1,0 +1,266 @@
+"""Repeat the loop over strategies and seeds, summarise budgets, write tables and plots.
+
+This is what ``manage.py simulate`` drives; it is plain Python so notebooks and benchmarks can
+use it too.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .loop import LoopConfig, LoopData, RunResult, full_pool_accuracy, run_loop
+from .oracles import LabelerPool
+
+SCENARIOS = ("benign", "malicious")
+# The paper's malicious mapping (airplane -> frog) and its digits counterpart (1 -> 7).
+DEFAULT_MAPPINGS = {"airplane": "frog", "1": "7"}
+
+
+@dataclass
+class ExperimentSpec:
+    """Everything one experiment needs (the paper's defaults where it has them)."""
+
+    scenario: str = "benign"
+    strategies: tuple[str, ...] = ("random", "margin", "robust")
+    runs: int = 30
+    seed: int = 0
+    dataset: str = "digits"
+    classes: tuple[str, ...] | None = None
+    pool_size: int | None = None
+    test_size: int | None = None
+    backbone: str = "flatten"
+    weights: str | None = None
+    n_labelers: int = 11
+    error_rate: float = 0.05  # pr
+    n_malicious: int = 1  # used by the malicious scenario
+    mapping: dict[str, str] | None = None  # class name -> class name (malicious scenario)
+    target_accuracy: float | None = None  # None: full-pool accuracy of the same model
+    loop: LoopConfig = field(default_factory=LoopConfig)
+    jobs: int = 1
+
+    def __post_init__(self):
+        if self.scenario not in SCENARIOS:
+            raise ValueError(f"unknown scenario {self.scenario!r}; choose from {', '.join(SCENARIOS)}")
+        if self.runs < 1:
+            raise ValueError("runs must be at least 1")
+
+
+@dataclass
+class PreparedData:
+    loop_data: LoopData
+    classes: tuple[str, ...]
+    dataset_name: str
+    fingerprint: str
+    seconds: float
+
+
+def prepare_data(spec: ExperimentSpec, progress: bool = False) -> PreparedData:
+    """Load the data set and compute (or read cached) backbone features of pool and test."""
+    from .backbones import build_backbone, extract_features, feature_cache_key
+    from .data import load_dataset
+
+    start = time.perf_counter()
+    kw = {"seed": spec.seed}
+    if spec.classes:
+        kw["classes"] = tuple(spec.classes)
+    if spec.pool_size is not None:
+        kw["pool_size"] = spec.pool_size
+    if spec.test_size is not None:
+        kw["test_size"] = spec.test_size
+    ds = load_dataset(spec.dataset, **kw)
+    in_channels = ds.x_pool.shape[-1]
+    import torch
+
+    torch.manual_seed(spec.seed)  # random-init backbones: the seed is part of the cache key
+    backbone = build_backbone(spec.backbone, in_channels=in_channels, weights=spec.weights)
+    extra = "" if spec.weights or spec.backbone == "flatten" else f"seed{spec.seed}"
+    feats = {}
+    for split, images in (("pool", ds.x_pool), ("test", ds.x_test)):
+        key = feature_cache_key(ds.fingerprint, spec.backbone, spec.weights, split, extra=extra)
+        feats[split] = extract_features(backbone, images, cache_key=key, progress=progress)
+    data = LoopData(
+        pool_features=feats["pool"], pool_labels=ds.y_pool, test_features=feats["test"],
+        test_labels=ds.y_test, n_classes=len(ds.classes),
+        pool_images=ds.x_pool if spec.loop.augment_space == "pixel" else None,
+        backbone=backbone if spec.loop.augment_space == "pixel" else None,
+    )
+    return PreparedData(data, tuple(ds.classes), ds.name, ds.fingerprint, time.perf_counter() - start)
+
+
+def labeler_pool(spec: ExperimentSpec, classes: tuple[str, ...]) -> LabelerPool:
+    """The simulated crowd of the scenario."""
+    if spec.scenario == "benign":
+        return LabelerPool.build(len(classes), n_labelers=spec.n_labelers, error_rate=spec.error_rate)
+    names = spec.mapping or {k: v for k, v in DEFAULT_MAPPINGS.items() if k in classes and v in classes}
+    if not names:
+        raise ValueError(f"no malicious mapping given and no default applies to classes {classes}")
+    try:
+        mapping = {classes.index(src): classes.index(dst) for src, dst in names.items()}
+    except ValueError:
+        raise ValueError(f"mapping {names} names classes not in {classes}") from None
+    return LabelerPool.build(len(classes), n_labelers=spec.n_labelers, error_rate=spec.error_rate,
+                             n_malicious=spec.n_malicious, mapping=mapping)
+
+
+def _one_run(data: LoopData, config: LoopConfig, labelers: LabelerPool, seed: int) -> RunResult:
+    import torch
+
+    torch.set_num_threads(1)  # runs are parallel across processes, not inside one
+    return run_loop(data, config, labelers, seed)
+
+
+@dataclass
+class ExperimentResult:
+    spec: ExperimentSpec
+    classes: tuple[str, ...]
+    target_accuracy: float
+    budget_cap: int
+    runs: dict[str, list[RunResult]]
+    seconds: dict[str, float]
+    data_seconds: float
+
+
+def run_experiment(spec: ExperimentSpec, progress: bool = True, prepared: PreparedData | None = None,
+                   on_run=None) -> ExperimentResult:
+    """Run every strategy ``spec.runs`` times (run r of every strategy uses seed ``seed + r``)."""
+    from joblib import Parallel, delayed
+    from tqdm import tqdm
+
+    prepared = prepared or prepare_data(spec, progress=progress)
+    data = prepared.loop_data
+    target = spec.target_accuracy
+    if target is None:
+        target = full_pool_accuracy(data, spec.loop.head, seed=spec.seed)
+    cap = spec.loop.budget if spec.loop.budget is not None else len(data.pool_labels)
+    labelers = labeler_pool(spec, prepared.classes)
+    results: dict[str, list[RunResult]] = {}
+    seconds: dict[str, float] = {}
+    bar = tqdm(total=spec.runs * len(spec.strategies), desc=f"simulate {spec.scenario}",
+               unit="run", disable=not progress)
+    for name in spec.strategies:
+        config = LoopConfig(**{**asdict(spec.loop), "head": spec.loop.head, "trust": spec.loop.trust,
+                               "strategy": name, "target_accuracy": target, "budget": cap})
+        start = time.perf_counter()
+        jobs = [delayed(_one_run)(data, config, labelers, spec.seed + r) for r in range(spec.runs)]
+        out = []
+        for res in Parallel(n_jobs=spec.jobs, return_as="generator")(jobs):
+            out.append(res)
+            bar.set_postfix_str(f"{name}: {res.labels_to_target or '-'} labels")
+            bar.update(1)
+            if on_run is not None:
+                on_run(name, res)
+        results[name] = out
+        seconds[name] = time.perf_counter() - start
+    bar.close()
+    return ExperimentResult(spec, prepared.classes, target, cap, results, seconds, prepared.seconds)
+
+
+def budget_summary(runs: list[RunResult], cap: int) -> dict:
+    """The paper's budget table row: labels bought to reach the target (a run that never
+    reaches it counts as the cap), plus how many runs reached it."""
+    values = np.array([r.labels_to_target if r.reached else cap for r in runs], dtype=float)
+    q = np.percentile(values, [0, 25, 50, 75, 100])
+    return {
+        "mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+        "min": float(q[0]), "25%": float(q[1]), "50%": float(q[2]), "75%": float(q[3]), "max": float(q[4]),
+        "reached": int(sum(r.reached for r in runs)), "runs": len(runs),
+        "final_accuracy_mean": float(np.mean([r.final_accuracy for r in runs])),
+    }
+
+
+def summary_table(result: ExperimentResult) -> dict[str, dict]:
+    return {name: budget_summary(runs, result.budget_cap) for name, runs in result.runs.items()}
+
+
+def format_table(summary: dict[str, dict], pool_size: int | None = None) -> str:
+    """The budget table as fixed-width text."""
+    cols = ["mean", "std", "min", "25%", "50%", "75%", "max"]
+    head = f"{'strategy':<10}" + "".join(f"{c:>9}" for c in cols) + f"{'reached':>10}"
+    if pool_size:
+        head += f"{'mean/pool':>11}"
+    lines = [head, "-" * len(head)]
+    for name, row in summary.items():
+        line = f"{name:<10}" + "".join(f"{row[c]:>9.1f}" for c in cols) + f"{row['reached']:>5}/{row['runs']:<4}"
+        if pool_size:
+            line += f"{100 * row['mean'] / pool_size:>10.1f}%"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def _clean(value):
+    if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if isinstance(value, (np.floating, np.integer)):
+        return _clean(value.item())
+    return value
+
+
+def write_outputs(result: ExperimentResult, out_dir: str | os.PathLike) -> dict[str, str]:
+    """Write ``summary.json``, ``runs.json``, ``iterations.csv`` and one accuracy-vs-labels
+    PNG per strategy (one line per run, as the paper's Figs. 5-8). Returns the file paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = summary_table(result)
+    spec = asdict(result.spec)
+    files = {}
+    (out / "summary.json").write_text(json.dumps(_clean({
+        "spec": spec, "classes": result.classes, "target_accuracy": result.target_accuracy,
+        "budget_cap": result.budget_cap, "summary": summary, "seconds": result.seconds,
+        "data_seconds": result.data_seconds,
+    }), indent=2))
+    files["summary"] = str(out / "summary.json")
+    runs_payload = {
+        name: [{**{k: v for k, v in asdict(r).items() if k != "history"},
+                "history": [asdict(h) for h in r.history]} for r in runs]
+        for name, runs in result.runs.items()
+    }
+    (out / "runs.json").write_text(json.dumps(_clean(runs_payload)))
+    files["runs"] = str(out / "runs.json")
+    with (out / "iterations.csv").open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["strategy", "seed", "iteration", "labels_bought", "n_labeled", "n_artificial",
+                         "test_accuracy", "secured_accuracy", "check_triggered", "reannotated",
+                         "discarded", "min_perturbation", "flagged", "suspended"])
+        for name, runs in result.runs.items():
+            for r in runs:
+                for h in r.history:
+                    writer.writerow([name, r.seed, h.iteration, h.labels_bought, h.n_labeled, h.n_artificial,
+                                     f"{h.test_accuracy:.4f}", f"{h.secured_accuracy:.4f}", int(h.check_triggered),
+                                     h.reannotated, h.discarded, f"{h.min_perturbation:.5f}",
+                                     " ".join(map(str, h.flagged)), " ".join(map(str, h.suspended))])
+    files["iterations"] = str(out / "iterations.csv")
+    for name, runs in result.runs.items():
+        fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
+        for r in runs:
+            ax.plot([h.labels_bought for h in r.history], [h.test_accuracy for h in r.history], lw=0.8, alpha=0.7)
+        ax.axhline(result.target_accuracy, color="k", ls="--", lw=1, label=f"target {result.target_accuracy:.3f}")
+        ax.set_xlabel("labels bought (re-annotations and secured set included)")
+        ax.set_ylabel("test accuracy")
+        ax.set_title(f"{name} · {result.spec.scenario} · {result.spec.dataset} ({len(runs)} runs)")
+        ax.legend(loc="lower right")
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        path = out / f"accuracy_{name}.png"
+        fig.savefig(path)
+        plt.close(fig)
+        files[f"plot_{name}"] = str(path)
+    table = format_table(summary, pool_size=result.budget_cap)
+    (out / "budget_table.txt").write_text(table + "\n")
+    files["table"] = str(out / "budget_table.txt")
+    return files

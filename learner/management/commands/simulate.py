@@ -1,0 +1,145 @@
+"""``manage.py simulate``: the whole robust active-learning loop with simulated labelers.
+
+Prints the paper's budget table, writes JSON/CSV/PNG to an output folder and records the
+experiment in the database (admin: Learner > Experiments).
+"""
+from __future__ import annotations
+
+import time
+import traceback
+from datetime import datetime, timezone
+from pathlib import Path
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+
+from learner import services
+from learner.experiments import SCENARIOS, ExperimentSpec, format_table, run_experiment, summary_table, write_outputs
+from learner.heads import HeadConfig
+from learner.loop import ATTACKS, LoopConfig
+from learner.strategies import STRATEGIES
+from trust.scoring import TrustPolicy
+
+
+def _csv(value: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+def _mapping(value: str | None) -> dict[str, str] | None:
+    if not value:
+        return None
+    out = {}
+    for pair in value.split(","):
+        if ":" not in pair:
+            raise CommandError(f"--mapping expects src:dst pairs such as airplane:frog, got {pair!r}")
+        src, dst = (p.strip() for p in pair.split(":", 1))
+        out[src] = dst
+    return out
+
+
+class Command(BaseCommand):
+    help = "Run robust active learning with simulated labelers and report labeling budgets."
+
+    def add_arguments(self, parser):
+        g = parser.add_argument_group("experiment")
+        g.add_argument("--scenario", choices=SCENARIOS, default="benign")
+        g.add_argument("--strategies", default="random,margin,robust",
+                       help=f"comma-separated, from {', '.join(STRATEGIES)}")
+        g.add_argument("--runs", type=int, default=30)
+        g.add_argument("--seed", type=int, default=0)
+        g.add_argument("--jobs", type=int, default=1, help="parallel runs (processes)")
+        g.add_argument("--name", default="")
+        g.add_argument("--out", default="", help="output folder (default: $ROBUSTAL_DATA_DIR/experiments/<name>)")
+        d = parser.add_argument_group("data and model")
+        d.add_argument("--dataset", default="digits",
+                       help="digits | cifar2 | cifar10 | a .npz, .tar.gz or image folder")
+        d.add_argument("--classes", default="", help="class subset, e.g. airplane,frog")
+        d.add_argument("--pool-size", type=int, default=None)
+        d.add_argument("--test-size", type=int, default=None)
+        d.add_argument("--backbone", default="flatten", help="flatten | smallcnn | resnet20 | resnet50")
+        d.add_argument("--weights", default=None, help="state_dict path, or 'imagenet' (resnet50, local cache)")
+        o = parser.add_argument_group("labelers")
+        o.add_argument("--labelers", type=int, default=11)
+        o.add_argument("--pr", type=float, default=0.05, help="benign error rate")
+        o.add_argument("--malicious", type=int, default=1, help="malicious labelers (malicious scenario)")
+        o.add_argument("--mapping", default=None, help="malicious mapping src:dst (default airplane:frog or 1:7)")
+        lp = parser.add_argument_group("loop (algorithm.md)")
+        lp.add_argument("--initial", type=int, default=20, help="m, initial random labels")
+        lp.add_argument("--batch", type=int, default=20)
+        lp.add_argument("--budget", type=int, default=None, help="labels in all (default: pool size)")
+        lp.add_argument("--target", type=float, default=None, help="default: full-pool accuracy")
+        lp.add_argument("--tau", type=float, default=None)
+        lp.add_argument("--defenses", choices=["auto", "on", "off"], default="auto",
+                        help="secured set + re-annotation + trust (auto: robust only)")
+        lp.add_argument("--secured-size", type=int, default=50)
+        lp.add_argument("--secured-refresh", type=int, default=None, help="q (default: never)")
+        lp.add_argument("--secured-verification", choices=["admin", "consensus"], default="admin")
+        lp.add_argument("--epsilon", type=float, default=0.05)
+        lp.add_argument("--p-h", type=float, default=0.9995)
+        lp.add_argument("--p1", type=float, default=0.9391)
+        lp.add_argument("--audit-confidence", type=float, default=0.9,
+                        help="re-annotate labels the model contradicts with this confidence; <=0 disables")
+        lp.add_argument("--augment", default="auto", help="cw,deepfool,noise | none | auto (robust only)")
+        lp.add_argument("--augment-space", choices=["feature", "pixel"], default="feature")
+        lp.add_argument("--attack-impl", choices=["fast", "art"], default="fast")
+        lp.add_argument("--noise-variance", type=float, default=0.3)
+        lp.add_argument("--n-clusters", type=int, default=10)
+        lp.add_argument("--candidate-factor", type=float, default=3.0)
+        lp.add_argument("--head-epochs", type=int, default=HeadConfig.epochs)
+        parser.add_argument("--no-progress", action="store_true")
+
+    def handle(self, *args, **o):
+        strategies = _csv(o["strategies"])
+        unknown = [s for s in strategies if s not in STRATEGIES]
+        if unknown or not strategies:
+            raise CommandError(f"unknown strategies {unknown}; choose from {', '.join(STRATEGIES)}")
+        augment = None if o["augment"] == "auto" else (() if o["augment"] == "none" else _csv(o["augment"]))
+        if augment and set(augment) - set(ATTACKS):
+            raise CommandError(f"--augment takes {', '.join(ATTACKS)} or none")
+        try:
+            trust = TrustPolicy(p_h=o["p_h"], p_1=o["p1"], epsilon=o["epsilon"])
+            trust.h  # validates p_h and p_1
+            loop = LoopConfig(
+                initial_size=o["initial"], batch_size=o["batch"], budget=o["budget"], tau=o["tau"],
+                defenses={"auto": None, "on": True, "off": False}[o["defenses"]],
+                secured_size=o["secured_size"], secured_refresh=o["secured_refresh"],
+                secured_verification=o["secured_verification"],
+                audit_confidence=o["audit_confidence"] if o["audit_confidence"] > 0 else None,
+                augment=augment, augment_space=o["augment_space"], attack_impl=o["attack_impl"],
+                noise_variance=o["noise_variance"], n_clusters=o["n_clusters"],
+                candidate_factor=o["candidate_factor"], head=HeadConfig(epochs=o["head_epochs"]), trust=trust,
+            )
+            spec = ExperimentSpec(
+                scenario=o["scenario"], strategies=strategies, runs=o["runs"], seed=o["seed"],
+                dataset=o["dataset"], classes=_csv(o["classes"]) or None, pool_size=o["pool_size"],
+                test_size=o["test_size"], backbone=o["backbone"], weights=o["weights"],
+                n_labelers=o["labelers"], error_rate=o["pr"], n_malicious=o["malicious"],
+                mapping=_mapping(o["mapping"]), target_accuracy=o["target"], loop=loop, jobs=o["jobs"],
+            )
+        except ValueError as exc:
+            raise CommandError(str(exc)) from exc
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+        name = o["name"] or f"{spec.scenario}-{Path(str(spec.dataset)).name}-{stamp}"
+        out_dir = Path(o["out"] or Path(settings.DATA_DIR) / "experiments" / name)
+        experiment = services.start_experiment(name=name, spec=spec)
+        self.stdout.write(f"experiment #{experiment.pk} {name}: {spec.scenario} on {spec.dataset}, "
+                          f"strategies {', '.join(strategies)}, {spec.runs} runs, seed {spec.seed}")
+        start = time.perf_counter()
+        try:
+            result = run_experiment(spec, progress=not o["no_progress"])
+            files = write_outputs(result, out_dir)
+        except (ValueError, FileNotFoundError) as exc:
+            services.fail_experiment(experiment, error=str(exc))
+            raise CommandError(str(exc)) from exc
+        except BaseException:
+            services.fail_experiment(experiment, error=traceback.format_exc())
+            raise
+        services.finish_experiment(experiment, result=result, output_dir=str(out_dir))
+        wall = time.perf_counter() - start
+        self.stdout.write(f"target accuracy {result.target_accuracy:.4f} "
+                          f"({'given' if spec.target_accuracy else 'full-pool accuracy of the same model'}); "
+                          f"budget cap {result.budget_cap} labels")
+        self.stdout.write(format_table(summary_table(result), pool_size=result.budget_cap))
+        self.stdout.write(f"wall time {wall:.1f} s; outputs in {out_dir}")
+        for key, path in files.items():
+            self.stdout.write(f"  {key}: {path}")
