@@ -91,15 +91,17 @@ class LinearHead:
         For a linear head this is ``min_j (z_pred - z_j) / ||w_pred - w_j||`` over j != pred.
         """
         w, b = self.class_weights()
+        # ||w_p - w_j|| depends only on the class pair: a K x K table, not an (N, K, D) tensor
+        pair_norm = np.linalg.norm(w[:, None, :] - w[None, :, :], axis=2)
+        np.fill_diagonal(pair_norm, np.inf)
         out = np.empty(len(features), dtype=np.float64)
         for start in range(0, len(features), chunk):
             f = np.asarray(features[start:start + chunk], dtype=np.float64)
             z = f @ w.T + b
             pred = z.argmax(axis=1)
             gap = z[np.arange(len(z)), pred][:, None] - z  # >= 0
-            dw = np.linalg.norm(w[pred][:, None, :] - w[None, :, :], axis=2)
             with np.errstate(divide="ignore", invalid="ignore"):
-                dist = np.where(dw > 0, gap / dw, np.inf)
+                dist = gap / pair_norm[pred]
             dist[np.arange(len(z)), pred] = np.inf
             out[start:start + chunk] = dist.min(axis=1)
         return out

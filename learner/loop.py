@@ -41,10 +41,10 @@ class LoopConfig:
     secured_size: int = 50  # |S|
     secured_refresh: int | None = None  # q (None: never)
     secured_verification: str = "admin"  # "admin" (1 label each) or "consensus" (h each)
-    audit_confidence: float | None = 0.9  # ours: re-annotate labels the model contradicts this surely
+    audit_confidence: float | None = 0.5  # ours: re-annotate labels the model contradicts this surely
     augment: tuple[str, ...] | None = None  # subset of ATTACKS (None: all for robust, none otherwise)
     augment_space: str = "feature"  # "feature" (exact, frozen backbone) or "pixel" (through it)
-    augment_weight: float = 0.5
+    augment_weight: float = 0.25
     attack_impl: str = "fast"  # pixel space: "fast" (batched torch) or "art" (reference)
     overshoot: float = 0.02
     noise_variance: float = 0.3  # paper: variance 0.3 "on the model's input scale"
@@ -242,7 +242,11 @@ class _Run:
             voters = self.labelers.assign_reannotation(original, h, self.active_labelers(), self.rng)
             if len(voters) < h:
                 continue
-            votes = [self.ask(v, int(item)) for v in voters]
+            votes: list[int] = []
+            for voter in voters:  # sequential: two different answers already mean "inconsistent"
+                votes.append(self.ask(voter, int(item)))
+                if len(set(votes)) > 1:
+                    break
             done += 1
             outcome, keep = scoring.resolve(int(self.labels[item]), votes)
             p_orig = float(proba[row, self.labels[item]])

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
-from sklearn.cluster import KMeans, MiniBatchKMeans
+from sklearn.cluster import KMeans
 
 
 class ProbabilisticModel(Protocol):
@@ -194,21 +194,33 @@ class RobustMinimax:
     n_clusters: int = 10
     candidate_factor: float = 3.0
     seed: int = 0
+    fit_sample: int = 50_000
     name: str = "robust"
     labels_of_labeled: np.ndarray | None = None  # set by the loop: labels used for cluster error
     _cluster_cache: dict = field(default_factory=dict, repr=False)
 
     def clusters(self, features: np.ndarray) -> np.ndarray:
+        """Cluster id of every pool item (computed once per pool and cached).
+
+        Large pools fit k-means on a seeded sample of ``fit_sample`` items and then assign every
+        item to its nearest centroid, which keeps 1M x 512 pools well under a minute.
+        """
         key = (id(features), features.shape, self.n_clusters)
         if key not in self._cluster_cache:
             k = min(self.n_clusters, len(features))
-            if len(features) > 20000:
-                km = MiniBatchKMeans(n_clusters=k, random_state=self.seed, batch_size=4096,
-                                     n_init=1, max_iter=50)
-            else:
-                km = KMeans(n_clusters=k, random_state=self.seed, n_init=1)
+            rng = np.random.default_rng(self.seed)
+            sample = features
+            if len(features) > self.fit_sample:
+                sample = features[np.sort(rng.choice(len(features), self.fit_sample, replace=False))]
+            km = KMeans(n_clusters=k, random_state=self.seed, n_init=1).fit(sample)
+            centroids = km.cluster_centers_.astype(np.float32)
+            labels = np.empty(len(features), dtype=np.int64)
+            c_sq = (centroids.astype(np.float64) ** 2).sum(axis=1)
+            for start in range(0, len(features), 65536):
+                chunk = np.asarray(features[start:start + 65536], dtype=np.float32)
+                labels[start:start + 65536] = np.argmin(c_sq[None, :] - 2.0 * (chunk @ centroids.T), axis=1)
             self._cluster_cache.clear()
-            self._cluster_cache[key] = km.fit_predict(features).astype(np.int64)
+            self._cluster_cache[key] = labels
         return self._cluster_cache[key]
 
     def allocation(self, features, labeled_mask, model, batch_size, context=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

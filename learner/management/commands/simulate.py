@@ -77,12 +77,14 @@ class Command(BaseCommand):
         lp.add_argument("--epsilon", type=float, default=0.05)
         lp.add_argument("--p-h", type=float, default=0.9995)
         lp.add_argument("--p1", type=float, default=0.9391)
-        lp.add_argument("--audit-confidence", type=float, default=0.9,
+        lp.add_argument("--audit-confidence", type=float, default=LoopConfig.audit_confidence,
                         help="re-annotate labels the model contradicts with this confidence; <=0 disables")
         lp.add_argument("--augment", default="auto", help="cw,deepfool,noise | none | auto (robust only)")
         lp.add_argument("--augment-space", choices=["feature", "pixel"], default="feature")
         lp.add_argument("--attack-impl", choices=["fast", "art"], default="fast")
         lp.add_argument("--noise-variance", type=float, default=0.3)
+        lp.add_argument("--augment-weight", type=float, default=LoopConfig.augment_weight,
+                        help="training weight of an artificial example relative to its source label")
         lp.add_argument("--n-clusters", type=int, default=10)
         lp.add_argument("--candidate-factor", type=float, default=3.0)
         lp.add_argument("--head-epochs", type=int, default=HeadConfig.epochs)
@@ -106,7 +108,7 @@ class Command(BaseCommand):
                 secured_verification=o["secured_verification"],
                 audit_confidence=o["audit_confidence"] if o["audit_confidence"] > 0 else None,
                 augment=augment, augment_space=o["augment_space"], attack_impl=o["attack_impl"],
-                noise_variance=o["noise_variance"], n_clusters=o["n_clusters"],
+                noise_variance=o["noise_variance"], augment_weight=o["augment_weight"], n_clusters=o["n_clusters"],
                 candidate_factor=o["candidate_factor"], head=HeadConfig(epochs=o["head_epochs"]), trust=trust,
             )
             spec = ExperimentSpec(
