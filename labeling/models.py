@@ -1,1 +1,312 @@
-"""Labeling data model (projects, items, batches, assignments, annotations)."""
+"""Labeling data model (projects, items, batches, assignments, annotations).
+
+Models hold data and invariants only; writes go through ``labeling/services.py`` and reads
+through ``labeling/selectors.py``. The invariants the database itself enforces:
+
+* an item gets at most one *first label* assignment per batch, and a labeler at most one
+  assignment per item and batch;
+* a re-annotation never goes to the item's original labeler (``original_labeler`` is stored on
+  the re-annotation and a CHECK constraint compares the two columns);
+* an assignment has at most one annotation (one-to-one), so a double submit cannot create two;
+* one batch per (project, iteration) and one metric row per (project, iteration), so a
+  redelivered loop task cannot open a second batch.
+"""
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import models
+from django.db.models import F, Q
+
+ANNOTATORS_GROUP = "annotators"
+
+
+def validate_classes(value) -> None:
+    if not isinstance(value, list) or len(value) < 2:
+        raise ValidationError("classes must be a JSON list of at least two class names")
+    if len(value) > 1000:
+        raise ValidationError("at most 1000 classes")
+    names = [str(v).strip() if isinstance(v, (str, int)) else None for v in value]
+    if any(not n for n in names):
+        raise ValidationError("every class name must be a non-empty string")
+    if len(set(names)) != len(names):
+        raise ValidationError("class names must be unique")
+    for n in names:
+        if "/" in n or "\\" in n or n in {".", ".."} or len(n) > 100:
+            raise ValidationError(f"invalid class name {n!r} (no slashes, at most 100 characters)")
+
+
+def validate_config(value) -> None:
+    from learner.live import LiveConfig
+
+    if not isinstance(value, dict):
+        raise ValidationError("config must be a JSON object")
+    try:
+        LiveConfig.from_dict(value)
+    except ValueError as exc:
+        raise ValidationError(str(exc)) from None
+
+
+class Project(models.Model):
+    """A labeling project: a pool of images, its classes and its active-learning settings."""
+
+    class State(models.TextChoices):
+        DRAFT = "draft", "draft"
+        LABELING = "labeling", "labeling"
+        UPDATING = "updating", "model updating"
+        FINISHED = "finished", "finished"
+
+    # Allowed state changes (anything else is a bug in a service).
+    TRANSITIONS = {
+        State.DRAFT: {State.LABELING},
+        State.LABELING: {State.UPDATING, State.FINISHED},
+        State.UPDATING: {State.LABELING, State.FINISHED},
+        State.FINISHED: set(),
+    }
+
+    name = models.CharField(max_length=200, unique=True)
+    description = models.TextField(blank=True, help_text="What the data set is and where it came from.")
+    classes = models.JSONField(validators=[validate_classes],
+                               help_text='JSON list of class names, e.g. ["airplane", "frog"].')
+    config = models.JSONField(default=dict, blank=True, validators=[validate_config],
+                              help_text="Active-learning settings (learner.live.LiveConfig): strategy, "
+                                        "batch_size, initial_size, secured_size, epsilon, h, budget, "
+                                        "target, backbone, feature_size, channels, ...")
+    state = models.CharField(max_length=16, choices=State.choices, default=State.DRAFT)
+    iteration = models.PositiveIntegerField(default=0, help_text="Iteration of the open (or last) batch.")
+    stop_reason = models.CharField(max_length=64, blank=True)
+    storage_key = models.UUIDField(default=uuid.uuid4, unique=True, editable=False,
+                                   help_text="Folder name of the project's images and caches.")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
+                                   on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.CheckConstraint(condition=Q(state__in=["draft", "labeling", "updating", "finished"]),
+                                   name="labeling_project_state_valid"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def live_config(self):
+        from learner.live import LiveConfig
+
+        return LiveConfig.from_dict(self.config)
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.classes)
+
+    def can_transition(self, to: str) -> bool:
+        return to in self.TRANSITIONS[self.State(self.state)]
+
+    def clean(self) -> None:
+        validate_classes(self.classes)
+        validate_config(self.config)
+
+
+def item_upload_to(instance: "Item", filename: str) -> str:
+    return f"labeling/{instance.project.storage_key}/{uuid.uuid4().hex}.png"
+
+
+class Item(models.Model):
+    """One image of a project's pool.
+
+    ``index`` is the item's row in the project's feature cache (0..N-1, dense). The image file is
+    a re-encoded PNG with a random name; annotators only ever see it through their assignment's
+    URL. ``ground_truth`` (hidden from annotators) comes from the import (class folders, data
+    set labels); secured items with a ground truth count as admin-verified.
+    """
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="items")
+    index = models.PositiveIntegerField()
+    image = models.ImageField(upload_to=item_upload_to, max_length=300)
+    width = models.PositiveIntegerField(default=0)
+    height = models.PositiveIntegerField(default=0)
+    ground_truth = models.SmallIntegerField(null=True, blank=True)
+    source = models.CharField(max_length=500, blank=True, help_text="Where the image came from (file name).")
+    is_secured = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["project", "index"]
+        constraints = [
+            models.UniqueConstraint(fields=["project", "index"], name="labeling_item_unique_index"),
+            models.CheckConstraint(condition=Q(ground_truth__isnull=True) | Q(ground_truth__gte=0),
+                                   name="labeling_item_ground_truth_nonnegative"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.project_id}#{self.index}"
+
+
+class QueryBatch(models.Model):
+    """The items queried in one iteration, and the phase of its processing.
+
+    Phases: ``labeling`` (first labels; at iteration 0 also the secured set's labels) ->
+    optionally ``reannotation`` (h other labelers re-label suspicious or all of D') -> closed.
+    ``frozen_at`` is set when the loop task starts on the batch: undo is refused from then on.
+    """
+
+    class Phase(models.TextChoices):
+        LABELING = "labeling", "labeling"
+        REANNOTATION = "reannotation", "re-annotation"
+        CLOSED = "closed", "closed"
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="batches")
+    iteration = models.PositiveIntegerField()
+    strategy = models.CharField(max_length=32)
+    phase = models.CharField(max_length=16, choices=Phase.choices, default=Phase.LABELING)
+    loop_state = models.JSONField(default=dict, blank=True,
+                                  help_text="Results carried between the phases of the loop task.")
+    opened_at = models.DateTimeField(auto_now_add=True)
+    frozen_at = models.DateTimeField(null=True, blank=True)
+    closed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["project", "iteration"]
+        verbose_name_plural = "query batches"
+        constraints = [
+            models.UniqueConstraint(fields=["project", "iteration"], name="labeling_batch_unique_iteration"),
+            models.CheckConstraint(condition=Q(closed_at__isnull=True) | Q(phase="closed"),
+                                   name="labeling_batch_closed_phase"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.project} / batch {self.iteration}"
+
+    @property
+    def is_open(self) -> bool:
+        return self.closed_at is None
+
+
+class Assignment(models.Model):
+    """One item for one labeler in one batch.
+
+    ``paused``: nobody eligible holds it right now (e.g. its labeler was suspended and no one
+    else was free); the next eligible labeler who asks for work claims it.
+    """
+
+    class Kind(models.TextChoices):
+        FIRST_LABEL = "first_label", "first label"
+        REANNOTATION = "reannotation", "re-annotation"
+        SECURED = "secured", "secured set"
+
+    class Status(models.TextChoices):
+        OPEN = "open", "open"
+        DONE = "done", "done"
+        SKIPPED = "skipped", "skipped"
+        PAUSED = "paused", "paused"
+
+    item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="assignments")
+    batch = models.ForeignKey(QueryBatch, on_delete=models.CASCADE, related_name="assignments")
+    labeler = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT,
+                                related_name="labeling_assignments")
+    original_labeler = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
+                                         on_delete=models.PROTECT, related_name="+",
+                                         help_text="Re-annotations: who gave the label under review.")
+    kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.FIRST_LABEL)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.OPEN)
+    created_at = models.DateTimeField(auto_now_add=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["batch", "id"]
+        indexes = [models.Index(fields=["labeler", "status"], name="labeling_asg_labeler_status")]
+        constraints = [
+            models.UniqueConstraint(fields=["item", "batch"], condition=Q(kind="first_label"),
+                                    name="labeling_one_first_label_per_item_batch"),
+            models.UniqueConstraint(fields=["item", "batch", "labeler"],
+                                    name="labeling_one_assignment_per_labeler_item_batch"),
+            models.CheckConstraint(condition=~Q(kind="reannotation") | Q(original_labeler__isnull=False),
+                                   name="labeling_reannotation_has_original"),
+            models.CheckConstraint(condition=~Q(labeler=F("original_labeler")),
+                                   name="labeling_reannotation_not_original_labeler"),
+            models.CheckConstraint(condition=Q(labeler__isnull=False) | Q(status="paused"),
+                                   name="labeling_unowned_assignment_is_paused"),
+            models.CheckConstraint(condition=Q(status__in=["open", "done", "skipped", "paused"]),
+                                   name="labeling_assignment_status_valid"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} of item {self.item_id} for {self.labeler_id} ({self.status})"
+
+
+class Annotation(models.Model):
+    """The label a labeler gave in answer to an assignment (at most one per assignment)."""
+
+    assignment = models.OneToOneField(Assignment, on_delete=models.CASCADE, related_name="annotation")
+    label = models.PositiveSmallIntegerField()
+    seconds = models.FloatField(null=True, blank=True, help_text="Time the labeler took.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+
+    def __str__(self) -> str:
+        return f"label {self.label} for assignment {self.assignment_id}"
+
+
+class LabelerProfile(models.Model):
+    """Per-annotator state the loop needs: trust bookkeeping and the suspended/flagged gates.
+
+    Flagged labelers get no new work until a staff member reviews them; suspended labelers get no
+    work and their unverified labels weigh 0. (This may move to the ``trust`` app later.)
+    """
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="labeler_profile")
+    is_suspended = models.BooleanField(default=False)
+    is_flagged = models.BooleanField(default=False)
+    trust = models.FloatField(default=1.0)
+    labels_given = models.PositiveIntegerField(default=0)
+    checked = models.PositiveIntegerField(default=0)
+    disagreements = models.PositiveIntegerField(default=0)
+    alerts = models.PositiveIntegerField(default=0)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(condition=Q(trust__gte=0) & Q(trust__lte=1), name="labeling_trust_in_unit_range"),
+        ]
+
+    def __str__(self) -> str:
+        return f"profile of {self.user}"
+
+    @property
+    def weight(self) -> float:
+        return 0.0 if self.is_suspended else max(float(self.trust), 0.0)
+
+
+class IterationMetric(models.Model):
+    """What one iteration of the live loop did (drawn on the staff project page)."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="metrics")
+    iteration = models.PositiveIntegerField()
+    labels_bought = models.PositiveIntegerField()
+    n_labeled = models.PositiveIntegerField()
+    n_artificial = models.PositiveIntegerField(default=0)
+    secured_accuracy = models.FloatField(null=True, blank=True)
+    ground_truth_accuracy = models.FloatField(null=True, blank=True,
+                                              help_text="Accuracy on imported ground truth (staff only).")
+    check_triggered = models.BooleanField(default=False)
+    reannotated = models.PositiveIntegerField(default=0)
+    discarded = models.PositiveIntegerField(default=0)
+    min_perturbation = models.FloatField(null=True, blank=True)
+    started_at = models.DateTimeField()
+    finished_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["project", "iteration"]
+        constraints = [
+            models.UniqueConstraint(fields=["project", "iteration"], name="labeling_metric_unique_iteration"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.project} iteration {self.iteration}"

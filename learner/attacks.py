@@ -250,15 +250,18 @@ def _cw_batch(
     best_l2 = torch.full((n,), math.inf, device=dev)
     best_adv = x.clone()
 
+    w_last = w0
     for _ in range(binary_search_steps):
         if warm_start:
             # Restart from the best adversarial found so far: with a smaller c the distance term
             # pulls it towards x along the boundary, which needs far fewer steps than a restart
-            # from x (the classic C&W restart), the main cost on CPU.
+            # from x (the classic C&W restart), the main cost on CPU. Examples not yet flipped
+            # continue from their last iterate with the larger c (saturated pixels move slowly
+            # in tanh space, so restarting would waste the steps already taken).
             start_from = torch.where(
                 torch.isfinite(best_l2).view(-1, *([1] * len(dims))),
                 torch.atanh((best_adv * 2 - 1).clamp(-1 + 1e-6, 1 - 1e-6)),
-                w0,
+                w_last,
             )
         else:
             start_from = w0
@@ -287,6 +290,7 @@ def _cw_batch(
                 best_adv[better] = adv.detach()[better]
                 succeeded |= is_adv
             opt.step()
+            w_last = w.detach()
             if abort_early and it % max(1, max_iter // 10) == 0:
                 cur = float(total)
                 if cur > prev_loss * 0.9999:

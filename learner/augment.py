@@ -56,7 +56,7 @@ def craft_pixel_space(data, model, items, labels, config, rng):
     from torch import nn
 
     from . import attacks
-    from .backbones import extract_features, to_tensor
+    from .backbones import to_tensor
 
     if data.pool_images is None or data.backbone is None:
         raise ValueError("pixel-space crafting needs the pool's images and the backbone")
@@ -87,7 +87,7 @@ def craft_pixel_space(data, model, items, labels, config, rng):
         if not images:
             rows.append(np.zeros((0, data.pool_features.shape[1]), dtype=np.float32))
             continue
-        arr = np.stack(images)  # NCHW float in [0, 1]
-        u8 = np.clip(np.round(arr.transpose(0, 2, 3, 1) * 255.0), 0, 255).astype(np.uint8)
-        rows.append(extract_features(data.backbone, u8, batch_size=256))
+        arr = torch.from_numpy(np.clip(np.stack(images), 0.0, 1.0).astype(np.float32))  # NCHW
+        with torch.no_grad():  # float images: 8-bit rounding could undo a minimal perturbation
+            rows.append(data.backbone.eval()(arr).reshape(len(arr), -1).numpy().astype(np.float32))
     return rows, l2

@@ -64,7 +64,7 @@ def mlp(digits):
 
 @pytest.fixture(scope="module")
 def images(digits):
-    return digits[2][:40]
+    return digits[2][:24]
 
 
 @pytest.fixture(scope="module")

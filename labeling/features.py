@@ -1,0 +1,134 @@
+"""Feature cache of a project: one ``.npy`` per project under ``ROBUSTAL_CACHE_DIR`` (never the DB).
+
+``<cache>/labeling/<project storage key>/features-<key>.npy`` holds row ``i`` = features of the
+item with ``index == i``. The key hashes backbone, weights (content), input size, seed and the
+ordered item list, so a changed config or item set never reads stale features.
+
+Large pools are split into chunks (``feature_chunk_size`` items); each chunk is one Celery task
+on the ``train`` queue writing ``chunks-<key>/<start>-<stop>.npy``; the task that finds every
+chunk present assembles the final file (atomic rename, so two assemblers are harmless). No
+result backend is needed: the join is the set of chunk files. The loop task computes whatever
+is missing in-process, so a lost chunk task only costs time.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from learner import live
+from learner.data import cache_dir
+
+from .models import Item, Project
+
+log = logging.getLogger(__name__)
+
+_MEMO: dict[str, np.ndarray] = {}  # path -> array: one load per worker process (and stable ids)
+
+
+def project_cache_dir(project: Project) -> Path:
+    return cache_dir() / "labeling" / str(project.storage_key)
+
+
+def model_path(project: Project, iteration: int) -> Path:
+    return project_cache_dir(project) / f"model-{iteration}.npz"
+
+
+def artificial_path(project: Project, iteration: int) -> Path:
+    return project_cache_dir(project) / f"artificial-{iteration}.npz"
+
+
+def _item_names(project: Project) -> list[str]:
+    return list(project.items.order_by("index").values_list("image", flat=True))
+
+
+def features_file(project: Project) -> Path:
+    key = live.features_key(project.live_config, _item_names(project))
+    return project_cache_dir(project) / f"features-{key}.npy"
+
+
+def load_images(project: Project, start: int, stop: int) -> np.ndarray:
+    """uint8 (N, S, S, C) images of items ``start <= index < stop``, resized to ``feature_size``."""
+    cfg = project.live_config
+    size = cfg.feature_size
+    mode = "L" if cfg.channels == 1 else "RGB"
+    items = list(Item.objects.filter(project=project, index__gte=start, index__lt=stop).order_by("index"))
+    if [i.index for i in items] != list(range(start, min(stop, start + len(items)))):
+        raise ValueError(f"project {project.pk}: items {start}..{stop} are not dense")
+    out = np.zeros((len(items), size, size, cfg.channels), dtype=np.uint8)
+    for row, item in enumerate(items):
+        with item.image.open("rb") as fh, Image.open(fh) as im:
+            im = im.convert(mode)
+            if im.size != (size, size):
+                shrink = im.size[0] >= size and im.size[1] >= size
+                im = im.resize((size, size), Image.Resampling.BOX if shrink else Image.Resampling.BILINEAR)
+            arr = np.asarray(im, dtype=np.uint8)
+        out[row] = arr[..., None] if arr.ndim == 2 else arr
+    return out
+
+
+def compute_chunk(project: Project, start: int, stop: int) -> np.ndarray:
+    return live.extract(load_images(project, start, stop), project.live_config)
+
+
+def chunk_dir(final: Path) -> Path:
+    return final.with_name(final.stem.replace("features-", "chunks-"))
+
+
+def chunk_file(final: Path, start: int, stop: int) -> Path:
+    return chunk_dir(final) / f"{start:09d}-{stop:09d}.npy"
+
+
+def write_chunk(project: Project, start: int, stop: int) -> bool:
+    """Compute one chunk (idempotent); assemble the final file when every chunk is there.
+
+    Returns True when the final features file exists afterwards.
+    """
+    final = features_file(project)
+    if final.is_file():
+        return True
+    target = chunk_file(final, start, stop)
+    if not target.is_file():
+        live.save_array(target, compute_chunk(project, start, stop))
+    return _assemble_if_complete(project, final)
+
+
+def _assemble_if_complete(project: Project, final: Path) -> bool:
+    n = project.items.count()
+    chunks = [chunk_file(final, s, e) for s, e in live.plan_chunks(n, project.live_config.feature_chunk_size)]
+    if not all(c.is_file() for c in chunks):
+        return False
+    feats = live.assemble_chunks(chunks)
+    if len(feats) != n:
+        raise ValueError(f"assembled {len(feats)} feature rows for {n} items")
+    live.save_array(final, feats)
+    shutil.rmtree(chunk_dir(final), ignore_errors=True)
+    return True
+
+
+def features_for(project: Project) -> tuple[np.ndarray, Path]:
+    """The project's features, computing what is missing in this process (chunk by chunk)."""
+    final = features_file(project)
+    key = str(final)
+    if key in _MEMO:
+        return _MEMO[key], final
+    if not final.is_file():
+        n = project.items.count()
+        for start, stop in live.plan_chunks(n, project.live_config.feature_chunk_size):
+            if not final.is_file() and not chunk_file(final, start, stop).is_file():
+                live.save_array(chunk_file(final, start, stop), compute_chunk(project, start, stop))
+        if not final.is_file():
+            _assemble_if_complete(project, final)
+    feats = np.load(final)
+    if len(feats) != project.items.count():
+        raise ValueError(f"features file {final} has {len(feats)} rows for {project.items.count()} items")
+    _MEMO.clear()  # keep one project's features per process
+    _MEMO[key] = feats
+    return feats, final
+
+
+def chunk_plan(project: Project) -> list[tuple[int, int]]:
+    return live.plan_chunks(project.items.count(), project.live_config.feature_chunk_size)

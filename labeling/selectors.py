@@ -1,0 +1,302 @@
+"""Reads of the labeling app (HackSoft-style selectors). No writes here."""
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+from django.contrib.auth import get_user_model
+from django.db.models import Count, Q, QuerySet
+
+from trust import scoring
+
+from .models import ANNOTATORS_GROUP, Annotation, Assignment, Item, IterationMetric, LabelerProfile, Project, QueryBatch
+
+User = get_user_model()
+
+
+# --------------------------------------------------------------------------------------
+# Who may label
+# --------------------------------------------------------------------------------------
+
+
+def is_annotator(user) -> bool:
+    return bool(user and user.is_authenticated and user.is_active
+                and user.groups.filter(name=ANNOTATORS_GROUP).exists())
+
+
+def annotators() -> QuerySet:
+    return User.objects.filter(groups__name=ANNOTATORS_GROUP, is_active=True).distinct()
+
+
+def eligible_labelers() -> list[int]:
+    """Ids of annotators who may get new work: active, not suspended, not flagged.
+
+    When every annotator is flagged, flagged ones are used rather than none (as the simulator
+    does); suspended annotators never get work.
+    """
+    base = annotators().exclude(labeler_profile__is_suspended=True)
+    ids = list(base.exclude(labeler_profile__is_flagged=True).order_by("id").values_list("id", flat=True))
+    return ids or list(base.order_by("id").values_list("id", flat=True))
+
+
+def open_load(batch: QueryBatch) -> dict[int, int]:
+    """Open assignments per labeler in ``batch`` (for balancing)."""
+    rows = (Assignment.objects.filter(batch=batch, status=Assignment.Status.OPEN, labeler__isnull=False)
+            .values("labeler_id").annotate(n=Count("id")))
+    return {r["labeler_id"]: r["n"] for r in rows}
+
+
+def labeler_weights() -> dict[int, float]:
+    return {p.user_id: p.weight for p in LabelerProfile.objects.all()}
+
+
+def suspended_ids() -> set[int]:
+    return set(LabelerProfile.objects.filter(is_suspended=True).values_list("user_id", flat=True))
+
+
+# --------------------------------------------------------------------------------------
+# Projects, batches, assignments
+# --------------------------------------------------------------------------------------
+
+
+def project_list_for(user) -> QuerySet:
+    """Staff: every project. Annotators: projects in which they have (or had) assignments."""
+    if user.is_staff:
+        return Project.objects.all()
+    return Project.objects.filter(batches__assignments__labeler=user).distinct()
+
+
+def project_visible_to(user, project: Project) -> bool:
+    return user.is_staff or Assignment.objects.filter(batch__project=project, labeler=user).exists()
+
+
+def open_batch(project: Project) -> QueryBatch | None:
+    return project.batches.filter(closed_at__isnull=True).order_by("-iteration").first()
+
+
+def batch_is_complete(batch: QueryBatch) -> bool:
+    """True when no assignment of the batch is open or waiting for a labeler."""
+    return not batch.assignments.filter(status__in=[Assignment.Status.OPEN, Assignment.Status.PAUSED]).exists()
+
+
+def next_assignment_for(user, project: Project | None = None) -> Assignment | None:
+    """The user's oldest open assignment in a project that is labeling (optionally one project)."""
+    qs = Assignment.objects.filter(
+        labeler=user, status=Assignment.Status.OPEN, batch__closed_at__isnull=True,
+        batch__project__state=Project.State.LABELING,
+    ).select_related("batch", "batch__project", "item")
+    if project is not None:
+        qs = qs.filter(batch__project=project)
+    return qs.order_by("batch__project_id", "id").first()
+
+
+def assignment_for_user(user, assignment_id: int) -> Assignment | None:
+    """The assignment if it belongs to ``user`` (None otherwise: callers answer 404)."""
+    return (Assignment.objects.filter(pk=assignment_id, labeler=user)
+            .select_related("batch", "batch__project", "item").first())
+
+
+def progress_for(user, project: Project) -> dict:
+    """The user's progress in the open batch, and the batch's overall progress (no one's labels)."""
+    batch = open_batch(project)
+    if batch is None:
+        return {"done": 0, "total": 0, "batch_done": 0, "batch_total": 0}
+    counts = batch.assignments.aggregate(
+        total=Count("id"),
+        done=Count("id", filter=Q(status__in=[Assignment.Status.DONE, Assignment.Status.SKIPPED])),
+        mine=Count("id", filter=Q(labeler=user)),
+        mine_done=Count("id", filter=Q(labeler=user, status__in=[Assignment.Status.DONE, Assignment.Status.SKIPPED])),
+    )
+    return {"done": counts["mine_done"], "total": counts["mine"],
+            "batch_done": counts["done"], "batch_total": counts["total"]}
+
+
+def labels_bought(project: Project) -> int:
+    """Every label paid for: annotations of every kind plus admin-verified secured labels."""
+    answered = Annotation.objects.filter(assignment__batch__project=project).count()
+    admin = project.items.filter(is_secured=True, ground_truth__isnull=False).count()
+    return answered + admin
+
+
+def metric_history(project: Project) -> list[IterationMetric]:
+    return list(project.metrics.order_by("iteration"))
+
+
+def last_undoable(user, *, since) -> Assignment | None:
+    """The user's most recently completed assignment after ``since`` (answer or skip)."""
+    return (Assignment.objects.filter(labeler=user, completed_at__gte=since,
+                                      status__in=[Assignment.Status.DONE, Assignment.Status.SKIPPED])
+            .select_related("batch", "batch__project").order_by("-completed_at", "-id").first())
+
+
+# --------------------------------------------------------------------------------------
+# Label state of a project's pool (what the loop trains on)
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class PoolLabels:
+    """The resolved label state of every item (index = item.index).
+
+    ``labels`` -1: unlabeled (or discarded, or only labeled by a suspended labeler);
+    ``labeler_of`` -1: verified by re-annotation (no single labeler's word) or unlabeled.
+    """
+
+    n: int
+    labels: np.ndarray
+    weights: np.ndarray
+    labeler_of: np.ndarray
+    discarded: np.ndarray
+    secured: np.ndarray  # secured items whose verified label is known (used by the check)
+    secured_labels: np.ndarray
+    ground_truth: np.ndarray
+    item_ids: np.ndarray
+    secured_items: np.ndarray  # every item of the secured set (never queried, never trained on)
+    first_label: dict[int, tuple[int, int, int]] = field(default_factory=dict)  # index -> (label, labeler, batch iteration)
+    reannotations: dict[int, list[int]] = field(default_factory=dict)  # index -> votes
+
+    @property
+    def labeled(self) -> np.ndarray:
+        return self.labels >= 0
+
+    @property
+    def blocked(self) -> np.ndarray:
+        """Items a strategy may not pick: labeled, secured or discarded."""
+        return self.labeled | self.secured_items | self.discarded
+
+
+def pool_labels(project: Project) -> PoolLabels:
+    items = list(project.items.order_by("index").values_list("index", "id", "is_secured", "ground_truth"))
+    n = len(items)
+    if n and items[-1][0] != n - 1:
+        raise ValueError(f"project {project.pk}: item indices are not dense 0..{n - 1}")
+    item_ids = np.array([i[1] for i in items], dtype=np.int64)
+    ground_truth = np.array([-1 if i[3] is None else i[3] for i in items], dtype=np.int64)
+    secured = np.array([i[2] for i in items], dtype=bool)
+    suspended = suspended_ids()
+    weights_of = labeler_weights()
+
+    firsts: dict[int, list] = defaultdict(list)
+    reanns: dict[tuple[int, int], list[int]] = defaultdict(list)  # (index, batch iteration) -> votes
+    secured_votes: dict[int, list[int]] = defaultdict(list)
+    rows = (Annotation.objects.filter(assignment__batch__project=project)
+            .values_list("assignment__item__index", "assignment__kind", "assignment__labeler_id", "label",
+                         "assignment__batch__iteration")
+            .order_by("created_at", "id"))
+    for index, kind, labeler, label, iteration in rows:
+        if kind == Assignment.Kind.FIRST_LABEL:
+            firsts[index].append((label, labeler, iteration))
+        elif kind == Assignment.Kind.REANNOTATION:
+            reanns[(index, iteration)].append(label)
+        else:
+            if labeler not in suspended:
+                secured_votes[index].append(label)
+
+    labels = np.full(n, -1, dtype=np.int64)
+    weights = np.zeros(n, dtype=np.float64)
+    labeler_of = np.full(n, -1, dtype=np.int64)
+    discarded = np.zeros(n, dtype=bool)
+    first_label: dict[int, tuple[int, int, int]] = {}
+    reannotations: dict[int, list[int]] = {}
+    for index, answers in firsts.items():
+        label, labeler, iteration = answers[-1]
+        first_label[index] = (label, labeler, iteration)
+        votes = reanns.get((index, iteration), [])
+        if votes:
+            reannotations[index] = votes
+            _, keep = scoring.resolve(label, votes)
+            if keep is None:
+                discarded[index] = True
+            else:
+                labels[index], weights[index] = keep, 1.0
+        elif labeler not in suspended:
+            labels[index], labeler_of[index] = label, labeler
+            weights[index] = weights_of.get(labeler, 1.0)
+
+    secured_labels = np.full(n, -1, dtype=np.int64)
+    for index in np.flatnonzero(secured):
+        if ground_truth[index] >= 0:
+            secured_labels[index] = ground_truth[index]
+        elif secured_votes.get(int(index)):
+            votes = secured_votes[int(index)]
+            _, keep = scoring.resolve(votes[0], votes[1:])
+            if keep is not None:
+                secured_labels[index] = keep
+    labels[secured] = -1  # never trained on
+    return PoolLabels(n=n, labels=labels, weights=weights, labeler_of=labeler_of, discarded=discarded,
+                      secured=secured & (secured_labels >= 0), secured_labels=secured_labels,
+                      ground_truth=ground_truth, item_ids=item_ids, secured_items=secured,
+                      first_label=first_label,
+                      reannotations=reannotations)
+
+
+# --------------------------------------------------------------------------------------
+# Export
+# --------------------------------------------------------------------------------------
+
+RAW_FIELDS = ["annotation_id", "item_id", "item_index", "source", "batch_iteration", "kind", "labeler",
+              "label", "label_name", "seconds", "created_at"]
+RESOLVED_FIELDS = ["item_id", "item_index", "source", "status", "resolved_label", "resolved_label_name",
+                   "majority_label", "majority_label_name", "n_annotations", "agreement", "ground_truth",
+                   "ground_truth_name"]
+
+
+def export_raw_rows(project: Project):
+    """One row per annotation (staff only)."""
+    classes = project.classes
+    qs = (Annotation.objects.filter(assignment__batch__project=project)
+          .select_related("assignment__item", "assignment__labeler", "assignment__batch")
+          .order_by("created_at", "id"))
+    for a in qs.iterator(chunk_size=2000):
+        asg = a.assignment
+        yield {
+            "annotation_id": a.pk, "item_id": asg.item_id, "item_index": asg.item.index,
+            "source": asg.item.source, "batch_iteration": asg.batch.iteration, "kind": asg.kind,
+            "labeler": asg.labeler.get_username() if asg.labeler else "", "label": a.label,
+            "label_name": classes[a.label] if a.label < len(classes) else "",
+            "seconds": a.seconds, "created_at": a.created_at.isoformat(),
+        }
+
+
+def export_resolved_rows(project: Project):
+    """One row per item: the loop's resolved label, the plurality of all (non-suspended) answers."""
+    classes = project.classes
+    state = pool_labels(project)
+    suspended = suspended_ids()
+    votes: dict[int, list[int]] = defaultdict(list)
+    for index, labeler, label in (Annotation.objects.filter(assignment__batch__project=project)
+                                  .values_list("assignment__item__index", "assignment__labeler_id", "label")):
+        if labeler not in suspended:
+            votes[index].append(label)
+    sources = dict(project.items.values_list("index", "source"))
+    name = lambda k: classes[k] if k is not None and 0 <= k < len(classes) else ""  # noqa: E731
+    for index in range(state.n):
+        v = votes.get(index, [])
+        majority, agreement = None, None
+        if v:
+            counts = Counter(v).most_common()
+            agreement = counts[0][1] / len(v)
+            if len(counts) == 1 or counts[0][1] > counts[1][1]:
+                majority = counts[0][0]
+        if state.secured[index]:
+            status, resolved = "secured", int(state.secured_labels[index])
+        elif state.discarded[index]:
+            status, resolved = "discarded", None
+        elif state.labels[index] >= 0:
+            status = "verified" if state.labeler_of[index] < 0 else "labeled"
+            resolved = int(state.labels[index])
+        else:
+            status, resolved = "unlabeled", None
+        gt = int(state.ground_truth[index]) if state.ground_truth[index] >= 0 else None
+        yield {
+            "item_id": int(state.item_ids[index]), "item_index": index, "source": sources.get(index, ""),
+            "status": status, "resolved_label": resolved, "resolved_label_name": name(resolved),
+            "majority_label": majority, "majority_label_name": name(majority), "n_annotations": len(v),
+            "agreement": None if agreement is None else round(agreement, 4),
+            "ground_truth": gt, "ground_truth_name": name(gt),
+        }
+
+
+def item_count(project: Project) -> int:
+    return Item.objects.filter(project=project).count()
