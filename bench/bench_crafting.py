@@ -229,6 +229,10 @@ def main(argv: list[str] | None = None) -> int:
     ]
     if args.skip_art:
         runs = [r for r in runs if not r[1].endswith("_art")]
+    # Warm-up: the first autograd/optimizer call of a process pays one-time lazy imports
+    # (seconds on CPU) that would otherwise be charged to whichever attack runs first.
+    attacks.carlini_l2_fast(model, x[:2], max_iter=1, binary_search_steps=1, device=args.device)
+    attacks.deepfool_fast(model, x[:2], max_iter=1, device=args.device)
     results = {}
     for name, method, kw in runs:
         res = attacks.craft(method, model, x, device=args.device, **kw)

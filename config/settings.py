@@ -188,6 +188,7 @@ CELERY_TASK_DEFAULT_QUEUE = "default"
 # Heavy model work (retraining, crafting, feature extraction) goes to `train` (GPU workers).
 CELERY_TASK_ROUTES = {
     "learner.tasks.train.*": {"queue": "train"},
+    "labeling.tasks.train.*": {"queue": "train"},
 }
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True

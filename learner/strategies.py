@@ -235,8 +235,9 @@ class RobustMinimax:
         mass = np.bincount(cluster, weights=fragile, minlength=k)
         # error of the model on each cluster's labeled items
         err = np.ones(k)
-        if self.labels_of_labeled is not None and labeled_mask.any():
-            lab = np.flatnonzero(labeled_mask)
+        if self.labels_of_labeled is not None and (labeled_mask & (self.labels_of_labeled >= 0)).any():
+            # blocked items without a label (secured, discarded) say nothing about the model's error
+            lab = np.flatnonzero(labeled_mask & (self.labels_of_labeled >= 0))
             wrong = (model.predict_proba(features[lab]).argmax(axis=1) != self.labels_of_labeled[lab])
             n_lab = np.bincount(cluster[lab], minlength=k)
             n_wrong = np.bincount(cluster[lab], weights=wrong.astype(float), minlength=k)

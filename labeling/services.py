@@ -1,0 +1,701 @@
+"""Writes of the labeling app (HackSoft-style services).
+
+Locking rule (avoids deadlocks on PostgreSQL): a service that changes assignments locks the
+*project* row first (``select_for_update``), then the rows it changes. SQLite serialises writers
+anyway. Celery tasks are enqueued with ``transaction.on_commit`` so a worker never sees
+uncommitted rows.
+
+The live loop (:func:`advance_loop`) runs in three steps so the heavy part holds no lock:
+1. a short transaction checks the batch is complete, freezes it (undo is refused from then on)
+   and reads a snapshot of the label state;
+2. training, the secured-set check, the audit, crafting and the next query run on arrays
+   (``learner.live``), deterministic for a given project seed and iteration;
+3. a short transaction re-checks that nobody processed the batch meanwhile (same phase, not
+   closed) and writes the results. A redelivered or duplicated task therefore finds the batch
+   closed (or in the next phase) and does nothing; ``unique (project, iteration)`` backs this up.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+import numpy as np
+from django.conf import settings
+from django.contrib.auth.models import Group
+from django.db import IntegrityError, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from learner import live
+from trust import scoring
+
+from . import features as feature_cache
+from . import selectors
+from .models import (ANNOTATORS_GROUP, Annotation, Assignment, Item, IterationMetric, LabelerProfile, Project,
+                     QueryBatch)
+
+log = logging.getLogger(__name__)
+
+
+def undo_seconds() -> float:
+    return float(getattr(settings, "LABELING_UNDO_SECONDS", 10))
+
+
+def loop_delay_seconds() -> float:
+    """Grace period between a batch's last answer and the loop task (lets that answer be undone)."""
+    return float(getattr(settings, "LABELING_LOOP_DELAY_SECONDS", undo_seconds()))
+
+
+# --------------------------------------------------------------------------------------
+# Errors the API maps to HTTP answers
+# --------------------------------------------------------------------------------------
+
+
+class LabelingError(Exception):
+    status_code = 400
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidInput(LabelingError):
+    status_code = 400
+
+
+class NotFound(LabelingError):
+    status_code = 404
+
+
+class Conflict(LabelingError):
+    status_code = 409
+
+
+# --------------------------------------------------------------------------------------
+# People
+# --------------------------------------------------------------------------------------
+
+
+def ensure_profile(user) -> LabelerProfile:
+    profile, _ = LabelerProfile.objects.get_or_create(user=user)
+    return profile
+
+
+def add_annotator(user) -> LabelerProfile:
+    """Put ``user`` in the annotators group and give them a profile."""
+    group, _ = Group.objects.get_or_create(name=ANNOTATORS_GROUP)
+    user.groups.add(group)
+    return ensure_profile(user)
+
+
+def set_labeler_status(*, user, suspended: bool | None = None, flagged: bool | None = None) -> LabelerProfile:
+    """Suspend/reinstate or flag/unflag a labeler; their open work goes to others when they stop."""
+    with transaction.atomic():
+        profile = ensure_profile(user)
+        profile = LabelerProfile.objects.select_for_update().get(pk=profile.pk)
+        if suspended is not None:
+            profile.is_suspended = suspended
+        if flagged is not None:
+            profile.is_flagged = flagged
+        profile.save()
+        if profile.is_suspended or profile.is_flagged:
+            release_open_work(user=user)
+    return profile
+
+
+def release_open_work(*, user) -> int:
+    """Hand ``user``'s open assignments in open batches to other eligible labelers (or pause them)."""
+    moved = 0
+    project_ids = (Assignment.objects.filter(labeler=user, status=Assignment.Status.OPEN, batch__closed_at__isnull=True)
+                   .values_list("batch__project_id", flat=True).distinct())
+    for project_id in sorted(set(project_ids)):
+        with transaction.atomic():
+            Project.objects.select_for_update().get(pk=project_id)
+            eligible = [u for u in selectors.eligible_labelers() if u != user.pk]
+            for asg in (Assignment.objects.select_for_update()
+                        .filter(labeler=user, status=Assignment.Status.OPEN, batch__project_id=project_id,
+                                batch__closed_at__isnull=True).order_by("id")):
+                holders = set(Assignment.objects.filter(item=asg.item_id, batch=asg.batch_id)
+                              .exclude(labeler__isnull=True).values_list("labeler_id", flat=True))
+                exclude = holders | ({asg.original_labeler_id} if asg.original_labeler_id else set())
+                choice = live.choose_distinct(1, eligible, exclude=exclude, load=selectors.open_load(asg.batch),
+                                              seed=asg.pk)
+                if choice:
+                    asg.labeler_id = choice[0]
+                else:
+                    asg.labeler_id, asg.status = None, Assignment.Status.PAUSED
+                asg.save(update_fields=["labeler", "status"])
+                moved += 1
+    return moved
+
+
+# --------------------------------------------------------------------------------------
+# Projects
+# --------------------------------------------------------------------------------------
+
+
+def create_project(*, name: str, classes: list[str], description: str = "", config: dict | None = None,
+                   created_by=None) -> Project:
+    project = Project(name=name, classes=list(classes), description=description,
+                      config=live.LiveConfig.from_dict(config or {}).to_dict(), created_by=created_by)
+    project.full_clean()
+    project.save()
+    return project
+
+
+def _transition(project: Project, to: str) -> None:
+    if project.state == to:
+        return
+    if not project.can_transition(to):
+        raise Conflict(f"project {project.name!r} cannot go from {project.state} to {to}")
+    project.state = to
+
+
+def _enqueue(task_name: str, *args, countdown: float | None = None) -> None:
+    """Send a task once the surrounding transaction commits (never fail the request on a broker hiccup)."""
+    def send():
+        from . import tasks
+
+        task = getattr(tasks, task_name)
+        try:
+            task.apply_async(args=list(args), countdown=countdown or None)
+        except Exception:  # broker down: the staff page's "resume" button sends it again
+            log.exception("could not enqueue %s%r", task_name, args)
+
+    transaction.on_commit(send)
+
+
+def start_project(*, project: Project) -> QueryBatch:
+    """Draft -> labeling: choose the secured set and the random initial batch, assign it.
+
+    Secured items with an imported ground truth count as admin-verified (one label each);
+    the others go to ``h`` labelers each (consensus). Feature extraction starts in the
+    background (chunked over workers) while the first batch is labeled.
+    """
+    with transaction.atomic():
+        project = Project.objects.select_for_update().get(pk=project.pk)
+        if project.state != Project.State.DRAFT:
+            raise Conflict(f"project {project.name!r} is already {project.state}")
+        cfg = project.live_config
+        items = list(project.items.order_by("index"))
+        if not items:
+            raise Conflict("the project has no items; import images first")
+        indices = np.arange(len(items))
+        secured = live.random_items(indices, min(cfg.secured_size, max(len(items) - 1, 0)), live.rng_for(cfg.seed, 0, 1).integers(2**31))
+        if len(secured):
+            Item.objects.filter(project=project, index__in=secured.tolist()).update(is_secured=True)
+        free = np.setdiff1d(indices, secured)
+        admin_labels = sum(1 for i in secured if items[i].ground_truth is not None)
+        consensus = [items[i] for i in secured if items[i].ground_truth is None]
+        budget_left = (cfg.budget if cfg.budget is not None else 10**12) - admin_labels - cfg.h * len(consensus)
+        initial = live.random_items(free, min(cfg.initial_size, max(budget_left, 0)),
+                                    live.rng_for(cfg.seed, 0, 2).integers(2**31))
+        if len(initial) == 0:
+            raise Conflict("nothing to label: the pool is empty or the budget is spent by the secured set")
+        batch = QueryBatch.objects.create(project=project, iteration=0, strategy="random")
+        _assign_first_labels(batch, [items[i] for i in initial], seed=cfg.seed)
+        eligible = selectors.eligible_labelers()
+        for item in consensus:
+            voters = live.choose_distinct(cfg.h, eligible, load=selectors.open_load(batch), seed=cfg.seed + item.index)
+            for voter in voters:
+                Assignment.objects.create(item=item, batch=batch, labeler_id=voter, kind=Assignment.Kind.SECURED)
+        _transition(project, Project.State.LABELING)
+        project.iteration = 0
+        project.save(update_fields=["state", "iteration", "updated_at"])
+        _enqueue("prepare_features", project.pk)
+    return batch
+
+
+def _assign_first_labels(batch: QueryBatch, items: list[Item], *, seed: int) -> list[Assignment]:
+    eligible = selectors.eligible_labelers()
+    who = live.spread(len(items), eligible, selectors.open_load(batch), seed=seed + batch.iteration)
+    rows = [Assignment(item=item, batch=batch, labeler_id=w, kind=Assignment.Kind.FIRST_LABEL,
+                       status=Assignment.Status.OPEN if w is not None else Assignment.Status.PAUSED)
+            for item, w in zip(items, who)]
+    return Assignment.objects.bulk_create(rows)
+
+
+def resume_loop(*, project: Project) -> bool:
+    """Re-send the loop task for the open batch when it is complete (staff button; idempotent)."""
+    batch = selectors.open_batch(project)
+    if batch is None or not selectors.batch_is_complete(batch):
+        return False
+    with transaction.atomic():
+        p = Project.objects.select_for_update().get(pk=project.pk)
+        if p.state == Project.State.LABELING:
+            _transition(p, Project.State.UPDATING)
+            p.save(update_fields=["state", "updated_at"])
+        _enqueue("process_batch", batch.pk)
+    return True
+
+
+# --------------------------------------------------------------------------------------
+# Annotators: next, answer, skip, undo
+# --------------------------------------------------------------------------------------
+
+
+def next_assignment(*, user, project: Project | None = None) -> Assignment | None:
+    """The user's next open assignment; claims a paused one when they have none."""
+    asg = selectors.next_assignment_for(user, project)
+    if asg is not None or user.pk not in set(selectors.eligible_labelers()):
+        return asg
+    paused = (Assignment.objects.filter(status=Assignment.Status.PAUSED, labeler__isnull=True,
+                                        batch__closed_at__isnull=True, batch__project__state=Project.State.LABELING)
+              .exclude(original_labeler=user).order_by("id"))
+    if project is not None:
+        paused = paused.filter(batch__project=project)
+    for candidate in paused[:50]:
+        with transaction.atomic():
+            Project.objects.select_for_update().get(pk=candidate.batch.project_id)
+            asg = Assignment.objects.select_for_update().filter(pk=candidate.pk, status=Assignment.Status.PAUSED,
+                                                                labeler__isnull=True).first()
+            if asg is None or Assignment.objects.filter(item=asg.item_id, batch=asg.batch_id, labeler=user).exists():
+                continue
+            asg.labeler, asg.status = user, Assignment.Status.OPEN
+            asg.save(update_fields=["labeler", "status"])
+        return selectors.next_assignment_for(user, project)
+    return None
+
+
+def _lock_assignment(user, assignment_id: int) -> tuple[Project, Assignment]:
+    """Lock the project, then the user's assignment (404 when it is not theirs)."""
+    found = Assignment.objects.filter(pk=assignment_id, labeler=user).values_list("batch__project_id", flat=True).first()
+    if found is None:
+        raise NotFound("no such assignment for you")
+    project = Project.objects.select_for_update().get(pk=found)
+    asg = (Assignment.objects.select_for_update().select_related("batch").filter(pk=assignment_id, labeler=user).first())
+    if asg is None:
+        raise NotFound("no such assignment for you")
+    return project, asg
+
+
+def _check_answerable(project: Project, asg: Assignment) -> None:
+    if asg.batch.closed_at is not None or asg.batch.frozen_at is not None:
+        raise Conflict("this batch is closed: the model is updating with it")
+    if project.state != Project.State.LABELING:
+        raise Conflict(f"the project is {project.get_state_display()}; answers are not accepted now")
+
+
+def parse_label(project: Project, label) -> int:
+    if isinstance(label, bool) or label is None:
+        raise InvalidInput(f"label must be an integer class index from 0 to {project.n_classes - 1}")
+    if isinstance(label, str) and label.strip().lstrip("-").isdigit():
+        label = int(label.strip())
+    if isinstance(label, float) and label.is_integer():
+        label = int(label)
+    if not isinstance(label, int) or not 0 <= label < project.n_classes:
+        raise InvalidInput(f"label must be an integer class index from 0 to {project.n_classes - 1} "
+                           f"({', '.join(f'{i}={c}' for i, c in enumerate(project.classes[:20]))}); got {label!r}")
+    return label
+
+
+def submit_annotation(*, user, assignment_id: int, label, seconds: float | None = None) -> tuple[Annotation, bool]:
+    """Answer an assignment. Returns (annotation, created).
+
+    Re-sending the same answer returns the existing annotation (created False); a different
+    label for an answered assignment is a conflict (undo first).
+    """
+    if seconds is not None:
+        try:
+            seconds = float(seconds)
+        except (TypeError, ValueError):
+            raise InvalidInput("seconds must be a number") from None
+        if not math.isfinite(seconds) or seconds < 0:
+            raise InvalidInput("seconds must be a non-negative number")
+        seconds = min(seconds, 86400.0)
+    with transaction.atomic():
+        project, asg = _lock_assignment(user, assignment_id)
+        label = parse_label(project, label)
+        if asg.status == Assignment.Status.DONE:
+            existing = Annotation.objects.get(assignment=asg)
+            if existing.label == label:
+                return existing, False
+            raise Conflict("this assignment is already answered with another label; undo it first")
+        if asg.status != Assignment.Status.OPEN:
+            raise Conflict(f"this assignment is {asg.status}")
+        _check_answerable(project, asg)
+        try:
+            with transaction.atomic():
+                annotation = Annotation.objects.create(assignment=asg, label=label, seconds=seconds)
+        except IntegrityError:  # a concurrent identical submit won the one-to-one race
+            existing = Annotation.objects.get(assignment=asg)
+            if existing.label == label:
+                return existing, False
+            raise Conflict("this assignment is already answered with another label; undo it first") from None
+        asg.status, asg.completed_at = Assignment.Status.DONE, timezone.now()
+        asg.save(update_fields=["status", "completed_at"])
+        ensure_profile(user)
+        LabelerProfile.objects.filter(user=user).update(labels_given=F("labels_given") + 1)
+        _after_progress(project, asg.batch)
+    return annotation, True
+
+
+def skip_assignment(*, user, assignment_id: int) -> Assignment:
+    """Skip an item (it returns to the pool). Skipping a skipped assignment is harmless."""
+    with transaction.atomic():
+        project, asg = _lock_assignment(user, assignment_id)
+        if asg.status == Assignment.Status.SKIPPED:
+            return asg
+        if asg.status != Assignment.Status.OPEN:
+            raise Conflict(f"this assignment is {asg.status}")
+        _check_answerable(project, asg)
+        asg.status, asg.completed_at = Assignment.Status.SKIPPED, timezone.now()
+        asg.save(update_fields=["status", "completed_at"])
+        _after_progress(project, asg.batch)
+    return asg
+
+
+def _after_progress(project: Project, batch: QueryBatch) -> None:
+    """When the batch's last assignment is answered: model updating, loop task after the grace period."""
+    if project.state == Project.State.LABELING and selectors.batch_is_complete(batch):
+        _transition(project, Project.State.UPDATING)
+        project.save(update_fields=["state", "updated_at"])
+        _enqueue("process_batch", batch.pk, countdown=loop_delay_seconds())
+
+
+def undo(*, user, assignment_id: int | None = None) -> Assignment:
+    """Take back the user's last answer (or skip) within the undo window while the batch is open."""
+    since = timezone.now() - timedelta(seconds=undo_seconds())
+    if assignment_id is None:
+        last = selectors.last_undoable(user, since=since)
+        if last is None:
+            raise Conflict(f"nothing to undo (answers can be undone for {undo_seconds():g} s)")
+        assignment_id = last.pk
+    with transaction.atomic():
+        project, asg = _lock_assignment(user, assignment_id)
+        if asg.status not in (Assignment.Status.DONE, Assignment.Status.SKIPPED):
+            raise Conflict("this assignment has no answer to undo")
+        if asg.completed_at is None or asg.completed_at < since:
+            raise Conflict(f"too late to undo (answers can be undone for {undo_seconds():g} s)")
+        if asg.batch.closed_at is not None or asg.batch.frozen_at is not None:
+            raise Conflict("too late to undo: the model is already updating with this answer")
+        if asg.status == Assignment.Status.DONE:
+            Annotation.objects.filter(assignment=asg).delete()
+            LabelerProfile.objects.filter(user=user, labels_given__gt=0).update(labels_given=F("labels_given") - 1)
+        asg.status, asg.completed_at = Assignment.Status.OPEN, None
+        asg.save(update_fields=["status", "completed_at"])
+        if project.state == Project.State.UPDATING:
+            _transition(project, Project.State.LABELING)
+            project.save(update_fields=["state", "updated_at"])
+    return asg
+
+
+# --------------------------------------------------------------------------------------
+# The live loop
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Snapshot:
+    project: Project
+    batch: QueryBatch
+    cfg: live.LiveConfig
+    pool: selectors.PoolLabels
+    batch_items: np.ndarray  # first-labeled items of this batch (answered)
+    reannotated_here: list[int]  # items re-annotated in this batch (phase reannotation)
+    previous_secured_accuracy: float | None
+    bought: int
+    eligible: list[int]
+    trust: dict[int, scoring.LabelerTrust]
+
+
+@dataclass
+class _Plan:
+    reannotate: list[tuple[int, int]] = field(default_factory=list)  # (item index, original labeler)
+    confirmations: list[int] = field(default_factory=list)  # labeler ids (one per confirmed label)
+    trust: dict[int, scoring.LabelerTrust] = field(default_factory=dict)  # updated trust states
+    loop_state: dict = field(default_factory=dict)
+    metric: dict = field(default_factory=dict)
+    next_items: list[int] = field(default_factory=list)
+    stop: str = ""
+
+
+def _trust_of(profile: LabelerProfile) -> scoring.LabelerTrust:
+    status = (scoring.Status.SUSPENDED if profile.is_suspended else
+              scoring.Status.FLAGGED if profile.is_flagged else scoring.Status.ACTIVE)
+    return scoring.LabelerTrust(trust=profile.trust, status=status, labels_given=profile.labels_given,
+                                checked=profile.checked, disagreements=profile.disagreements, alerts=profile.alerts)
+
+
+def _policy(cfg: live.LiveConfig) -> scoring.TrustPolicy:
+    return scoring.TrustPolicy(epsilon=cfg.epsilon)
+
+
+def _perturbations_to_json(p: dict[int, float]) -> dict[str, float | None]:
+    return {str(k): (v if math.isfinite(v) else None) for k, v in p.items()}
+
+
+def _perturbations_from_json(p: dict) -> dict[int, float]:
+    return {int(k): (float("inf") if v is None else float(v)) for k, v in (p or {}).items()}
+
+
+def advance_loop(*, batch_id: int) -> str:
+    """Process a complete batch: one loop step (see the module docstring). Idempotent.
+
+    Returns a short description of what happened (for logs and tests).
+    """
+    snap = _take_snapshot(batch_id)
+    if isinstance(snap, str):
+        return snap
+    features, features_file = feature_cache.features_for(snap.project)
+    if snap.batch.phase == QueryBatch.Phase.LABELING:
+        plan = _plan_after_labeling(snap, features, features_file)
+    else:
+        plan = _plan_after_reannotation(snap, features, features_file)
+    return _apply_plan(snap, plan)
+
+
+def _take_snapshot(batch_id: int) -> _Snapshot | str:
+    with transaction.atomic():
+        batch = QueryBatch.objects.filter(pk=batch_id).first()
+        if batch is None:
+            return "noop: no such batch"
+        project = Project.objects.select_for_update().get(pk=batch.project_id)
+        batch = QueryBatch.objects.select_for_update().get(pk=batch_id)
+        if batch.closed_at is not None:
+            return "noop: batch already closed"
+        if project.state == Project.State.FINISHED:
+            return "noop: project finished"
+        if not selectors.batch_is_complete(batch):
+            if project.state == Project.State.UPDATING:  # an answer was undone during the grace period
+                _transition(project, Project.State.LABELING)
+                project.save(update_fields=["state", "updated_at"])
+            return "noop: batch not complete"
+        if project.state != Project.State.UPDATING:
+            _transition(project, Project.State.UPDATING)
+            project.save(update_fields=["state", "updated_at"])
+        if batch.frozen_at is None:
+            batch.frozen_at = timezone.now()
+            batch.save(update_fields=["frozen_at"])
+        cfg = project.live_config
+        pool = selectors.pool_labels(project)
+        batch_items = np.array(sorted(Assignment.objects.filter(batch=batch, kind=Assignment.Kind.FIRST_LABEL,
+                                                                status=Assignment.Status.DONE)
+                                      .values_list("item__index", flat=True)), dtype=np.int64)
+        reannotated = sorted(set(Assignment.objects.filter(batch=batch, kind=Assignment.Kind.REANNOTATION)
+                                 .values_list("item__index", flat=True)))
+        prev = IterationMetric.objects.filter(project=project, iteration=batch.iteration - 1).first()
+        labelers = {int(v) for v in pool.labeler_of if v >= 0} | {lab for (_, lab, _) in pool.first_label.values()}
+        for uid in labelers:
+            LabelerProfile.objects.get_or_create(user_id=uid)
+        trust = {p.user_id: _trust_of(p) for p in LabelerProfile.objects.filter(user_id__in=labelers)}
+        return _Snapshot(project=project, batch=batch, cfg=cfg, pool=pool, batch_items=batch_items,
+                         reannotated_here=reannotated,
+                         previous_secured_accuracy=prev.secured_accuracy if prev else None,
+                         bought=selectors.labels_bought(project), eligible=selectors.eligible_labelers(),
+                         trust=trust)
+
+
+def _previous_model(snap: _Snapshot, features: np.ndarray, standardizer):
+    """F_{i-1}: saved by the previous iteration; retrained without this batch if the file is gone."""
+    i = snap.batch.iteration
+    if i == 0:
+        return None
+    model = live.load_model(feature_cache.model_path(snap.project, i - 1))
+    if model is None:
+        log.warning("project %s: model of iteration %s missing from the cache; retraining it", snap.project.pk, i - 1)
+        labels = snap.pool.labels.copy()
+        labels[snap.batch_items] = -1
+        if (labels >= 0).any():
+            model = live.train_model(features, labels, snap.pool.weights, snap.project.n_classes,
+                                     standardizer=standardizer, seed=snap.cfg.seed + i - 1)
+    return model
+
+
+def _plan_after_labeling(snap: _Snapshot, features: np.ndarray, features_file) -> _Plan:
+    from learner.heads import fit_standardizer
+
+    cfg, pool, i = snap.cfg, snap.pool, snap.batch.iteration
+    standardizer = fit_standardizer(features)
+    previous = _previous_model(snap, features, standardizer)
+    labeled_now = snap.batch_items[pool.labels[snap.batch_items] >= 0] if len(snap.batch_items) else snap.batch_items
+    plan = _Plan()
+    suspicious = np.empty(0, dtype=np.int64)
+    if cfg.defenses_on and previous is not None:
+        confirmed, suspicious = live.audit(previous, features, labeled_now, pool.labels, cfg.audit_confidence)
+        policy = _policy(cfg)
+        for item in confirmed:
+            uid = int(pool.labeler_of[item])
+            if uid >= 0 and uid in snap.trust:
+                scoring.apply_confirmation(snap.trust[uid], policy)
+                plan.trust[uid] = snap.trust[uid]
+    rows, perts = live.craft(features, standardizer, previous, labeled_now, pool.labels, cfg,
+                             seed=int(live.rng_for(cfg.seed, i, 3).integers(2**31)))
+    live.save_artificial(feature_cache.artificial_path(snap.project, i), rows)
+    artificial = live.load_artificial(feature_cache.artificial_path(snap.project, k) for k in range(i + 1))
+    weights = _weights(snap, plan.trust)
+    model = live.train_model(features, pool.labels, weights, snap.project.n_classes, artificial=artificial,
+                             augment_weight=cfg.augment_weight, standardizer=standardizer, seed=cfg.seed + i)
+    s_acc = live.accuracy_on(model, features, pool.secured_labels, pool.secured)
+    triggered = cfg.defenses_on and live.performance_dropped(s_acc, snap.previous_secured_accuracy, cfg.epsilon)
+    todo = set(int(x) for x in suspicious)
+    if triggered:
+        todo |= {int(x) for x in labeled_now if pool.labeler_of[x] >= 0}
+    plan.loop_state = {"secured_accuracy_before_check": s_acc, "check_triggered": bool(triggered),
+                       "audited": int(len(suspicious)), "perturbations": _perturbations_to_json(perts),
+                       "n_artificial": int(sum(len(r) for k, r in artificial.items() if pool.labels[k] >= 0))}
+    if cfg.defenses_on and todo:
+        others_exist = lambda orig: any(u != orig for u in snap.eligible)  # noqa: E731
+        plan.reannotate = [(item, int(pool.labeler_of[item])) for item in sorted(todo)
+                           if pool.labeler_of[item] >= 0 and others_exist(int(pool.labeler_of[item]))]
+        if plan.reannotate:
+            return plan
+    _plan_finish(snap, plan, features, features_file, model, s_acc, perts, artificial)
+    return plan
+
+
+def _weights(snap: _Snapshot, updated: dict[int, scoring.LabelerTrust]) -> np.ndarray:
+    """Label weights with this step's trust changes applied (verified labels keep weight 1)."""
+    w = snap.pool.weights.copy()
+    for uid, state in updated.items():
+        w[snap.pool.labeler_of == uid] = state.weight
+    return w
+
+
+def _plan_after_reannotation(snap: _Snapshot, features: np.ndarray, features_file) -> _Plan:
+    from learner.heads import fit_standardizer
+
+    cfg, pool, i = snap.cfg, snap.pool, snap.batch.iteration
+    standardizer = fit_standardizer(features)
+    previous = _previous_model(snap, features, standardizer)
+    plan = _Plan()
+    policy = _policy(cfg)
+    proba = live.class_probabilities(previous, features, snap.reannotated_here)
+    discarded = 0
+    for item in snap.reannotated_here:
+        if item not in pool.first_label or item not in pool.reannotations:
+            continue
+        original, uid, _ = pool.first_label[item]
+        outcome, keep = scoring.resolve(original, pool.reannotations[item])
+        discarded += int(keep is None)
+        if uid in snap.trust and item in proba:
+            p = proba[item]
+            scoring.apply_outcome(snap.trust[uid], outcome, prob_original=float(p[original]),
+                                  prob_consensus=float(p[keep]) if keep is not None else 0.0, policy=policy)
+            plan.trust[uid] = snap.trust[uid]
+    # suspended labelers' unverified labels leave D (their items return to the pool)
+    labels = pool.labels.copy()
+    for uid, state in plan.trust.items():
+        if state.status is scoring.Status.SUSPENDED:
+            labels[pool.labeler_of == uid] = -1
+    pool.labels = labels
+    artificial = live.load_artificial(feature_cache.artificial_path(snap.project, k) for k in range(i + 1))
+    model = live.train_model(features, labels, _weights(snap, plan.trust), snap.project.n_classes,
+                             artificial=artificial, augment_weight=cfg.augment_weight, standardizer=standardizer,
+                             seed=cfg.seed + i)
+    s_acc = live.accuracy_on(model, features, pool.secured_labels, pool.secured)
+    state = dict(snap.batch.loop_state or {})
+    state.update({"reannotated": len(snap.reannotated_here), "discarded": discarded,
+                  "n_artificial": int(sum(len(r) for k, r in artificial.items() if labels[k] >= 0))})
+    plan.loop_state = state
+    _plan_finish(snap, plan, features, features_file, model, s_acc,
+                 _perturbations_from_json(state.get("perturbations")), artificial)
+    return plan
+
+
+def _plan_finish(snap: _Snapshot, plan: _Plan, features, features_file, model, s_acc, perts, artificial) -> None:
+    """Save F_i, compute the metric, apply the stop rules and query the next batch."""
+    cfg, pool, i = snap.cfg, snap.pool, snap.batch.iteration
+    live.save_model(feature_cache.model_path(snap.project, i), model)
+    truth = (pool.ground_truth >= 0) & ~pool.secured_items
+    min_pert = live.min_perturbation(perts)
+    plan.metric = {
+        "labels_bought": snap.bought, "n_labeled": int((pool.labels >= 0).sum()),
+        "n_artificial": int(plan.loop_state.get("n_artificial", 0)),
+        "secured_accuracy": s_acc, "ground_truth_accuracy": live.accuracy_on(model, features, pool.ground_truth, truth),
+        "check_triggered": bool(plan.loop_state.get("check_triggered", False)),
+        "reannotated": int(plan.loop_state.get("reannotated", 0)),
+        "discarded": int(plan.loop_state.get("discarded", 0)), "min_perturbation": min_pert,
+    }
+    budget_left = (cfg.budget - snap.bought) if cfg.budget is not None else None
+    if budget_left is not None and budget_left <= 0:
+        plan.stop = "budget"
+    elif cfg.target is not None and s_acc is not None and s_acc >= cfg.target - 1e-12:
+        plan.stop = "target"
+    elif cfg.tau is not None and min_pert is not None and min_pert > cfg.tau:
+        plan.stop = "tau"
+    if plan.stop:
+        return
+    k = cfg.batch_size if budget_left is None else min(cfg.batch_size, budget_left)
+    blocked = (pool.labels >= 0) | pool.secured_items | pool.discarded
+    chosen = live.select_batch(cfg, features, blocked, pool.labels, model, k, perturbations=perts,
+                               seed=int(live.rng_for(cfg.seed, i + 1, 4).integers(2**31)),
+                               cache_key=str(features_file))
+    plan.next_items = [int(x) for x in chosen]
+    if not plan.next_items:
+        plan.stop = "pool exhausted"
+
+
+def _apply_plan(snap: _Snapshot, plan: _Plan) -> str:
+    with transaction.atomic():
+        project = Project.objects.select_for_update().get(pk=snap.project.pk)
+        batch = QueryBatch.objects.select_for_update().get(pk=snap.batch.pk)
+        if batch.closed_at is not None or batch.phase != snap.batch.phase:
+            return "noop: processed meanwhile"
+        if not selectors.batch_is_complete(batch):
+            return "noop: batch changed meanwhile"
+        _save_trust(plan.trust)
+        if plan.reannotate:
+            created = _open_reannotation(batch, plan.reannotate, snap.cfg)
+            batch.phase, batch.loop_state = QueryBatch.Phase.REANNOTATION, plan.loop_state
+            batch.save(update_fields=["phase", "loop_state"])
+            _transition(project, Project.State.LABELING)
+            project.save(update_fields=["state", "updated_at"])
+            if not created:  # nobody could take them: go on at once
+                _enqueue("process_batch", batch.pk)
+            return f"reannotation: {created} assignments for {len(plan.reannotate)} items"
+        IterationMetric.objects.get_or_create(project=project, iteration=batch.iteration,
+                                              defaults={**plan.metric, "started_at": batch.frozen_at or timezone.now()})
+        batch.phase, batch.closed_at, batch.loop_state = QueryBatch.Phase.CLOSED, timezone.now(), plan.loop_state
+        batch.save(update_fields=["phase", "closed_at", "loop_state"])
+        if plan.stop:
+            _transition(project, Project.State.FINISHED)
+            project.stop_reason = plan.stop
+            project.save(update_fields=["state", "stop_reason", "updated_at"])
+            return f"finished: {plan.stop}"
+        nxt = QueryBatch.objects.create(project=project, iteration=batch.iteration + 1, strategy=snap.cfg.strategy)
+        items = {i.index: i for i in project.items.filter(index__in=plan.next_items)}
+        _assign_first_labels(nxt, [items[k] for k in plan.next_items], seed=snap.cfg.seed)
+        project.iteration = nxt.iteration
+        _transition(project, Project.State.LABELING)
+        project.save(update_fields=["state", "iteration", "updated_at"])
+        for uid, state in plan.trust.items():
+            if state.status in (scoring.Status.SUSPENDED, scoring.Status.FLAGGED):
+                transaction.on_commit(lambda uid=uid: _release_after_commit(uid))
+        return f"opened batch {nxt.iteration} with {len(plan.next_items)} items"
+
+
+def _release_after_commit(uid: int) -> None:
+    from django.contrib.auth import get_user_model
+
+    user = get_user_model().objects.filter(pk=uid).first()
+    if user is not None:
+        release_open_work(user=user)
+
+
+def _save_trust(states: dict[int, scoring.LabelerTrust]) -> None:
+    for uid, st in states.items():
+        profile, _ = LabelerProfile.objects.select_for_update().get_or_create(user_id=uid)
+        profile.trust = min(max(float(st.trust), 0.0), 1.0)
+        profile.checked, profile.disagreements, profile.alerts = st.checked, st.disagreements, st.alerts
+        profile.is_suspended = profile.is_suspended or st.status is scoring.Status.SUSPENDED
+        profile.is_flagged = profile.is_flagged or st.status is scoring.Status.FLAGGED
+        profile.save()
+
+
+def _open_reannotation(batch: QueryBatch, todo: list[tuple[int, int]], cfg: live.LiveConfig) -> int:
+    """h distinct labelers per item, never its original labeler (the DB refuses that too)."""
+    eligible = selectors.eligible_labelers()
+    load = selectors.open_load(batch)
+    items = {i.index: i for i in batch.project.items.filter(index__in=[k for k, _ in todo])}
+    created = 0
+    for index, original in todo:
+        voters = live.choose_distinct(cfg.h, eligible, exclude={original}, load=load, seed=cfg.seed + index)
+        for voter in voters:
+            Assignment.objects.create(item=items[index], batch=batch, labeler_id=voter, original_labeler_id=original,
+                                      kind=Assignment.Kind.REANNOTATION)
+            load[voter] = load.get(voter, 0) + 1
+            created += 1
+    return created

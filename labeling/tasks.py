@@ -1,0 +1,52 @@
+"""Celery tasks of the labeling app: thin, idempotent wrappers that load ids and call a service.
+
+All three do model work, so their names start with ``labeling.tasks.train.`` and
+``CELERY_TASK_ROUTES`` sends them to the ``train`` queue.
+"""
+from __future__ import annotations
+
+import logging
+
+from celery import group, shared_task
+from django.db import InterfaceError, OperationalError
+
+log = logging.getLogger(__name__)
+
+_RETRY = {"autoretry_for": (OperationalError, InterfaceError), "retry_backoff": 2, "retry_backoff_max": 60,
+          "max_retries": 5}
+
+
+@shared_task(name="labeling.tasks.train.process_batch", **_RETRY)
+def process_batch(batch_id: int) -> str:
+    """One step of the live loop for a complete batch (a redelivery finds it processed: no-op)."""
+    from . import services
+
+    outcome = services.advance_loop(batch_id=int(batch_id))
+    log.info("process_batch(%s): %s", batch_id, outcome)
+    return outcome
+
+
+@shared_task(name="labeling.tasks.train.prepare_features", **_RETRY)
+def prepare_features(project_id: int) -> int:
+    """Fan feature extraction out: one ``extract_features_chunk`` task per chunk of the pool."""
+    from . import features
+    from .models import Project
+
+    project = Project.objects.filter(pk=project_id).first()
+    if project is None or features.features_file(project).is_file():
+        return 0
+    chunks = features.chunk_plan(project)
+    group(extract_features_chunk.si(project_id, start, stop) for start, stop in chunks).apply_async()
+    return len(chunks)
+
+
+@shared_task(name="labeling.tasks.train.extract_features_chunk", **_RETRY)
+def extract_features_chunk(project_id: int, start: int, stop: int) -> bool:
+    """Features of items ``start <= index < stop``; the last chunk to finish assembles the file."""
+    from . import features
+    from .models import Project
+
+    project = Project.objects.filter(pk=project_id).first()
+    if project is None:
+        return False
+    return features.write_chunk(project, int(start), int(stop))
