@@ -77,6 +77,7 @@ class Project(models.Model):
     state = models.CharField(max_length=16, choices=State.choices, default=State.DRAFT)
     iteration = models.PositiveIntegerField(default=0, help_text="Iteration of the open (or last) batch.")
     stop_reason = models.CharField(max_length=64, blank=True)
+    loop_error = models.TextField(blank=True, help_text="Last failure of the loop task (cleared on success).")
     storage_key = models.UUIDField(default=uuid.uuid4, unique=True, editable=False,
                                    help_text="Folder name of the project's images and caches.")
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
@@ -299,7 +300,7 @@ class IterationMetric(models.Model):
     reannotated = models.PositiveIntegerField(default=0)
     discarded = models.PositiveIntegerField(default=0)
     min_perturbation = models.FloatField(null=True, blank=True)
-    started_at = models.DateTimeField()
+    started_at = models.DateTimeField(help_text="When the iteration's batch was opened.")
     finished_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

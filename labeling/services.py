@@ -145,6 +145,11 @@ def create_project(*, name: str, classes: list[str], description: str = "", conf
     return project
 
 
+def _seed(cfg: live.LiveConfig, *parts: int) -> int:
+    """A seed derived from the project's seed and e.g. (iteration, purpose): same inputs, same draw."""
+    return int(live.rng_for(cfg.seed, *parts).integers(2**31))
+
+
 def _transition(project: Project, to: str) -> None:
     if project.state == to:
         return
@@ -183,15 +188,14 @@ def start_project(*, project: Project) -> QueryBatch:
         if not items:
             raise Conflict("the project has no items; import images first")
         indices = np.arange(len(items))
-        secured = live.random_items(indices, min(cfg.secured_size, max(len(items) - 1, 0)), live.rng_for(cfg.seed, 0, 1).integers(2**31))
+        secured = live.random_items(indices, min(cfg.secured_size, max(len(items) - 1, 0)), _seed(cfg, 0, 1))
         if len(secured):
             Item.objects.filter(project=project, index__in=secured.tolist()).update(is_secured=True)
         free = np.setdiff1d(indices, secured)
         admin_labels = sum(1 for i in secured if items[i].ground_truth is not None)
         consensus = [items[i] for i in secured if items[i].ground_truth is None]
         budget_left = (cfg.budget if cfg.budget is not None else 10**12) - admin_labels - cfg.h * len(consensus)
-        initial = live.random_items(free, min(cfg.initial_size, max(budget_left, 0)),
-                                    live.rng_for(cfg.seed, 0, 2).integers(2**31))
+        initial = live.random_items(free, min(cfg.initial_size, max(budget_left, 0)), _seed(cfg, 0, 2))
         if len(initial) == 0:
             raise Conflict("nothing to label: the pool is empty or the budget is spent by the secured set")
         batch = QueryBatch.objects.create(project=project, iteration=0, strategy="random")
@@ -522,7 +526,7 @@ def _plan_after_labeling(snap: _Snapshot, features: np.ndarray, features_file) -
                 scoring.apply_confirmation(snap.trust[uid], policy)
                 plan.trust[uid] = snap.trust[uid]
     rows, perts = live.craft(features, standardizer, previous, labeled_now, pool.labels, cfg,
-                             seed=int(live.rng_for(cfg.seed, i, 3).integers(2**31)))
+                             seed=_seed(cfg, i, 3))
     live.save_artificial(feature_cache.artificial_path(snap.project, i), rows)
     artificial = live.load_artificial(feature_cache.artificial_path(snap.project, k) for k in range(i + 1))
     weights = _weights(snap, plan.trust)
@@ -540,6 +544,8 @@ def _plan_after_labeling(snap: _Snapshot, features: np.ndarray, features_file) -
         others_exist = lambda orig: any(u != orig for u in snap.eligible)  # noqa: E731
         plan.reannotate = [(item, int(pool.labeler_of[item])) for item in sorted(todo)
                            if pool.labeler_of[item] >= 0 and others_exist(int(pool.labeler_of[item]))]
+        if cfg.budget is not None:  # re-annotations are bought too: h labels per item, never past the budget
+            plan.reannotate = plan.reannotate[: max(cfg.budget - snap.bought, 0) // cfg.h]
         if plan.reannotate:
             return plan
     _plan_finish(snap, plan, features, features_file, model, s_acc, perts, artificial)
@@ -621,49 +627,55 @@ def _plan_finish(snap: _Snapshot, plan: _Plan, features, features_file, model, s
     k = cfg.batch_size if budget_left is None else min(cfg.batch_size, budget_left)
     blocked = (pool.labels >= 0) | pool.secured_items | pool.discarded
     chosen = live.select_batch(cfg, features, blocked, pool.labels, model, k, perturbations=perts,
-                               seed=int(live.rng_for(cfg.seed, i + 1, 4).integers(2**31)),
+                               seed=_seed(cfg, i + 1, 4),
                                cache_key=str(features_file))
     plan.next_items = [int(x) for x in chosen]
     if not plan.next_items:
         plan.stop = "pool exhausted"
 
 
+def record_loop_error(*, batch_id: int, error: str) -> None:
+    """Keep the loop task's last failure on the project (shown on the staff page)."""
+    Project.objects.filter(batches__pk=batch_id).update(loop_error=error[:5000])
+
+
 def _apply_plan(snap: _Snapshot, plan: _Plan) -> str:
     with transaction.atomic():
         project = Project.objects.select_for_update().get(pk=snap.project.pk)
+        project.loop_error = ""
         batch = QueryBatch.objects.select_for_update().get(pk=snap.batch.pk)
         if batch.closed_at is not None or batch.phase != snap.batch.phase:
             return "noop: processed meanwhile"
         if not selectors.batch_is_complete(batch):
             return "noop: batch changed meanwhile"
-        _save_trust(plan.trust)
+        newly_blocked = _save_trust(plan.trust)
+        for uid in sorted(newly_blocked):  # their open work elsewhere goes to others
+            transaction.on_commit(lambda uid=uid: _release_after_commit(uid))
         if plan.reannotate:
             created = _open_reannotation(batch, plan.reannotate, snap.cfg)
             batch.phase, batch.loop_state = QueryBatch.Phase.REANNOTATION, plan.loop_state
-            batch.save(update_fields=["phase", "loop_state"])
+            batch.frozen_at = None  # its new assignments may be answered (and undone) again
+            batch.save(update_fields=["phase", "loop_state", "frozen_at"])
             _transition(project, Project.State.LABELING)
-            project.save(update_fields=["state", "updated_at"])
+            project.save(update_fields=["state", "loop_error", "updated_at"])
             if not created:  # nobody could take them: go on at once
                 _enqueue("process_batch", batch.pk)
             return f"reannotation: {created} assignments for {len(plan.reannotate)} items"
         IterationMetric.objects.get_or_create(project=project, iteration=batch.iteration,
-                                              defaults={**plan.metric, "started_at": batch.frozen_at or timezone.now()})
+                                              defaults={**plan.metric, "started_at": batch.opened_at})
         batch.phase, batch.closed_at, batch.loop_state = QueryBatch.Phase.CLOSED, timezone.now(), plan.loop_state
         batch.save(update_fields=["phase", "closed_at", "loop_state"])
         if plan.stop:
             _transition(project, Project.State.FINISHED)
             project.stop_reason = plan.stop
-            project.save(update_fields=["state", "stop_reason", "updated_at"])
+            project.save(update_fields=["state", "stop_reason", "loop_error", "updated_at"])
             return f"finished: {plan.stop}"
         nxt = QueryBatch.objects.create(project=project, iteration=batch.iteration + 1, strategy=snap.cfg.strategy)
         items = {i.index: i for i in project.items.filter(index__in=plan.next_items)}
         _assign_first_labels(nxt, [items[k] for k in plan.next_items], seed=snap.cfg.seed)
         project.iteration = nxt.iteration
         _transition(project, Project.State.LABELING)
-        project.save(update_fields=["state", "iteration", "updated_at"])
-        for uid, state in plan.trust.items():
-            if state.status in (scoring.Status.SUSPENDED, scoring.Status.FLAGGED):
-                transaction.on_commit(lambda uid=uid: _release_after_commit(uid))
+        project.save(update_fields=["state", "iteration", "loop_error", "updated_at"])
         return f"opened batch {nxt.iteration} with {len(plan.next_items)} items"
 
 
@@ -675,14 +687,20 @@ def _release_after_commit(uid: int) -> None:
         release_open_work(user=user)
 
 
-def _save_trust(states: dict[int, scoring.LabelerTrust]) -> None:
+def _save_trust(states: dict[int, scoring.LabelerTrust]) -> set[int]:
+    """Write trust changes; returns the labelers who became flagged or suspended just now."""
+    newly_blocked = set()
     for uid, st in states.items():
         profile, _ = LabelerProfile.objects.select_for_update().get_or_create(user_id=uid)
+        was_blocked = profile.is_suspended or profile.is_flagged
         profile.trust = min(max(float(st.trust), 0.0), 1.0)
         profile.checked, profile.disagreements, profile.alerts = st.checked, st.disagreements, st.alerts
         profile.is_suspended = profile.is_suspended or st.status is scoring.Status.SUSPENDED
         profile.is_flagged = profile.is_flagged or st.status is scoring.Status.FLAGGED
         profile.save()
+        if not was_blocked and (profile.is_suspended or profile.is_flagged):
+            newly_blocked.add(uid)
+    return newly_blocked
 
 
 def _open_reannotation(batch: QueryBatch, todo: list[tuple[int, int]], cfg: live.LiveConfig) -> int:

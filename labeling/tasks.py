@@ -21,7 +21,13 @@ def process_batch(batch_id: int) -> str:
     """One step of the live loop for a complete batch (a redelivery finds it processed: no-op)."""
     from . import services
 
-    outcome = services.advance_loop(batch_id=int(batch_id))
+    try:
+        outcome = services.advance_loop(batch_id=int(batch_id))
+    except (OperationalError, InterfaceError):
+        raise  # transient: retried
+    except Exception as exc:
+        services.record_loop_error(batch_id=int(batch_id), error=f"{exc.__class__.__name__}: {exc}")
+        raise
     log.info("process_batch(%s): %s", batch_id, outcome)
     return outcome
 

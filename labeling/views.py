@@ -1,22 +1,37 @@
-"""Thin views of the labeling app."""
+"""Thin views of the labeling app (HTML pages; the JSON API is in ``api.py``)."""
 from __future__ import annotations
 
+import json
+
+from django.contrib import messages
+from django.contrib.admin.views.decorators import staff_member_required
 from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
 from django.db import connection
-from django.http import JsonResponse
-from django.shortcuts import render
+from django.http import FileResponse, Http404, JsonResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.utils.safestring import mark_safe
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET, require_POST
 
 from learner import selectors as learner_selectors
+
+from . import importers, selectors, services
+from .charts import accuracy_svg
+from .forms import ImportForm, ProjectForm
+from .models import Assignment, Project
 
 
 @login_required
 def home(request):
-    """Landing page: annotators see their work, staff see projects and worker status."""
-    return render(
-        request,
-        "home.html",
-        {"last_ping": learner_selectors.last_worker_ping() if request.user.is_staff else None},
-    )
+    """Landing page: annotators see their projects, staff see every project and worker status."""
+    user = request.user
+    projects = list(selectors.project_list_for(user)) if (user.is_staff or selectors.is_annotator(user)) else []
+    rows = [{"project": p, "progress": selectors.progress_for(user, p)} for p in projects]
+    return render(request, "home.html", {
+        "last_ping": learner_selectors.last_worker_ping() if user.is_staff else None,
+        "rows": rows, "is_annotator": selectors.is_annotator(user),
+    })
 
 
 def health(request):
@@ -27,3 +42,118 @@ def health(request):
     except Exception:  # any database failure means "not ready"
         return JsonResponse({"status": "unavailable", "database": "down"}, status=503)
     return JsonResponse({"status": "ok", "database": "up"})
+
+
+# ---- annotators ------------------------------------------------------------------------
+
+
+@login_required
+def annotate(request, project_id: int):
+    project = get_object_or_404(Project, pk=project_id)
+    if not (request.user.is_staff or selectors.is_annotator(request.user)):
+        raise PermissionDenied("only annotators label")
+    if not selectors.project_visible_to(request.user, project):
+        raise Http404("no such project")
+    return render(request, "labeling/annotate.html", {"project": project, "undo_seconds": services.undo_seconds()})
+
+
+@login_required
+@require_GET
+@never_cache
+def assignment_image(request, assignment_id: int):
+    """The image of one of *your* assignments, under an opaque URL (no file name, no item id)."""
+    asg = Assignment.objects.select_related("item").filter(pk=assignment_id).first()
+    if asg is None or not (asg.labeler_id == request.user.pk or request.user.is_staff):
+        raise Http404("no such image")
+    try:
+        fh = asg.item.image.open("rb")
+    except (FileNotFoundError, ValueError):
+        raise Http404("image file missing") from None
+    response = FileResponse(fh, content_type="image/png", filename="image.png")
+    response["Cache-Control"] = "private, no-store"
+    return response
+
+
+# ---- staff -----------------------------------------------------------------------------
+
+
+@staff_member_required
+def staff_project_new(request):
+    form = ProjectForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            project = services.create_project(created_by=request.user, **form.cleaned_data)
+        except Exception as exc:  # ValidationError from full_clean, e.g. a duplicate name
+            form.add_error(None, str(getattr(exc, "messages", [exc])[0]))
+        else:
+            messages.success(request, f"Project {project.name} created. Import images next.")
+            return redirect("labeling:staff-project", project_id=project.pk)
+    return render(request, "labeling/staff_project_new.html", {"form": form})
+
+
+def _staff_context(project: Project, *, import_form=None, report=None) -> dict:
+    metrics = selectors.metric_history(project)
+    return {
+        "project": project, "metrics": metrics, "chart": mark_safe(accuracy_svg(metrics)),  # built from numbers only
+        "config_json": json.dumps(project.config, sort_keys=True),
+        "batches": project.batches.order_by("-iteration")[:20], "n_items": selectors.item_count(project),
+        "labels_bought": selectors.labels_bought(project), "import_form": import_form or ImportForm(),
+        "report": report, "open_batch": selectors.open_batch(project),
+    }
+
+
+@staff_member_required
+def staff_project(request, project_id: int):
+    project = get_object_or_404(Project, pk=project_id)
+    return render(request, "labeling/staff_project.html", _staff_context(project))
+
+
+@staff_member_required
+@require_POST
+def staff_project_import(request, project_id: int):
+    project = get_object_or_404(Project, pk=project_id)
+    form = ImportForm(request.POST, request.FILES)
+    report = None
+    if form.is_valid():
+        d = form.cleaned_data
+        strict = not d.get("skip_invalid")
+        try:
+            if d.get("archive"):
+                report = importers.import_zip(project=project, file=d["archive"], strict=strict)
+            elif d.get("folder"):
+                report = importers.import_folder(project=project, path=d["folder"], strict=strict)
+            else:
+                report = importers.import_dataset(project=project, spec=d["dataset"], pool_size=d.get("pool_size"),
+                                                  upscale=d.get("upscale") or 1, strict=strict)
+        except importers.ImportFailed as exc:
+            form.add_error(None, str(exc))
+        else:
+            (messages.success if report.ok else messages.error)(request, report.summary())
+            if report.ok and not report.errors and not report.skipped:
+                return redirect("labeling:staff-project", project_id=project.pk)
+    return render(request, "labeling/staff_project.html", _staff_context(project, import_form=form, report=report),
+                  status=200 if report is not None and report.ok else 400)
+
+
+@staff_member_required
+@require_POST
+def staff_project_start(request, project_id: int):
+    project = get_object_or_404(Project, pk=project_id)
+    try:
+        batch = services.start_project(project=project)
+    except services.LabelingError as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, f"Labeling started: batch 0 with {batch.assignments.count()} assignments.")
+    return redirect("labeling:staff-project", project_id=project.pk)
+
+
+@staff_member_required
+@require_POST
+def staff_project_resume(request, project_id: int):
+    project = get_object_or_404(Project, pk=project_id)
+    if services.resume_loop(project=project):
+        messages.success(request, "The loop task was sent again.")
+    else:
+        messages.info(request, "Nothing to resume: the open batch is not complete.")
+    return redirect("labeling:staff-project", project_id=project.pk)

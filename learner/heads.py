@@ -165,6 +165,17 @@ def train_head(
         module.linear.bias.zero_()
     if len(features) == 0:
         return LinearHead(mean, scale, module)
+    # Small heads train faster on one thread than on contended cores (7.5 s -> 0.09 s seen here).
+    previous_threads = torch.get_num_threads()
+    if features.size < 2_000_000:
+        torch.set_num_threads(1)
+    try:
+        return _fit(module, features, labels, sample_weight, mean, scale, config, generator)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _fit(module, features, labels, sample_weight, mean, scale, config, generator) -> LinearHead:
     x = torch.from_numpy((features - mean) / scale)
     y = torch.from_numpy(labels)
     w = torch.ones(len(y)) if sample_weight is None else torch.as_tensor(sample_weight, dtype=torch.float32)

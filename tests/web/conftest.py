@@ -112,16 +112,10 @@ def redis_worker(transactional_db, redis_url, tmp_path):
 
 @pytest.fixture
 def filesystem_worker(transactional_db, tmp_path):
+    from config.settings import filesystem_broker_options
+
     broker_dir = tmp_path / "broker"
-    options = {
-        "data_folder_in": str(broker_dir / "queue"),
-        "data_folder_out": str(broker_dir / "queue"),
-        "processed_folder": str(broker_dir / "processed"),
-        "store_processed": False,
-        "control_folder": str(broker_dir / "control"),
-    }
-    for sub in ("queue", "processed", "control"):
-        (broker_dir / sub).mkdir(parents=True)
+    options = filesystem_broker_options(broker_dir)
     worker = start_worker(
         broker_url="filesystem://", transport_options=options,
         env_extra={"ROBUSTAL_BROKER_DIR": str(broker_dir)}, tmp_path=tmp_path,

@@ -1,0 +1,198 @@
+"""REST API of the labeling app (DRF). Views are thin: parse, call a service/selector, serialize.
+
+Annotators: ``GET next/``, ``POST assignments/<id>/annotation/``, ``POST assignments/<id>/skip/``,
+``POST undo/``, ``GET projects/<id>/status/``. Staff: the same status with details, metrics,
+exports. An assignment that is not yours answers 404 (its existence is not revealed).
+"""
+from __future__ import annotations
+
+import csv
+import json
+
+from django.http import HttpResponse, StreamingHttpResponse
+from django.shortcuts import get_object_or_404
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import status
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from . import selectors, services
+from .models import Project
+from .permissions import IsAnnotator, IsStaff
+from .serializers import (AnnotationOutSerializer, AnswerInSerializer, AssignmentOutSerializer, MetricSerializer,
+                          NextOutSerializer, StatusOutSerializer, UndoInSerializer)
+
+
+def _error(exc: services.LabelingError) -> Response:
+    return Response({"detail": exc.message}, status=exc.status_code)
+
+
+def _invalid(ser) -> Response:
+    """400 with one readable sentence in ``detail`` plus DRF's per-field errors."""
+    parts = [f"{field}: {' '.join(str(m) for m in msgs)}" for field, msgs in ser.errors.items()]
+    return Response({"detail": "; ".join(parts), "errors": ser.errors}, status=400)
+
+
+def _project_or_404(request, project_id) -> Project:
+    project = get_object_or_404(Project, pk=project_id)
+    if not selectors.project_visible_to(request.user, project):
+        from django.http import Http404
+
+        raise Http404("no such project")
+    return project
+
+
+def status_payload(user, project: Project) -> dict:
+    data = {"id": project.pk, "name": project.name, "state": project.state, "iteration": project.iteration,
+            "classes": project.classes, "progress": selectors.progress_for(user, project)}
+    if user.is_staff:
+        data.update({
+            "stop_reason": project.stop_reason, "labels_bought": selectors.labels_bought(project),
+            "n_items": selectors.item_count(project), "config": project.config,
+            "history": MetricSerializer(selectors.metric_history(project), many=True).data,
+        })
+    return data
+
+
+class NextAssignmentView(APIView):
+    permission_classes = [IsAnnotator]
+
+    @extend_schema(
+        summary="Your next assignment",
+        parameters=[OpenApiParameter("project", int, required=False, description="Only this project.")],
+        responses=NextOutSerializer,
+    )
+    def get(self, request):
+        project = None
+        if request.query_params.get("project"):
+            try:
+                project = _project_or_404(request, int(request.query_params["project"]))
+            except ValueError:
+                return Response({"detail": "project must be an integer id"}, status=400)
+        asg = services.next_assignment(user=request.user, project=project)
+        if asg is not None:
+            project = asg.batch.project
+        state = project.state if project else None
+        if asg is not None:
+            message = ""
+        elif state == Project.State.UPDATING:
+            message = "The model is updating; new work will appear shortly."
+        elif state == Project.State.FINISHED:
+            message = "This project is finished. Thank you!"
+        else:
+            message = "Nothing to label right now. Waiting for the others to finish this batch."
+        return Response(NextOutSerializer({
+            "assignment": asg, "project_state": state,
+            "progress": selectors.progress_for(request.user, project) if project else None, "message": message,
+        }).data)
+
+
+class AnswerView(APIView):
+    permission_classes = [IsAnnotator]
+
+    @extend_schema(summary="Answer an assignment", request=AnswerInSerializer,
+                   responses={201: AnnotationOutSerializer, 200: AnnotationOutSerializer})
+    def post(self, request, assignment_id: int):
+        ser = AnswerInSerializer(data=request.data)
+        if not ser.is_valid():
+            return _invalid(ser)
+        try:
+            annotation, created = services.submit_annotation(
+                user=request.user, assignment_id=assignment_id, label=ser.validated_data["label"],
+                seconds=ser.validated_data.get("seconds"))
+        except services.LabelingError as exc:
+            return _error(exc)
+        return Response(AnnotationOutSerializer(annotation).data,
+                        status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+
+
+class SkipView(APIView):
+    permission_classes = [IsAnnotator]
+
+    @extend_schema(summary="Skip an assignment (the item returns to the pool)", request=None,
+                   responses=AssignmentOutSerializer)
+    def post(self, request, assignment_id: int):
+        try:
+            asg = services.skip_assignment(user=request.user, assignment_id=assignment_id)
+        except services.LabelingError as exc:
+            return _error(exc)
+        return Response(AssignmentOutSerializer(asg).data)
+
+
+class UndoView(APIView):
+    permission_classes = [IsAnnotator]
+
+    @extend_schema(summary="Undo your last answer or skip (within the undo window, batch still open)",
+                   request=UndoInSerializer, responses=AssignmentOutSerializer)
+    def post(self, request):
+        ser = UndoInSerializer(data=request.data)
+        if not ser.is_valid():
+            return _invalid(ser)
+        try:
+            asg = services.undo(user=request.user, assignment_id=ser.validated_data.get("assignment"))
+        except services.LabelingError as exc:
+            return _error(exc)
+        return Response(AssignmentOutSerializer(asg).data)
+
+
+class ProjectStatusView(APIView):
+    permission_classes = [IsAnnotator]
+
+    @extend_schema(summary="Project status (staff get history, config and counts)", responses=StatusOutSerializer)
+    def get(self, request, project_id: int):
+        project = _project_or_404(request, project_id)
+        return Response(StatusOutSerializer(status_payload(request.user, project)).data)
+
+
+class ProjectMetricsView(APIView):
+    permission_classes = [IsStaff]
+
+    @extend_schema(summary="Accuracy history of the live loop (staff)", responses=MetricSerializer(many=True))
+    def get(self, request, project_id: int):
+        project = get_object_or_404(Project, pk=project_id)
+        return Response(MetricSerializer(selectors.metric_history(project), many=True).data)
+
+
+class _Echo:
+    def write(self, value):
+        return value
+
+
+def export_response(project: Project, kind: str, fmt: str):
+    rows = selectors.export_raw_rows(project) if kind == "raw" else selectors.export_resolved_rows(project)
+    fields = selectors.RAW_FIELDS if kind == "raw" else selectors.RESOLVED_FIELDS
+    filename = f"project-{project.pk}-{kind}.{fmt}"
+    if fmt == "csv":
+        writer = csv.DictWriter(_Echo(), fieldnames=fields)
+
+        def stream():
+            yield writer.writeheader()
+            for row in rows:
+                yield writer.writerow({k: "" if row[k] is None else row[k] for k in fields})
+
+        response = StreamingHttpResponse(stream(), content_type="text/csv; charset=utf-8")
+    else:
+        payload = {"project": {"id": project.pk, "name": project.name, "classes": project.classes},
+                   "kind": kind, "rows": list(rows)}
+        response = HttpResponse(json.dumps(payload, indent=1), content_type="application/json")
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    return response
+
+
+class ExportView(APIView):
+    permission_classes = [IsStaff]
+
+    @extend_schema(summary="Export annotations (staff): raw = one row per annotation, resolved = one per item",
+                   parameters=[OpenApiParameter("kind", str, OpenApiParameter.PATH, enum=["raw", "resolved"]),
+                               OpenApiParameter("fmt", str, OpenApiParameter.PATH, enum=["csv", "json"])],
+                   responses={(200, "text/csv"): OpenApiTypes.BINARY, (200, "application/json"): OpenApiTypes.OBJECT})
+    def get(self, request, project_id: int, kind: str, fmt: str):
+        project = get_object_or_404(Project, pk=project_id)
+        if kind not in ("raw", "resolved") or fmt not in ("csv", "json"):
+            return Response({"detail": "kind must be raw or resolved, format csv or json"}, status=400)
+        return export_response(project, kind, fmt)
+
+
+__all__ = ["NextAssignmentView", "AnswerView", "SkipView", "UndoView", "ProjectStatusView", "ProjectMetricsView",
+           "ExportView"]

@@ -1,0 +1,84 @@
+"""Serializers of the labeling API: thin shapes, no logic.
+
+What an annotator sees of an assignment is deliberately small: an id, an opaque image URL, the
+class names and their progress. Never the item's file name, ground truth, secured flag, the
+assignment kind (first label or re-annotation), trust or anyone else's labels.
+"""
+from __future__ import annotations
+
+from django.urls import reverse
+from rest_framework import serializers
+
+
+class AnswerInSerializer(serializers.Serializer):
+    label = serializers.JSONField(allow_null=True, help_text="Class index, 0 .. len(classes) - 1.")
+    seconds = serializers.FloatField(required=False, allow_null=True, min_value=0,
+                                     help_text="Seconds the annotator took (optional).")
+
+
+class UndoInSerializer(serializers.Serializer):
+    assignment = serializers.IntegerField(required=False, help_text="Default: your last answer or skip.")
+
+
+class ProgressSerializer(serializers.Serializer):
+    done = serializers.IntegerField()
+    total = serializers.IntegerField()
+    batch_done = serializers.IntegerField()
+    batch_total = serializers.IntegerField()
+
+
+class AssignmentOutSerializer(serializers.Serializer):
+    id = serializers.IntegerField(source="pk")
+    project = serializers.IntegerField(source="batch.project_id")
+    project_name = serializers.CharField(source="batch.project.name")
+    image_url = serializers.SerializerMethodField()
+    classes = serializers.ListField(child=serializers.CharField(), source="batch.project.classes")
+    status = serializers.CharField()
+
+    def get_image_url(self, obj) -> str:
+        return reverse("labeling:assignment-image", args=[obj.pk])
+
+
+class NextOutSerializer(serializers.Serializer):
+    assignment = AssignmentOutSerializer(allow_null=True)
+    project_state = serializers.CharField(allow_null=True)
+    progress = ProgressSerializer(allow_null=True)
+    message = serializers.CharField()
+
+
+class AnnotationOutSerializer(serializers.Serializer):
+    id = serializers.IntegerField(source="pk")
+    assignment = serializers.IntegerField(source="assignment_id")
+    label = serializers.IntegerField()
+    seconds = serializers.FloatField(allow_null=True)
+    created_at = serializers.DateTimeField()
+
+
+class MetricSerializer(serializers.Serializer):
+    iteration = serializers.IntegerField()
+    labels_bought = serializers.IntegerField()
+    n_labeled = serializers.IntegerField()
+    n_artificial = serializers.IntegerField()
+    secured_accuracy = serializers.FloatField(allow_null=True)
+    ground_truth_accuracy = serializers.FloatField(allow_null=True)
+    check_triggered = serializers.BooleanField()
+    reannotated = serializers.IntegerField()
+    discarded = serializers.IntegerField()
+    min_perturbation = serializers.FloatField(allow_null=True)
+    started_at = serializers.DateTimeField()
+    finished_at = serializers.DateTimeField()
+
+
+class StatusOutSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    name = serializers.CharField()
+    state = serializers.CharField()
+    iteration = serializers.IntegerField()
+    classes = serializers.ListField(child=serializers.CharField())
+    progress = ProgressSerializer()
+    # staff only (absent for annotators)
+    stop_reason = serializers.CharField(required=False)
+    labels_bought = serializers.IntegerField(required=False)
+    n_items = serializers.IntegerField(required=False)
+    config = serializers.DictField(required=False)
+    history = MetricSerializer(many=True, required=False)

@@ -1,0 +1,69 @@
+"""Fixtures and helpers shared by the ``test_labeling_*`` files (import the fixtures you use)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from labeling import importers, services
+from labeling.models import Assignment, Project
+from tests.web.factories import AnnotatorFactory, StaffFactory
+
+
+@pytest.fixture
+def labeling_dirs(settings, tmp_path, monkeypatch):
+    """Media and cache folders of this test, also exported for worker subprocesses."""
+    media, cache = tmp_path / "media", tmp_path / "cache"
+    media.mkdir()
+    cache.mkdir()
+    settings.MEDIA_ROOT = media
+    settings.LABELING_LOOP_DELAY_SECONDS = 0
+    monkeypatch.setenv("MEDIA_ROOT", str(media))
+    monkeypatch.setenv("ROBUSTAL_CACHE_DIR", str(cache))
+    return media, cache
+
+
+@pytest.fixture
+def annotators(db):
+    return [AnnotatorFactory(username=n) for n in ("ann_a", "ann_b", "ann_c")]
+
+
+@pytest.fixture
+def staff(db):
+    return StaffFactory(username="boss")
+
+
+DEFAULT_CONFIG = {"strategy": "robust", "batch_size": 6, "initial_size": 6, "secured_size": 6, "h": 2,
+                  "backbone": "flatten", "feature_size": 8, "channels": 1, "budget": 60, "n_clusters": 3}
+
+
+def digits_project(*, name="digits", n=48, classes=("0", "1", "2"), config=None, start=True) -> Project:
+    """A small project of real 8x8 digits (upscaled 4x), ground truth hidden, optionally started."""
+    from learner.data import load_digits
+
+    data = load_digits(classes=list(classes), pool_size=n, test_size=0, seed=0)
+    project = services.create_project(name=name, classes=list(classes), config={**DEFAULT_CONFIG, **(config or {})})
+    report = importers.import_arrays(project=project, images=data.x_pool, labels=data.y_pool, upscale=4)
+    assert report.ok, report.errors
+    if start:
+        services.start_project(project=project)
+        project.refresh_from_db()
+    return project
+
+
+def answer_open(project: Project, *, truthful=True, wrong_for=()) -> int:
+    """Answer every open assignment of the project's open batch (ground truth, or wrong for some users)."""
+    from labeling import selectors
+
+    batch = selectors.open_batch(project)
+    n = 0
+    for asg in Assignment.objects.filter(batch=batch, status=Assignment.Status.OPEN).select_related("item", "labeler"):
+        label = asg.item.ground_truth
+        if not truthful or asg.labeler.username in wrong_for:
+            label = (label + 1) % project.n_classes
+        services.submit_annotation(user=asg.labeler, assignment_id=asg.pk, label=label, seconds=0.5)
+        n += 1
+    return n
+
+
+def random_images(n: int, size: int = 8, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, size=(n, size, size, 1), dtype=np.uint8)

@@ -1,0 +1,110 @@
+"""End to end in a real headless Chromium: an annotator labels a batch with the keyboard on a phone-sized
+screen, sees "the model is updating", and the next batch appears.
+
+The loop task is captured instead of sent to a broker and run in-process by the test (the
+worker path is covered by test_labeling_worker.py).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+from labeling import services
+from labeling.models import Assignment, Project, QueryBatch
+from tests.web.factories import PASSWORD, AnnotatorFactory
+from tests.web.labeling_support import digits_project, labeling_dirs  # noqa: F401
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+@pytest.fixture
+def browser_page(monkeypatch):
+    if not (os.path.exists(CHROMIUM) or shutil.which("chromium")):
+        pytest.skip("chromium is not installed (apt-get install -y chromium)")
+    from playwright.sync_api import sync_playwright
+
+    # Playwright's sync API runs an event loop in this thread; the test's own ORM calls are plain sync.
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        context = browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=1)
+        page = context.new_page()
+        page.set_default_timeout(20_000)
+        try:
+            yield page
+        finally:
+            context.close()
+            browser.close()
+            # ORM calls made while Playwright's loop runs get their own (context-local) connection:
+            # close it here, in that same context, or PostgreSQL cannot drop the test database.
+            from django.db import connections
+
+            connections.close_all()
+
+
+def test_annotator_labels_a_batch_with_the_keyboard_and_the_next_batch_appears(
+        labeling_dirs, live_server, browser_page, monkeypatch):
+    sent = []
+    monkeypatch.setattr(services, "_enqueue", lambda name, *args, countdown=None: sent.append((name, args)))
+    alice = AnnotatorFactory(username="alice")
+    project = digits_project(n=30, config={"strategy": "robust", "initial_size": 4, "batch_size": 4,
+                                           "secured_size": 4, "budget": 40})
+    page = browser_page
+
+    page.goto(f"{live_server.url}/accounts/login/?next=/labeling/projects/{project.pk}/annotate/")
+    page.fill("#id_username", alice.username)
+    page.fill("#id_password", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_selector("#work:not([hidden]) #image")
+    assert page.evaluate("getComputedStyle(document.getElementById('image')).imageRendering") == "pixelated"
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390  # fits a phone screen
+    assert page.locator(".class-button").count() == 3
+
+    def shown() -> Assignment:
+        page.wait_for_function("document.getElementById('annotate').dataset.assignment !== ''")
+        ident = int(page.get_attribute("#annotate", "data-assignment"))
+        page.wait_for_function("document.getElementById('image').complete && document.getElementById('image').naturalWidth > 0")
+        return Assignment.objects.select_related("item").get(pk=ident)
+
+    def press_answer(asg: Assignment):
+        page.keyboard.press(str(asg.item.ground_truth + 1))
+        page.wait_for_function(f"document.getElementById('annotate').dataset.assignment !== '{asg.pk}'")
+
+    # one answer, undone with the keyboard: the same image comes back
+    first = shown()
+    page.keyboard.press(str((first.item.ground_truth + 1) % 3 + 1))  # a wrong answer...
+    page.wait_for_function(f"document.getElementById('annotate').dataset.assignment !== '{first.pk}'")
+    page.keyboard.press("u")  # ...taken back
+    page.wait_for_function(f"document.getElementById('annotate').dataset.assignment === '{first.pk}'")
+    assert not Assignment.objects.get(pk=first.pk).status == "done"
+
+    batch0 = QueryBatch.objects.get(project=project, iteration=0)
+    for _ in range(batch0.assignments.count()):
+        asg = shown()
+        assert asg.batch_id == batch0.pk and asg.labeler_id == alice.pk
+        press_answer(asg)
+    page.wait_for_selector("#banner.updating:not([hidden])")
+    assert "updating" in page.inner_text("#banner").lower()
+    assert page.inner_text("#progress-text").startswith("You: 4 / 4")
+    assert sent == [("prepare_features", (project.pk,)), ("process_batch", (batch0.pk,))]
+
+    # the "worker": run the loop task in-process; the page's status polling picks up the new batch
+    assert services.advance_loop(batch_id=batch0.pk).startswith("opened batch 1")
+    page.wait_for_selector("#work:not([hidden])", timeout=15_000)
+    nxt = shown()
+    assert nxt.batch.iteration == 1 and nxt.status == "open"
+    assert page.locator("#banner").is_hidden()
+    answers = {a.item.ground_truth for a in Assignment.objects.filter(batch=batch0).select_related("item", "annotation")}
+    assert {a.annotation.label for a in Assignment.objects.filter(batch=batch0)} <= answers
+    project.refresh_from_db()
+    assert project.state == Project.State.LABELING and project.iteration == 1
+    # nothing secret reached the page
+    html = page.content()
+    for secret in ("ground_truth", "is_secured", "reannotation", nxt.item.image.name):
+        assert secret not in html

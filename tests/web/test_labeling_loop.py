@@ -1,0 +1,268 @@
+"""The live loop as services: batches, metrics, re-annotation, idempotency, constraints."""
+from __future__ import annotations
+
+import pytest
+from django.db import IntegrityError, transaction
+
+from labeling import features, selectors, services, tasks
+from labeling.models import Annotation, Assignment, IterationMetric, LabelerProfile, Project, QueryBatch
+from tests.web.factories import AnnotatorFactory, AssignmentFactory, ItemFactory, QueryBatchFactory
+from tests.web.labeling_support import annotators, answer_open, digits_project, labeling_dirs, staff  # noqa: F401
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def project(labeling_dirs, annotators):
+    return digits_project()
+
+
+def test_start_opens_a_random_batch_with_a_secured_set(project, annotators):
+    assert project.state == Project.State.LABELING and project.iteration == 0
+    batch = QueryBatch.objects.get(project=project)
+    asg = list(batch.assignments.all())
+    assert len(asg) == 6 and {a.kind for a in asg} == {"first_label"}
+    assert {a.labeler_id for a in asg} == {u.pk for u in annotators}  # spread over all three
+    secured = set(project.items.filter(is_secured=True).values_list("pk", flat=True))
+    assert len(secured) == 6 and not secured & {a.item_id for a in asg}
+    with pytest.raises(services.Conflict):
+        services.start_project(project=project)
+
+
+def test_one_iteration_trains_records_and_opens_the_next_batch(project):
+    answer_open(project)
+    project.refresh_from_db()
+    assert project.state == Project.State.UPDATING
+    batch0 = QueryBatch.objects.get(project=project, iteration=0)
+    outcome = services.advance_loop(batch_id=batch0.pk)
+    assert outcome.startswith("opened batch 1")
+    project.refresh_from_db()
+    batch0.refresh_from_db()
+    assert project.state == Project.State.LABELING and project.iteration == 1
+    assert batch0.closed_at is not None and batch0.phase == "closed"
+    metric = IterationMetric.objects.get(project=project, iteration=0)
+    assert metric.labels_bought == 12 and metric.n_labeled == 6 and metric.secured_accuracy is not None
+    batch1 = QueryBatch.objects.get(project=project, iteration=1)
+    assert batch1.strategy == "robust" and batch1.assignments.count() == 6
+    new_items = set(batch1.assignments.values_list("item_id", flat=True))
+    assert not new_items & set(batch0.assignments.values_list("item_id", flat=True))
+    assert not new_items & set(project.items.filter(is_secured=True).values_list("pk", flat=True))
+    assert features.model_path(project, 0).is_file()
+
+
+def test_redelivered_task_makes_no_second_batch(project):
+    answer_open(project)
+    batch0 = QueryBatch.objects.get(project=project, iteration=0)
+    first = tasks.process_batch.apply(args=[batch0.pk]).get()
+    again = tasks.process_batch.apply(args=[batch0.pk]).get()
+    assert first.startswith("opened batch 1") and again.startswith("noop")
+    assert QueryBatch.objects.filter(project=project).count() == 2
+    assert IterationMetric.objects.filter(project=project).count() == 1
+
+
+def test_two_workers_racing_on_one_batch_open_one_batch(project):
+    """Both take a snapshot before either writes (a redelivery while the first still runs)."""
+    answer_open(project)
+    batch0 = QueryBatch.objects.get(project=project, iteration=0)
+    snap_a = services._take_snapshot(batch0.pk)
+    snap_b = services._take_snapshot(batch0.pk)
+    feats, path = features.features_for(project)
+    plan_a = services._plan_after_labeling(snap_a, feats, path)
+    plan_b = services._plan_after_labeling(snap_b, feats, path)
+    assert plan_a.next_items == plan_b.next_items  # deterministic
+    assert services._apply_plan(snap_a, plan_a).startswith("opened")
+    assert services._apply_plan(snap_b, plan_b).startswith("noop")
+    assert QueryBatch.objects.filter(project=project).count() == 2
+
+
+def test_task_on_an_incomplete_batch_is_a_noop(project):
+    batch0 = QueryBatch.objects.get(project=project, iteration=0)
+    assert services.advance_loop(batch_id=batch0.pk) == "noop: batch not complete"
+    assert services.advance_loop(batch_id=999999) == "noop: no such batch"
+
+
+def test_undo_during_the_grace_period_cancels_the_update(project):
+    answer_open(project)
+    last = Assignment.objects.filter(batch__project=project).order_by("-completed_at").first()
+    services.undo(user=last.labeler, assignment_id=last.pk)
+    batch0 = QueryBatch.objects.get(project=project, iteration=0)
+    assert services.advance_loop(batch_id=batch0.pk) == "noop: batch not complete"
+    project.refresh_from_db()
+    assert project.state == Project.State.LABELING
+
+
+def test_suspicious_labels_go_to_other_labelers_then_resolve(project, annotators):
+    """ann_a answers wrongly; the model disagrees; h=2 others re-annotate; ann_a loses trust."""
+    a = annotators[0]
+    answer_open(project)  # iteration 0: no previous model, so no audit
+    services.advance_loop(batch_id=QueryBatch.objects.get(project=project, iteration=0).pk)
+    answer_open(project, wrong_for=("ann_a",))
+    batch1 = QueryBatch.objects.get(project=project, iteration=1)
+    outcome = services.advance_loop(batch_id=batch1.pk)
+    batch1.refresh_from_db()
+    re = Assignment.objects.filter(batch=batch1, kind="reannotation")
+    assert outcome.startswith("reannotation") and batch1.phase == "reannotation" and re.exists()
+    for asg in re:
+        assert asg.labeler_id != asg.original_labeler_id
+    assert re.filter(original_labeler=a).exists()  # ann_a's wrong labels (F_0 may also doubt honest ones)
+    for item in re.values_list("item", flat=True).distinct():
+        assert re.filter(item=item).values("labeler").distinct().count() == 2  # h = 2 distinct others
+    project.refresh_from_db()
+    assert project.state == Project.State.LABELING and batch1.frozen_at is None
+    # the re-annotators answer truthfully: consistent disagreement with ann_a
+    answer_open(project)
+    outcome = services.advance_loop(batch_id=batch1.pk)
+    assert outcome.startswith("opened batch 2")
+    metric = IterationMetric.objects.get(project=project, iteration=1)
+    assert metric.reannotated == re.values("item").distinct().count()
+    profile = LabelerProfile.objects.get(user=a)
+    assert profile.trust < 1.0 and profile.disagreements >= 1
+    state = selectors.pool_labels(project)
+    for item in re.values_list("item__index", flat=True):
+        assert state.labels[item] == state.ground_truth[item]  # the consensus replaced the wrong label
+        assert state.labeler_of[item] == -1
+
+
+def test_the_database_refuses_a_reannotation_by_the_original_labeler(project, annotators):
+    a = annotators[0]
+    batch = QueryBatch.objects.get(project=project, iteration=0)
+    item = project.items.filter(is_secured=False).last()
+    with pytest.raises(IntegrityError), transaction.atomic():
+        Assignment.objects.create(item=item, batch=batch, labeler=a, original_labeler=a, kind="reannotation")
+    with pytest.raises(IntegrityError), transaction.atomic():
+        Assignment.objects.create(item=item, batch=batch, labeler=a, kind="reannotation")  # no original
+
+
+def test_the_database_refuses_two_first_labels_per_item_and_batch(labeling_dirs):
+    batch = QueryBatchFactory()
+    item = ItemFactory(project=batch.project)
+    AssignmentFactory(batch=batch, item=item)
+    with pytest.raises(IntegrityError), transaction.atomic():
+        AssignmentFactory(batch=batch, item=item)
+    AssignmentFactory(batch=batch, item=item, kind="secured")  # other kinds may share the item
+
+
+def test_one_annotation_per_assignment(labeling_dirs):
+    asg = AssignmentFactory(status="done")
+    Annotation.objects.create(assignment=asg, label=0)
+    with pytest.raises(IntegrityError), transaction.atomic():
+        Annotation.objects.create(assignment=asg, label=1)
+
+
+def test_suspending_a_labeler_moves_their_open_work(project, annotators):
+    a, b, c = annotators
+    mine = set(Assignment.objects.filter(labeler=a, status="open").values_list("pk", flat=True))
+    services.set_labeler_status(user=a, suspended=True)
+    moved = Assignment.objects.filter(pk__in=mine)
+    assert all(m.labeler_id in (b.pk, c.pk) and m.status == "open" for m in moved)
+    assert services.next_assignment(user=a, project=project) is None
+    assert a.pk not in selectors.eligible_labelers()
+
+
+def test_paused_work_is_claimed_by_the_next_eligible_labeler(project, annotators):
+    a, b, c = annotators
+    for u in (b, c):
+        services.set_labeler_status(user=u, suspended=True)
+    services.set_labeler_status(user=a, suspended=True)
+    assert Assignment.objects.filter(batch__project=project, status="paused", labeler__isnull=True).count() == 6
+    newcomer = AnnotatorFactory(username="newcomer")
+    asg = services.next_assignment(user=newcomer, project=project)
+    assert asg is not None and asg.labeler_id == newcomer.pk and asg.status == "open"
+
+
+def test_budget_stops_the_project(labeling_dirs, annotators):
+    project = digits_project(name="small", config={"budget": 18, "secured_size": 6, "initial_size": 6})
+    answer_open(project)
+    services.advance_loop(batch_id=QueryBatch.objects.get(project=project, iteration=0).pk)
+    answer_open(project)
+    outcome = services.advance_loop(batch_id=QueryBatch.objects.get(project=project, iteration=1).pk)
+    project.refresh_from_db()
+    assert outcome == "finished: budget" and project.state == "finished" and project.stop_reason == "budget"
+    assert selectors.labels_bought(project) <= 18
+
+
+def test_secured_set_without_ground_truth_goes_to_h_labelers(labeling_dirs, annotators):
+    from labeling import importers
+    from tests.web.labeling_support import random_images
+
+    project = services.create_project(name="nogt", classes=["a", "b"],
+                                      config={"secured_size": 3, "initial_size": 4, "h": 2, "feature_size": 8,
+                                              "channels": 1})
+    importers.import_arrays(project=project, images=random_images(12))
+    batch = services.start_project(project=project)
+    secured = batch.assignments.filter(kind="secured")
+    assert secured.count() == 6 and secured.values("item").distinct().count() == 3
+    for item in secured.values_list("item", flat=True).distinct():
+        assert secured.filter(item=item).values("labeler").distinct().count() == 2
+
+
+def test_chunked_feature_extraction_matches_in_process(project, settings):
+    cfg = dict(project.config, feature_chunk_size=7)
+    Project.objects.filter(pk=project.pk).update(config=cfg)
+    project.refresh_from_db()
+    chunks = features.chunk_plan(project)
+    assert len(chunks) == 7 and chunks[-1] == (42, 48)
+    final = features.features_file(project)
+    done = [features.write_chunk(project, s, e) for s, e in reversed(chunks)]
+    assert done == [False] * 6 + [True] and final.is_file()
+    assert not features.chunk_dir(final).exists()
+    import numpy as np
+
+    from learner import live
+
+    whole = live.extract(features.load_images(project, 0, 48), project.live_config)
+    assert np.allclose(np.load(final), whole)
+    features._MEMO.clear()
+    feats, _ = features.features_for(project)
+    assert feats.shape == (48, 64)
+
+
+def test_prepare_features_fans_out_over_chunk_tasks(project, settings):
+    from config.celery import app
+
+    Project.objects.filter(pk=project.pk).update(config=dict(project.config, feature_chunk_size=20))
+    project.refresh_from_db()
+    app.conf.task_always_eager = True
+    try:
+        assert tasks.prepare_features.apply(args=[project.pk]).get() == 3
+    finally:
+        app.conf.task_always_eager = False
+    assert features.features_file(project).is_file()
+
+
+def test_tasks_are_routed_to_the_train_queue():
+    from config.celery import app
+
+    for name in ("labeling.tasks.train.process_batch", "labeling.tasks.train.extract_features_chunk",
+                 "labeling.tasks.train.prepare_features"):
+        assert app.amqp.router.route({}, name)["queue"].name == "train"
+
+
+def test_a_failing_loop_task_is_recorded_for_staff_and_cleared_by_a_retry(project, monkeypatch):
+    answer_open(project)
+    batch0 = QueryBatch.objects.get(project=project, iteration=0)
+
+    def broken(project):
+        raise FileNotFoundError("weights file not found: /nowhere.pt")
+
+    monkeypatch.setattr(features, "features_for", broken)
+    with pytest.raises(FileNotFoundError):
+        tasks.process_batch.apply(args=[batch0.pk], throw=True)
+    project.refresh_from_db()
+    assert project.state == "updating" and "weights file not found" in project.loop_error
+    monkeypatch.undo()
+    assert tasks.process_batch.apply(args=[batch0.pk]).get().startswith("opened batch 1")
+    project.refresh_from_db()
+    assert project.loop_error == "" and project.state == "labeling"
+
+
+def test_a_batch_whose_items_were_all_skipped_still_moves_on(project):
+    for asg in Assignment.objects.filter(batch__project=project, status="open"):
+        services.skip_assignment(user=asg.labeler, assignment_id=asg.pk)
+    batch0 = QueryBatch.objects.get(project=project, iteration=0)
+    skipped = set(batch0.assignments.values_list("item_id", flat=True))
+    assert services.advance_loop(batch_id=batch0.pk).startswith("opened batch 1")
+    assert IterationMetric.objects.get(project=project, iteration=0).n_labeled == 0
+    # skipped items went back to the pool: they may be queried again
+    assert selectors.pool_labels(project).blocked.sum() == 6  # only the secured set is blocked
+    assert skipped  # (the strategy is free to pick them again)

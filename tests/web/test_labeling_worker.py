@@ -1,0 +1,96 @@
+"""The whole live loop with a real Celery worker process on real Redis.
+
+Annotators answer through the API in this process; the last answer of a batch enqueues the loop
+task on commit; the worker (a subprocess on the same test database, media and cache folders)
+trains, checks, re-annotates when needed and opens the next batch. A redelivered task is a no-op.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import pytest
+from rest_framework.test import APIClient
+
+from labeling import tasks
+from labeling.models import Assignment, IterationMetric, Project, QueryBatch
+from tests.web.conftest import wait_until
+from tests.web.labeling_support import annotators, digits_project, labeling_dirs  # noqa: F401
+
+pytestmark = pytest.mark.slow
+
+
+@contextmanager
+def producer_to(worker):
+    """Make this process's Celery producer publish to the worker's broker (whatever settings say)."""
+    from config.celery import app
+
+    def reset():
+        if app._pool is not None:
+            app._pool.force_close_all()
+            app._pool = None
+        app.amqp._producer_pool = None
+
+    saved = app.conf.broker_url, app.conf.broker_transport_options
+    app.conf.broker_url, app.conf.broker_transport_options = worker.broker_url, worker.transport_options
+    reset()
+    try:
+        yield
+    finally:
+        app.conf.broker_url, app.conf.broker_transport_options = saved
+        reset()
+
+
+def answer_batch(project, *, wrong_for=()) -> int:
+    """Every open assignment answered through the API by its labeler."""
+    n = 0
+    for asg in Assignment.objects.filter(batch__project=project, status="open").select_related("item", "labeler"):
+        label = asg.item.ground_truth
+        if asg.labeler.username in wrong_for:
+            label = (label + 1) % project.n_classes
+        api = APIClient()
+        api.force_authenticate(asg.labeler)
+        r = api.post(f"/api/labeling/assignments/{asg.pk}/annotation/", {"label": label, "seconds": 1}, format="json")
+        assert r.status_code == 201, r.content
+        n += 1
+    return n
+
+
+def labeling_again(project, iteration):
+    def check():
+        project.refresh_from_db()
+        return project.state in ("labeling", "finished") and (
+            project.iteration > iteration or project.state == "finished"
+            or QueryBatch.objects.filter(project=project, iteration=iteration, phase="reannotation").exists()
+            and Assignment.objects.filter(batch__project=project, status="open").exists())
+    return check
+
+
+def test_live_loop_on_a_real_worker_over_redis(labeling_dirs, annotators, redis_worker):
+    with producer_to(redis_worker):
+        project = digits_project(n=36, config={"secured_size": 6, "initial_size": 6, "batch_size": 6, "budget": 40})
+        iteration = 0
+        for _ in range(8):  # batches and re-annotation rounds until batch 3 is open (or the budget ends it)
+            answer_batch(project, wrong_for=("ann_a",) if iteration == 1 else ())
+            wait_until(labeling_again(project, iteration), timeout=90, worker=redis_worker)
+            iteration = project.iteration
+            if iteration >= 3 or project.state == "finished":
+                break
+        assert iteration >= 3 or project.state == Project.State.FINISHED
+        metrics = list(IterationMetric.objects.filter(project=project).order_by("iteration"))
+        assert [m.iteration for m in metrics][:3] == [0, 1, 2]
+        assert all(m.secured_accuracy is not None for m in metrics)
+        assert metrics[-1].labels_bought > metrics[0].labels_bought
+        assert "labeling.tasks.train.process_batch" in redis_worker.log()
+        # the worker also built the feature cache through the chunk tasks or the loop itself
+        from labeling import features
+
+        assert features.features_file(project).is_file()
+
+        # a redelivered loop task for an old batch changes nothing
+        n_batches = QueryBatch.objects.filter(project=project).count()
+        batch0 = QueryBatch.objects.get(project=project, iteration=0)
+        with redis_worker.connection() as conn:
+            tasks.process_batch.apply_async(args=[batch0.pk], connection=conn)
+        wait_until(lambda: f"process_batch({batch0.pk}): noop" in redis_worker.log(), timeout=60, worker=redis_worker)
+        assert QueryBatch.objects.filter(project=project).count() == n_batches
+        assert IterationMetric.objects.filter(project=project, iteration=0).count() == 1
