@@ -164,8 +164,15 @@ class _Run:
         who = self.labeler_of[items]
         w = np.ones(len(items))
         mask = who >= 0
-        w[mask] = [self.trust[int(i)].weight for i in who[mask]]
+        w[mask] = [self._label_weight(int(i)) for i in who[mask]]
         return w
+
+    def _label_weight(self, labeler: int) -> float:
+        state = self.trust[labeler]
+        if state.status is Status.SUSPENDED and scoring.systematic_confusion(
+                state, self.data.n_classes, self.cfg.trust) is not None:
+            return max(state.trust, 0.0)  # its doubted labels already left D (exclude_labels_of)
+        return state.weight
 
     # ---- secured set ---------------------------------------------------------------------
     def build_secured_set(self) -> None:
@@ -251,8 +258,12 @@ class _Run:
             outcome, keep = scoring.resolve(int(self.labels[item]), votes)
             p_orig = float(proba[row, self.labels[item]])
             p_cons = float(proba[row, keep]) if keep is not None else 0.0
-            scoring.apply_outcome(self.trust[original], outcome, prob_original=p_orig,
-                                  prob_consensus=p_cons, policy=self.cfg.trust)
+            state = scoring.apply_outcome(self.trust[original], outcome, prob_original=p_orig,
+                                          prob_consensus=p_cons, policy=self.cfg.trust,
+                                          original_label=int(self.labels[item]), consensus_label=keep)
+            if (state.status is Status.ACTIVE
+                    and scoring.systematic_confusion(state, self.data.n_classes, self.cfg.trust) is not None):
+                state.status = Status.FLAGGED  # a pattern, not one slip: send to review
             if outcome is Outcome.INCONSISTENT:
                 self.labels[item] = -1
                 self.discarded[item] = True
@@ -265,14 +276,22 @@ class _Run:
     def review_flagged(self) -> None:
         for ident, state in self.trust.items():
             if state.status is Status.FLAGGED:
-                if scoring.review(state, self.cfg.trust) is Status.SUSPENDED:
+                if scoring.review(state, self.cfg.trust, self.data.n_classes) is Status.SUSPENDED:
                     self.exclude_labels_of(ident)
             elif state.status is Status.SUSPENDED:
                 self.exclude_labels_of(ident)
 
     def exclude_labels_of(self, labeler: int) -> None:
-        """A suspended labeler's unverified labels leave D; the items return to the pool."""
+        """A suspended labeler's unverified labels leave D; the items return to the pool.
+
+        When review found a systematic confusion (true c -> given c'), only its labels c' are
+        doubted (ours): its other labels agree with everyone else's and relabeling them would
+        only spend budget; they keep counting with the labeler's (low) trust as weight.
+        """
         mine = self.labeler_of == labeler
+        pair = scoring.systematic_confusion(self.trust[labeler], self.data.n_classes, self.cfg.trust)
+        if pair is not None:
+            mine &= self.labels == pair[1]
         self.labels[mine] = -1
         self.labeler_of[mine] = -1
 

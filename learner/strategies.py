@@ -255,7 +255,10 @@ class RobustMinimax:
                 for c in np.unique(cluster[items[finite]]):
                     med_c = np.median(l2[finite][cluster[items[finite]] == c])
                     adv[c] = float(np.clip(global_med / max(med_c, 1e-12), 0.5, 2.0))
-        weight = mass * (0.5 + err) * adv
+        # fragility share blended with the cluster's share of the unlabeled pool (representativeness)
+        size = np.bincount(cluster, weights=unl.astype(float), minlength=k)
+        share = mass / max(mass.sum(), 1e-12) + size / max(size.sum(), 1e-12)
+        weight = share * (0.5 + err) * adv
         caps = np.bincount(cluster, weights=unl.astype(float), minlength=k).astype(np.int64)
         return cluster, largest_remainder(weight, batch_size, caps), dist
 

@@ -16,7 +16,9 @@ Rules (from the paper, with our choices marked):
   ``suspend_below`` -> *suspended*. Flagged labelers get no new work until reviewed; their labels
   count with weight = trust. Suspended labelers' labels are excluded (weight 0).
 * Review (ours, what the simulator's "admin" does; humans do it in the web app): suspend when
-  the labeler's audited disagreement rate is implausible for an honest labeler (one-sided
+  one (true, given) class pair dominates the labeler's refuted labels beyond chance
+  (:func:`systematic_confusion`), or when the labeler's refuted rate is implausible for an
+  honest labeler (one-sided
   binomial test of its refuted labels among all labels it gave, against ``1 - P_1``, at level
   ``review_alpha``), otherwise reinstate.
 """
@@ -113,6 +115,7 @@ class LabelerTrust:
     checked: int = 0  # labels confirmed or refuted by re-annotation
     disagreements: int = 0
     alerts: int = 0
+    refuted_pairs: Counter = field(default_factory=Counter)  # (consensus, given) -> count
     history: list[tuple[str, float]] = field(default_factory=list)  # (reason, change)
 
     @property
@@ -122,7 +125,8 @@ class LabelerTrust:
 
 
 def apply_outcome(state: LabelerTrust, outcome: Outcome, *, prob_original: float,
-                  prob_consensus: float, policy: TrustPolicy) -> LabelerTrust:
+                  prob_consensus: float, policy: TrustPolicy, original_label: int | None = None,
+                  consensus_label: int | None = None) -> LabelerTrust:
     """Update ``state`` in place after one re-annotation round of one of its labels."""
     if outcome is Outcome.INCONSISTENT:
         return state  # the item was ambiguous: nobody is blamed
@@ -135,6 +139,8 @@ def apply_outcome(state: LabelerTrust, outcome: Outcome, *, prob_original: float
         change = -trust_decrease(prob_original, policy.penalty)
         state.trust = max(0.0, state.trust + change)
         state.disagreements += 1
+        if original_label is not None and consensus_label is not None:
+            state.refuted_pairs[(int(consensus_label), int(original_label))] += 1
         alert = is_alert(prob_consensus, policy.alert_confidence)
         state.alerts += int(alert)
         state.history.append(("alert" if alert else "disagreement", change))
@@ -165,10 +171,30 @@ def review_rejects(labels_given: int, disagreements: int, policy: TrustPolicy) -
     return float(binom.sf(disagreements - 1, labels_given, honest_error)) < policy.review_alpha
 
 
-def review(state: LabelerTrust, policy: TrustPolicy) -> Status:
+def systematic_confusion(state: LabelerTrust, n_classes: int, policy: TrustPolicy) -> tuple[int, int] | None:
+    """The (true, given) class pair this labeler confuses far more often than chance, if any.
+
+    An honest labeler's errors spread over the other classes, so one given pair occurs with
+    probability about ``(1 - P_1) / (K - 1)`` per label; a malicious mapping such as 1 -> 7 piles
+    up on one pair. One-sided binomial test per pair, Bonferroni over the K(K-1) pairs (ours).
+    """
+    if n_classes < 2 or not state.refuted_pairs:
+        return None
+    n = max(state.labels_given, state.checked)
+    rate = (1.0 - policy.p_1) / (n_classes - 1)
+    level = policy.review_alpha / (n_classes * (n_classes - 1))
+    (pair, count), = state.refuted_pairs.most_common(1)
+    if count >= 2 and float(binom.sf(count - 1, n, rate)) < level:
+        return pair
+    return None
+
+
+def review(state: LabelerTrust, policy: TrustPolicy, n_classes: int = 2) -> Status:
     """Simulated admin review of a flagged labeler: suspend or reinstate (in place)."""
     if state.status is Status.FLAGGED:
-        if review_rejects(max(state.labels_given, state.checked), state.disagreements, policy) or state.trust < policy.suspend_below:
+        if (review_rejects(max(state.labels_given, state.checked), state.disagreements, policy)
+                or systematic_confusion(state, n_classes, policy) is not None
+                or state.trust < policy.suspend_below):
             state.status = Status.SUSPENDED
             state.history.append(("suspended by review", 0.0))
         else:

@@ -68,16 +68,40 @@ def test_baselines_run_without_defenses(data):
     assert all(h.n_artificial == 0 for h in result.history)
 
 
-def test_malicious_labeler_is_caught_and_its_labels_leave_training(binary):
+def test_malicious_labeler_stands_out_and_defenses_clean_its_labels(binary):
     labelers = LabelerPool.build(2, n_labelers=11, n_malicious=1, mapping={0: 1})
     result = run_loop(binary, LoopConfig(strategy="robust", budget=300), labelers, seed=0)
     bad = result.malicious[0]
-    assert result.trust[bad]["status"] == "suspended"
-    honest_suspended = [i for i, t in result.trust.items() if i != bad and t["status"] == "suspended"]
-    assert honest_suspended == []
-    # undefended, the same crowd leaves wrong labels in the training set
+    others = [t for i, t in result.trust.items() if i != bad]
+    assert result.trust[bad]["disagreements"] > max(t["disagreements"] for t in others)
+    assert result.trust[bad]["trust"] < min(t["trust"] for t in others)
+    assert all(t["status"] != "suspended" for t in others)  # no honest labeler suspended
+    # undefended, the same crowd leaves more wrong labels in the training set
     undefended = run_loop(binary, LoopConfig(strategy="robust", budget=300, defenses=False), labelers, seed=0)
     assert result.label_accuracy > undefended.label_accuracy
+
+
+def test_review_suspends_a_systematic_labeler_and_excludes_only_the_doubted_labels(binary):
+    from trust.scoring import Status
+
+    from learner.loop import _Run
+
+    labelers = LabelerPool.build(2, n_labelers=11, n_malicious=1, mapping={0: 1})
+    run = _Run(binary, LoopConfig(strategy="robust", budget=300), labelers, seed=0)
+    bad = labelers.labelers[-1].ident
+    items = np.arange(40)
+    run.labels[items] = np.where(np.arange(40) % 2 == 0, 1, 0)  # 20 labels "1", 20 labels "0"
+    run.labeler_of[items] = bad
+    state = run.trust[bad]
+    state.labels_given = 40
+    state.status = Status.FLAGGED
+    state.disagreements = 8
+    state.refuted_pairs[(0, 1)] = 8  # eight true-0 items it called 1
+    run.review_flagged()
+    assert state.status is Status.SUSPENDED
+    assert (run.labels[items[::2]] == -1).all()  # its "1" labels left the training set
+    assert (run.labels[items[1::2]] == 0).all()  # its other labels stay, weighted by trust
+    assert run.weights(items[1::2]).max() == pytest.approx(max(state.trust, 0.0))
 
 
 def test_feature_space_adversarial_copies_cross_the_boundary(binary):

@@ -1,0 +1,585 @@
+"""Benchmark (d): annotation submission under load (gunicorn + PostgreSQL, token auth).
+
+Self-contained: creates a throw-away PostgreSQL database, migrates it, creates a project whose
+open batch holds ``--users x --per-user`` first-label assignments (plus secured-set assignments
+that nobody answers, so the batch never completes and the loop task is never enqueued), starts
+gunicorn on a free loopback port, and drives it with ``--users`` concurrent simulated annotators
+for ``--seconds``. Each annotator loops: ``GET /api/labeling/next/`` (unless ``--no-next``), then
+``POST /api/labeling/assignments/<id>/annotation/`` for its next own open assignment with a valid
+label (closed loop, no think time unless ``--think-ms``). Afterwards it checks that the number of
+Annotation rows equals the number of accepted (2xx) submits, optionally shows the SQL one submit
+runs (``CaptureQueriesContext``, rolled back), and cleans up (gunicorn, database, temp dir), also
+on Ctrl-C and errors.
+
+The load generator is aiohttp on asyncio in this process (``.venv/bin/pip install aiohttp``: it
+is not in requirements.txt). It shares the machine with gunicorn and PostgreSQL; its own CPU time
+is printed so you can tell whether it was the bottleneck.
+
+    .venv/bin/python bench/bench_submit.py                        # 30 s, 50 annotators, gthread 4x8
+    .venv/bin/python bench/bench_submit.py --seconds 10 --config sync:5:1 --config gthread:4:8
+    .venv/bin/python bench/bench_submit.py --no-next --no-profile
+
+``--config CLASS:WORKERS:THREADS`` may repeat: each runs against a fresh gunicorn on the same
+database (later configs see a batch with more answered rows). Needs PostgreSQL on
+``--pg-url`` (default ``postgres://postgres@127.0.0.1:5432/postgres``, a role that may create
+databases); Redis is not used (``CELERY_BROKER_URL=filesystem://`` in a temp dir).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+ROOT = Path(__file__).resolve().parent.parent
+NEXT_URL = "/api/labeling/next/"
+SUBMIT_URL = "/api/labeling/assignments/{id}/annotation/"
+
+# ---------------------------------------------------------------------------------------------
+# Scripts run in Django subprocesses (settings from the environment, cwd = repository root)
+# ---------------------------------------------------------------------------------------------
+
+SETUP_SCRIPT = r'''
+import json, sys, time
+import django
+django.setup()
+from django.contrib.auth import get_user_model
+from rest_framework.authtoken.models import Token
+from labeling import services
+from labeling.models import Assignment, Item
+
+n_users, per_user, secured, out = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+t0 = time.perf_counter()
+User = get_user_model()
+users = []
+for i in range(n_users):
+    u = User.objects.create_user(username=f"bench{i:03d}")  # no usable password: token only
+    services.add_annotator(u)
+    users.append(u)
+n_first = n_users * per_user
+classes = ["cat", "dog", "bird"]
+project = services.create_project(
+    name="submit benchmark", classes=classes,
+    config={"strategy": "random", "batch_size": n_first, "initial_size": n_first, "secured_size": secured,
+            "h": 2, "backbone": "flatten", "feature_size": 8, "channels": 1})
+n_items = n_first + secured + 1  # one item stays in the pool
+# No image files: submit and next never open them (only the image URL is reversed).
+Item.objects.bulk_create([Item(project=project, index=k, image=f"labeling/bench/{k}.png", width=8, height=8,
+                               source=f"bench-{k}") for k in range(n_items)], batch_size=5000)
+batch = services.start_project(project=project)  # random initial batch spread evenly over the annotators
+rows = (Assignment.objects.filter(batch=batch, kind=Assignment.Kind.FIRST_LABEL, status=Assignment.Status.OPEN)
+        .order_by("id").values_list("labeler_id", "id"))
+mine = {u.pk: [] for u in users}
+for uid, aid in rows:
+    mine[uid].append(aid)
+payload = {
+    "project": project.pk, "batch": batch.pk, "n_classes": len(classes),
+    "first_label": sum(len(v) for v in mine.values()),
+    "secured_open": Assignment.objects.filter(batch=batch, kind=Assignment.Kind.SECURED).count(),
+    "users": [{"username": u.username, "token": Token.objects.create(user=u).key, "assignments": mine[u.pk]}
+              for u in users],
+    "seconds": round(time.perf_counter() - t0, 1),
+}
+with open(out, "w") as f:
+    json.dump(payload, f)
+'''
+
+PROFILE_SCRIPT = r'''
+import json, sys, time
+import django
+django.setup()
+from django.db import connection, transaction
+from rest_framework.test import APIClient
+
+token, assignment_id, label = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+client = APIClient(SERVER_NAME="127.0.0.1")
+client.credentials(HTTP_AUTHORIZATION=f"Token {token}")
+captured = []
+
+
+def timed(execute, sql, params, many, context):  # like CaptureQueriesContext, with microsecond timing
+    t0 = time.perf_counter()
+    try:
+        return execute(sql, params, many, context)
+    finally:
+        try:
+            text = sql % tuple(repr(p) for p in params) if params and not many else sql
+        except (TypeError, ValueError):
+            text = f"{sql} {params!r}"
+        captured.append({"ms": round((time.perf_counter() - t0) * 1000, 3), "sql": text})
+
+
+out = {}
+with transaction.atomic():  # everything below is rolled back: the benchmark's counts stay exact
+    for name, call in (("next", lambda: client.get("/api/labeling/next/")),
+                       ("submit", lambda: client.post(f"/api/labeling/assignments/{assignment_id}/annotation/",
+                                                       {"label": label, "seconds": 1.5}, format="json"))):
+        call()  # warm (imports, URL resolver, first-query costs)
+        if name == "submit":  # the warm call answered it: reopen it inside the same rolled-back transaction
+            from labeling.models import Annotation, Assignment
+            Annotation.objects.filter(assignment_id=assignment_id).delete()
+            Assignment.objects.filter(pk=assignment_id).update(status="open", completed_at=None)
+        captured.clear()
+        t0 = time.perf_counter()
+        with connection.execute_wrapper(timed):
+            resp = call()
+        out[name] = {"status": resp.status_code, "total_ms": round((time.perf_counter() - t0) * 1000, 2),
+                     "queries": list(captured)}
+    transaction.set_rollback(True)
+print(json.dumps(out))
+'''
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def log(msg: str) -> None:
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def with_db(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
+
+
+def pct(sorted_values: list[float], q: float) -> float:
+    """Nearest-rank percentile of an ascending list (nan when empty)."""
+    if not sorted_values:
+        return float("nan")
+    k = max(0, min(len(sorted_values) - 1, math.ceil(q / 100 * len(sorted_values)) - 1))
+    return sorted_values[k]
+
+
+def machine_cpu() -> tuple[int, int]:
+    """(busy, total) jiffies of the whole machine from /proc/stat."""
+    with open("/proc/stat") as f:
+        vals = [int(v) for v in f.readline().split()[1:]]
+    idle = vals[3] + (vals[4] if len(vals) > 4 else 0)
+    return sum(vals) - idle, sum(vals)
+
+
+def proc_tree_cpu(root_pid: int) -> float:
+    """CPU seconds (user + system) of ``root_pid`` and its direct children (gunicorn workers)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        pid, ppid = int(entry), int(fields[1])
+        if pid == root_pid or ppid == root_pid:
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+@dataclass
+class Annotator:
+    username: str
+    token: str
+    assignments: list[int]
+    cursor: int = 0
+
+    def take(self) -> int | None:
+        if self.cursor >= len(self.assignments):
+            return None
+        aid = self.assignments[self.cursor]
+        self.cursor += 1
+        return aid
+
+
+@dataclass
+class Stats:
+    latencies: dict[str, list[float]] = field(default_factory=lambda: {"submit": [], "next": []})
+    statuses: dict[str, Counter] = field(default_factory=lambda: {"submit": Counter(), "next": Counter()})
+    exhausted: int = 0
+    next_mismatch: int = 0
+
+    def ok(self, kind: str) -> int:
+        return sum(n for s, n in self.statuses[kind].items() if 200 <= s < 300)
+
+    def requests(self, kind: str) -> int:
+        return sum(self.statuses[kind].values())
+
+
+# ---------------------------------------------------------------------------------------------
+# Load generator
+# ---------------------------------------------------------------------------------------------
+
+
+async def _annotator_loop(session, base: str, who: Annotator, stats: Stats, deadline: float, n_classes: int,
+                          with_next: bool, think: float) -> None:
+    headers = {"Authorization": f"Token {who.token}"}
+    while time.perf_counter() < deadline:
+        aid = who.take()
+        if aid is None:
+            stats.exhausted += 1
+            return
+        if with_next:
+            t0 = time.perf_counter()
+            try:
+                async with session.get(base + NEXT_URL, headers=headers) as resp:
+                    body = await resp.read()
+                    code = resp.status
+                stats.latencies["next"].append(time.perf_counter() - t0)
+                if code == 200:
+                    got = (json.loads(body).get("assignment") or {}).get("id")
+                    stats.next_mismatch += int(got != aid)
+            except Exception:  # connection error: counted as status 0
+                code = 0
+                await asyncio.sleep(0.05)
+            stats.statuses["next"][code] += 1
+        t0 = time.perf_counter()
+        try:
+            async with session.post(base + SUBMIT_URL.format(id=aid), headers=headers,
+                                    json={"label": aid % n_classes, "seconds": 1.5}) as resp:
+                await resp.read()
+                code = resp.status
+            stats.latencies["submit"].append(time.perf_counter() - t0)
+        except Exception:
+            code = 0
+            await asyncio.sleep(0.05)
+        stats.statuses["submit"][code] += 1
+        if think:
+            await asyncio.sleep(think)
+
+
+async def drive(base: str, annotators: list[Annotator], seconds: float, n_classes: int, with_next: bool,
+                think: float) -> tuple[Stats, float]:
+    import aiohttp
+
+    stats = Stats()
+    connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, force_close=False, ttl_dns_cache=None)
+    timeout = aiohttp.ClientTimeout(total=60)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        start = time.perf_counter()
+        deadline = start + seconds
+        await asyncio.gather(*(_annotator_loop(session, base, a, stats, deadline, n_classes, with_next, think)
+                               for a in annotators))
+        elapsed = time.perf_counter() - start
+    return stats, elapsed
+
+
+# ---------------------------------------------------------------------------------------------
+# The benchmark
+# ---------------------------------------------------------------------------------------------
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.tmp = Path(tempfile.mkdtemp(prefix="robustal-bench-submit-"))
+        self.db_name = f"robustal_bench_{os.getpid()}"
+        self.db_created = False
+        self.admin_url = args.pg_url
+        self.db_url = with_db(args.pg_url, self.db_name)
+        self.gunicorn: subprocess.Popen | None = None
+        self.accepted_total = 0  # 2xx submits of every run, warm-ups included (for the row check)
+        self.python = sys.executable
+        venv_gunicorn = Path(sys.executable).parent / "gunicorn"
+        self.gunicorn_bin = str(venv_gunicorn) if venv_gunicorn.exists() else (shutil.which("gunicorn") or "gunicorn")
+        self.env = dict(os.environ)
+        self.env.update({
+            "DJANGO_SETTINGS_MODULE": "config.settings", "DATABASE_URL": self.db_url,
+            "SECRET_KEY": "bench-submit-" + os.urandom(16).hex(), "DEBUG": "0",
+            "SECURE_SSL_REDIRECT": "0", "SESSION_COOKIE_SECURE": "0", "CSRF_COOKIE_SECURE": "0",
+            "ALLOWED_HOSTS": "127.0.0.1,localhost", "CELERY_BROKER_URL": "filesystem://",
+            "ROBUSTAL_DATA_DIR": str(self.tmp / "data"), "ROBUSTAL_CACHE_DIR": str(self.tmp / "cache"),
+            "LOG_LEVEL": "WARNING", "PYTHONUNBUFFERED": "1",
+        })
+        for k in ("ROBUSTAL_BROKER_DIR", "MEDIA_ROOT", "STATIC_ROOT", "CELERY_RESULT_BACKEND",
+                  "CELERY_TASK_ALWAYS_EAGER"):
+            self.env.pop(k, None)
+
+    # -- database --------------------------------------------------------------------------
+    def _admin(self, sql: str) -> None:
+        import psycopg
+
+        with psycopg.connect(self.admin_url, autocommit=True) as conn:
+            conn.execute(sql)
+
+    def create_db(self) -> None:
+        self._admin(f'CREATE DATABASE "{self.db_name}"')
+        self.db_created = True
+
+    def drop_db(self) -> None:
+        if self.db_created:
+            self._admin(f'DROP DATABASE IF EXISTS "{self.db_name}" WITH (FORCE)')
+            self.db_created = False
+
+    def db_counts(self, batch_id: int) -> dict:
+        import psycopg
+
+        with psycopg.connect(self.db_url, autocommit=True) as conn:
+            annotations = conn.execute("SELECT count(*) FROM labeling_annotation").fetchone()[0]
+            done = conn.execute("SELECT count(*) FROM labeling_assignment WHERE batch_id = %s AND status = 'done'",
+                                (batch_id,)).fetchone()[0]
+            state = conn.execute("SELECT state FROM labeling_project").fetchone()[0]
+            closed = conn.execute("SELECT closed_at IS NOT NULL FROM labeling_querybatch WHERE id = %s",
+                                  (batch_id,)).fetchone()[0]
+        return {"annotations": annotations, "done": done, "project_state": state, "batch_closed": closed}
+
+    # -- django subprocesses -----------------------------------------------------------------
+    def django(self, *argv: str, script: str | None = None, capture: bool = False) -> str:
+        cmd = [self.python, "-c", script, *argv] if script else [self.python, "manage.py", *argv]
+        res = subprocess.run(cmd, cwd=ROOT, env=self.env, text=True,
+                             stdout=subprocess.PIPE if capture else subprocess.DEVNULL, stderr=subprocess.PIPE)
+        if res.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd[:3])} failed ({res.returncode}):\n{res.stderr[-3000:]}")
+        return res.stdout if capture else ""
+
+    def setup(self, per_user: int) -> dict:
+        t0 = time.perf_counter()
+        self.create_db()
+        self.django("migrate", "--noinput")
+        log(f"database {self.db_name} created and migrated in {time.perf_counter() - t0:.1f} s")
+        out = self.tmp / "setup.json"
+        self.django(str(self.args.users), str(per_user), str(self.args.secured), str(out), script=SETUP_SCRIPT)
+        data = json.loads(out.read_text())
+        log(f"project {data['project']}: {data['first_label']} first-label assignments for {self.args.users} "
+            f"annotators ({per_user} each) + {data['secured_open']} secured-set ones left open "
+            f"(setup {data['seconds']} s)")
+        return data
+
+    # -- gunicorn ------------------------------------------------------------------------------
+    def start_gunicorn(self, worker_class: str, workers: int, threads: int, token: str) -> str:
+        port = free_port()
+        cmd = [self.gunicorn_bin, "config.wsgi", "--bind", f"127.0.0.1:{port}", "--workers", str(workers),
+               "--worker-class", worker_class, "--threads", str(threads), "--log-level", "warning",
+               "--graceful-timeout", "5", "--timeout", "60"]
+        self.gunicorn_log_path = self.tmp / f"gunicorn-{port}.log"
+        self.gunicorn_log = open(self.gunicorn_log_path, "w")
+        self.gunicorn = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=self.gunicorn_log,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
+        base = f"http://127.0.0.1:{port}"
+        self._wait_ready(base, token)
+        log(f"gunicorn {worker_class} workers={workers} threads={threads} on {base} (pid {self.gunicorn.pid})")
+        return base
+
+    def _wait_ready(self, base: str, token: str) -> None:
+        import urllib.request
+
+        deadline = time.monotonic() + 90
+        req = urllib.request.Request(base + NEXT_URL, headers={"Authorization": f"Token {token}"})
+        while time.monotonic() < deadline:
+            if self.gunicorn.poll() is not None:
+                raise RuntimeError("gunicorn exited:\n" + self.gunicorn_log_path.read_text()[-3000:])
+            try:
+                with urllib.request.urlopen(req, timeout=5) as resp:
+                    if resp.status == 200:
+                        return
+            except Exception:
+                pass
+            time.sleep(0.3)
+        raise RuntimeError("gunicorn did not answer GET next/ with 200 within 90 s")
+
+    def stop_gunicorn(self) -> None:
+        proc, self.gunicorn = self.gunicorn, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                pass
+        try:  # leftovers of its own session (its workers), by its process-group id
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+        self.gunicorn_log.close()
+
+    def cleanup(self) -> None:
+        for step in (self.stop_gunicorn, self.drop_db, lambda: shutil.rmtree(self.tmp, ignore_errors=True)):
+            try:
+                step()
+            except Exception as exc:  # keep cleaning up
+                log(f"cleanup step failed: {exc!r}")
+
+    # -- one measured run ----------------------------------------------------------------------
+    def run_config(self, spec: tuple[str, int, int], annotators: list[Annotator], n_classes: int) -> dict:
+        worker_class, workers, threads = spec
+        base = self.start_gunicorn(worker_class, workers, threads, annotators[0].token)
+        try:
+            think = self.args.think_ms / 1000
+            if self.args.warmup > 0:
+                warm, _ = asyncio.run(drive(base, annotators, self.args.warmup, n_classes, not self.args.no_next,
+                                            think))
+                self.accepted_total += warm.ok("submit")
+            busy0, total0 = machine_cpu()
+            server0 = proc_tree_cpu(self.gunicorn.pid)
+            client0 = time.process_time()
+            stats, elapsed = asyncio.run(drive(base, annotators, self.args.seconds, n_classes,
+                                               not self.args.no_next, think))
+            client = time.process_time() - client0
+            server = proc_tree_cpu(self.gunicorn.pid) - server0
+            busy1, total1 = machine_cpu()
+            self.accepted_total += stats.ok("submit")
+        finally:
+            self.stop_gunicorn()
+        ncpu = os.cpu_count() or 1
+        return {"config": f"{worker_class} w{workers} t{threads}", "stats": stats, "elapsed": elapsed,
+                "client_cpu": client / elapsed, "server_cpu": server / elapsed,
+                "machine_busy": (busy1 - busy0) / max(total1 - total0, 1) * ncpu}
+
+
+def parse_config(text: str) -> tuple[str, int, int]:
+    parts = text.split(":")
+    if len(parts) != 3 or parts[0] not in ("sync", "gthread"):
+        raise argparse.ArgumentTypeError(f"--config wants CLASS:WORKERS:THREADS with CLASS sync|gthread, got {text!r}")
+    return parts[0], int(parts[1]), int(parts[2])
+
+
+def print_table(results: list[dict], with_next: bool) -> None:
+    head = (f"{'gunicorn':<16} {'endpoint':<8} {'requests':>8} {'errors':>6} {'ok/s':>7} "
+            f"{'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'max ms':>7}  cpu: client server machine (cores)")
+    print(head)
+    print("-" * len(head))
+    for r in results:
+        st: Stats = r["stats"]
+        for kind in (["submit", "next"] if with_next else ["submit"]):
+            lat = sorted(x * 1000 for x in st.latencies[kind])
+            n = st.requests(kind)
+            ok = st.ok(kind)
+            cpu = (f"  {r['client_cpu']:.2f}   {r['server_cpu']:.2f}   {r['machine_busy']:.2f}"
+                   if kind == "submit" else "")
+            print(f"{r['config']:<16} {kind:<8} {n:>8} {n - ok:>6} {ok / r['elapsed']:>7.1f} "
+                  f"{pct(lat, 50):>7.1f} {pct(lat, 95):>7.1f} {pct(lat, 99):>7.1f} {(lat[-1] if lat else float('nan')):>7.1f}{cpu}")
+    for r in results:
+        st = r["stats"]
+        bad = {k: {s: n for s, n in c.items() if not 200 <= s < 300} for k, c in st.statuses.items()}
+        bad = {k: v for k, v in bad.items() if v}
+        extra = []
+        if bad:
+            extra.append(f"non-2xx by status (0 = connection error): {bad}")
+        if st.exhausted:
+            extra.append(f"{st.exhausted} annotators ran out of assignments (raise --per-user)")
+        if st.next_mismatch:
+            extra.append(f"next/ returned another assignment than the one submitted {st.next_mismatch} times")
+        if extra:
+            print(f"  {r['config']}: " + "; ".join(extra))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seconds", type=float, default=30.0, help="measured duration per config (default 30)")
+    p.add_argument("--warmup", type=float, default=3.0, help="unmeasured load before each measured run (default 3)")
+    p.add_argument("--users", type=int, default=50, help="concurrent simulated annotators (default 50)")
+    p.add_argument("--per-user", type=int, default=None,
+                   help="open first-label assignments per annotator (default: enough for ~600 submits/s)")
+    p.add_argument("--secured", type=int, default=2, help="secured items left open so the batch never completes")
+    p.add_argument("--config", type=parse_config, action="append", metavar="CLASS:WORKERS:THREADS",
+                   help="gunicorn worker class, workers and threads; repeatable (default gthread:4:8)")
+    p.add_argument("--no-next", action="store_true", help="only POST submits (no GET next/ before each)")
+    p.add_argument("--think-ms", type=float, default=0.0, help="pause after each submit (default 0: closed loop)")
+    p.add_argument("--no-profile", action="store_true", help="skip the per-request SQL listing")
+    p.add_argument("--pg-url", default=os.environ.get("BENCH_PG_URL", "postgres://postgres@127.0.0.1:5432/postgres"),
+                   help="PostgreSQL URL of a role that may create databases (env BENCH_PG_URL)")
+    args = p.parse_args(argv)
+    configs = args.config or [("gthread", 4, 8)]
+    if args.secured < 1:
+        p.error("--secured must be at least 1 (it keeps the batch open)")
+    try:
+        import aiohttp  # noqa: F401
+        import psycopg  # noqa: F401
+    except ImportError as exc:
+        p.error(f"{exc.name} is missing: {Path(sys.executable).parent}/pip install aiohttp 'psycopg[binary]'")
+    per_user = args.per_user or max(20, math.ceil(600 * (args.seconds + args.warmup) * len(configs) / args.users) + 1)
+
+    def on_term(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    bench = Bench(args)
+    try:
+        data = bench.setup(per_user)
+        n_classes = data["n_classes"]
+        annotators = [Annotator(u["username"], u["token"], u["assignments"]) for u in data["users"]]
+        results = []
+        for spec in configs:
+            results.append(bench.run_config(spec, annotators, n_classes))
+            r = results[-1]
+            log(f"{r['config']}: {r['stats'].ok('submit') / r['elapsed']:.1f} submits/s")
+        # Every submit made (warm-up included) went to a distinct assignment: rows must match 2xx answers.
+        sent = sum(a.cursor for a in annotators)
+        counts = bench.db_counts(data["batch"])
+        print()
+        print(f"submit benchmark: {args.users} annotators, {args.seconds:g} s per config "
+              f"(+{args.warmup:g} s warm-up), {'GET next/ + POST' if not args.no_next else 'POST only'} per loop, "
+              f"think {args.think_ms:g} ms; load generator: aiohttp {aiohttp_version()} (asyncio, 1 process); "
+              f"{os.cpu_count()} CPUs shared by client, gunicorn and PostgreSQL")
+        print(f"batch: {data['first_label']} first-label + {data['secured_open']} secured assignments; "
+              "ok/s = 2xx answers per second (for submit: submissions/s); cpu columns in cores busy")
+        print()
+        print_table(results, not args.no_next)
+        print()
+        accepted = bench.accepted_total
+        ok = counts["annotations"] == accepted == counts["done"]
+        print(f"check: {counts['annotations']} Annotation rows, {counts['done']} done assignments, "
+              f"{accepted} accepted (2xx) submits over {sent} attempted (warm-ups included): "
+              f"{'OK' if ok else 'MISMATCH'}; project {counts['project_state']}, "
+              f"batch {'CLOSED' if counts['batch_closed'] else 'open'}")
+        if not args.no_profile:
+            profile(bench, annotators, n_classes)
+        return 0 if ok else 1
+    except KeyboardInterrupt:
+        log("interrupted: cleaning up")
+        return 130
+    finally:
+        bench.cleanup()
+
+
+def aiohttp_version() -> str:
+    import aiohttp
+
+    return aiohttp.__version__
+
+
+def profile(bench: Bench, annotators: list[Annotator], n_classes: int) -> None:
+    who = next((a for a in annotators if a.cursor < len(a.assignments)), None)
+    if who is None:
+        print("profile: no open assignment left")
+        return
+    aid = who.assignments[who.cursor]
+    out = json.loads(bench.django(who.token, str(aid), str(aid % n_classes), script=PROFILE_SCRIPT,
+                                  capture=True).strip().splitlines()[-1])
+    for name in ("submit", "next"):
+        qs = out[name]["queries"]
+        print()
+        print(f"SQL of one {name} (in-process, single request, rolled back; status {out[name]['status']}): "
+              f"{len(qs)} queries, {sum(q['ms'] for q in qs):.2f} ms in them, {out[name]['total_ms']:.1f} ms "
+              "in the whole request")
+        for q in qs:
+            sql = " ".join(q["sql"].split())
+            print(f"  {q['ms']:7.3f} ms  {sql[:160]}{'...' if len(sql) > 160 else ''}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
