@@ -42,6 +42,7 @@ class LoopConfig:
     secured_refresh: int | None = None  # q (None: never)
     secured_verification: str = "admin"  # "admin" (1 label each) or "consensus" (h each)
     audit_confidence: float | None = 0.5  # ours: re-annotate labels the model contradicts this surely
+    adaptive_audit: bool = True  # ours: an audit stops at the first re-annotator who confirms the label
     augment: tuple[str, ...] | None = None  # subset of ATTACKS (None: all for robust, none otherwise)
     augment_space: str = "feature"  # "feature" (exact, frozen backbone) or "pixel" (through it)
     augment_weight: float = 0.25
@@ -237,8 +238,13 @@ class _Run:
         return float(finite.min()) if len(finite) else float("inf")
 
     # ---- re-annotation and trust ---------------------------------------------------------
-    def reannotate(self, items: np.ndarray, model: LinearHead) -> tuple[int, int]:
-        """Send items to h other labelers; resolve; update trust. Returns (done, discarded)."""
+    def reannotate(self, items: np.ndarray, model: LinearHead, *, adaptive: bool = False) -> tuple[int, int]:
+        """Send items to h other labelers; resolve; update trust. Returns (done, discarded).
+
+        ``adaptive`` (audits): the first re-annotator who confirms the original label settles the
+        item (two independent labelers agree), so an audit of a correct label costs one label
+        instead of h; a disagreement goes on to all h votes as usual.
+        """
         h = self.cfg.trust.h
         done = discarded = 0
         proba = model.predict_proba(self.data.pool_features[items]) if len(items) else None
@@ -252,7 +258,7 @@ class _Run:
             votes: list[int] = []
             for voter in voters:  # sequential: two different answers already mean "inconsistent"
                 votes.append(self.ask(voter, int(item)))
-                if len(set(votes)) > 1:
+                if len(set(votes)) > 1 or (adaptive and votes[0] == self.labels[item]):
                     break
             done += 1
             outcome, keep = scoring.resolve(int(self.labels[item]), votes)
@@ -352,7 +358,7 @@ class _Run:
                     scoring.apply_confirmation(self.trust[int(self.labeler_of[item])], cfg.trust)
                 suspicious = batch[confident & ~agrees]
                 if len(suspicious):
-                    r, d = self.reannotate(suspicious, previous)
+                    r, d = self.reannotate(suspicious, previous, adaptive=cfg.adaptive_audit)
                     reann, disc = reann + r, disc + d
             min_pert = self.craft(previous, batch[self.labels[batch] >= 0])
             model = self.train()

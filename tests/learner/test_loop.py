@@ -128,3 +128,41 @@ def test_config_validation():
         LoopConfig(augment=("pgd",)).resolved()
     with pytest.raises(ValueError):
         LoopConfig(augment_space="latent").resolved()
+
+
+def _audit_run(data, adaptive: bool, malicious: int = 0):
+    from learner.loop import _Run
+
+    labelers = LabelerPool.build(10, error_rate=0.0, n_malicious=malicious, mapping={1: 7} if malicious else None)
+    run = _Run(data, LoopConfig(strategy="robust", adaptive_audit=adaptive), labelers, seed=0)
+    items = np.arange(30)
+    run.label_items(items)
+    model = run.train()
+    return run, items, model
+
+
+def test_adaptive_audit_settles_a_confirmed_label_with_one_vote(data):
+    # error-free honest labelers: every re-annotator confirms, so adaptive audits cost 1 label each
+    run, items, model = _audit_run(data, adaptive=True)
+    before = run.bought
+    done, discarded = run.reannotate(items, model, adaptive=True)
+    assert (done, discarded) == (30, 0) and run.bought - before == 30
+    full, items, model = _audit_run(data, adaptive=False)
+    before = full.bought
+    full.reannotate(items, model, adaptive=False)
+    assert full.bought - before == 30 * full.cfg.trust.h
+
+
+def test_adaptive_audit_still_takes_h_votes_against_a_wrong_label(data):
+    # the malicious labeler's 1 -> 7 labels are refuted by h honest votes and corrected
+    run, items, model = _audit_run(data, adaptive=True, malicious=1)
+    mal = 10  # LabelerPool.build: the last of the 11 labelers is the malicious one
+    ones = items[data.pool_labels[items] == 1]
+    assert len(ones) >= 2
+    run.labels[ones] = 7  # as if the malicious labeler had given them
+    run.labeler_of[ones] = mal
+    before = run.bought
+    run.reannotate(ones, model, adaptive=True)
+    assert run.bought - before == len(ones) * run.cfg.trust.h
+    assert (run.labels[ones] == 1).all()
+    assert run.trust[mal].disagreements == len(ones)

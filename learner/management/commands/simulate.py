@@ -79,6 +79,9 @@ class Command(BaseCommand):
         lp.add_argument("--p1", type=float, default=0.9391)
         lp.add_argument("--audit-confidence", type=float, default=LoopConfig.audit_confidence,
                         help="re-annotate labels the model contradicts with this confidence; <=0 disables")
+        lp.add_argument("--audit-votes", choices=["adaptive", "full"], default="adaptive",
+                        help="adaptive: an audit stops at the first re-annotator who confirms the label; "
+                             "full: always h votes")
         lp.add_argument("--augment", default="auto", help="cw,deepfool,noise | none | auto (robust only)")
         lp.add_argument("--augment-space", choices=["feature", "pixel"], default="feature")
         lp.add_argument("--attack-impl", choices=["fast", "art"], default="fast")
@@ -107,6 +110,7 @@ class Command(BaseCommand):
                 secured_size=o["secured_size"], secured_refresh=o["secured_refresh"],
                 secured_verification=o["secured_verification"],
                 audit_confidence=o["audit_confidence"] if o["audit_confidence"] > 0 else None,
+                adaptive_audit=o["audit_votes"] == "adaptive",
                 augment=augment, augment_space=o["augment_space"], attack_impl=o["attack_impl"],
                 noise_variance=o["noise_variance"], augment_weight=o["augment_weight"], n_clusters=o["n_clusters"],
                 candidate_factor=o["candidate_factor"], head=HeadConfig(epochs=o["head_epochs"]), trust=trust,
