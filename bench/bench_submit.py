@@ -11,11 +11,15 @@ Annotation rows equals the number of accepted (2xx) submits, optionally shows th
 runs (``CaptureQueriesContext``, rolled back), and cleans up (gunicorn, database, temp dir), also
 on Ctrl-C and errors.
 
-The load generator is aiohttp on asyncio in this process (``.venv/bin/pip install aiohttp``: it
-is not in requirements.txt). It shares the machine with gunicorn and PostgreSQL; its own CPU time
-is printed so you can tell whether it was the bottleneck.
+The load generator is aiohttp (requirements.txt) on asyncio in this process. It shares the
+machine with gunicorn and PostgreSQL; its own CPU time, gunicorn's, PostgreSQL's and the rest of
+the machine's are printed so you can tell what was the bottleneck. Closed loop (no think time):
+by Little's law the mean latency is annotators / throughput (50 annotators at 300 submits/s wait
+167 ms on average), so p95 under 50 ms with 50 closed-loop annotators would take over 1,000
+submits/s; ``--think-ms`` paces each annotator like a person and measures latency at a given
+rate instead.
 
-    .venv/bin/python bench/bench_submit.py                        # 30 s, 50 annotators, gthread 4x8
+    .venv/bin/python bench/bench_submit.py                        # 30 s, 50 annotators, config/gunicorn.conf.py
     .venv/bin/python bench/bench_submit.py --seconds 10 --config sync:5:1 --config gthread:4:8
     .venv/bin/python bench/bench_submit.py --no-next --no-profile
 
@@ -44,6 +48,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parent.parent
+GUNICORN_CONF = ROOT / "config" / "gunicorn.conf.py"
 NEXT_URL = "/api/labeling/next/"
 SUBMIT_URL = "/api/labeling/assignments/{id}/annotation/"
 
@@ -178,22 +183,32 @@ def machine_cpu() -> tuple[int, int]:
     return sum(vals) - idle, sum(vals)
 
 
-def proc_tree_cpu(root_pid: int) -> float:
-    """CPU seconds (user + system) of ``root_pid`` and its direct children (gunicorn workers)."""
+def proc_cpu(root_pid: int) -> tuple[float, dict[int, float]]:
+    """CPU seconds (user + system) of ``root_pid`` with its direct children (gunicorn and its
+    workers), and per ``postgres`` process on the machine (PostgreSQL's share; other databases'
+    sessions included, so an upper bound)."""
     tick = os.sysconf("SC_CLK_TCK")
-    total = 0.0
+    tree, pg = 0.0, {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
+                head, tail = f.read().rsplit(")", 1)
         except OSError:
             continue
-        pid, ppid = int(entry), int(fields[1])
+        fields = tail.split()
+        pid, ppid, cpu = int(entry), int(fields[1]), (int(fields[11]) + int(fields[12])) / tick
         if pid == root_pid or ppid == root_pid:
-            total += (int(fields[11]) + int(fields[12])) / tick
-    return total
+            tree += cpu
+        elif head.split("(", 1)[1] == "postgres":
+            pg[pid] = cpu
+    return tree, pg
+
+
+def pg_delta(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU seconds postgres processes used between two samples (new ones count from zero)."""
+    return sum(cpu - before.get(pid, 0.0) for pid, cpu in after.items())
 
 
 @dataclass
@@ -367,9 +382,10 @@ class Bench:
     # -- gunicorn ------------------------------------------------------------------------------
     def start_gunicorn(self, worker_class: str, workers: int, threads: int, token: str) -> str:
         port = free_port()
-        cmd = [self.gunicorn_bin, "config.wsgi", "--bind", f"127.0.0.1:{port}", "--workers", str(workers),
-               "--worker-class", worker_class, "--threads", str(threads), "--log-level", "warning",
-               "--graceful-timeout", "5", "--timeout", "60"]
+        # the project's settings file (keep-alive, timeouts), with this run's workers and threads
+        cmd = [self.gunicorn_bin, "-c", str(GUNICORN_CONF), "config.wsgi", "--bind", f"127.0.0.1:{port}",
+               "--workers", str(workers), "--worker-class", worker_class, "--threads", str(threads),
+               "--log-level", "warning", "--graceful-timeout", "5", "--timeout", "60"]
         self.gunicorn_log_path = self.tmp / f"gunicorn-{port}.log"
         self.gunicorn_log = open(self.gunicorn_log_path, "w")
         self.gunicorn = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=self.gunicorn_log,
@@ -434,20 +450,29 @@ class Bench:
                                             think))
                 self.accepted_total += warm.ok("submit")
             busy0, total0 = machine_cpu()
-            server0 = proc_tree_cpu(self.gunicorn.pid)
+            server0, pg0 = proc_cpu(self.gunicorn.pid)
             client0 = time.process_time()
             stats, elapsed = asyncio.run(drive(base, annotators, self.args.seconds, n_classes,
                                                not self.args.no_next, think))
             client = time.process_time() - client0
-            server = proc_tree_cpu(self.gunicorn.pid) - server0
+            server1, pg1 = proc_cpu(self.gunicorn.pid)
+            server, pg = server1 - server0, pg_delta(pg0, pg1)
             busy1, total1 = machine_cpu()
             self.accepted_total += stats.ok("submit")
         finally:
             self.stop_gunicorn()
         ncpu = os.cpu_count() or 1
         return {"config": f"{worker_class} w{workers} t{threads}", "stats": stats, "elapsed": elapsed,
-                "client_cpu": client / elapsed, "server_cpu": server / elapsed,
+                "client_cpu": client / elapsed, "server_cpu": server / elapsed, "pg_cpu": pg / elapsed,
                 "machine_busy": (busy1 - busy0) / max(total1 - total0, 1) * ncpu}
+
+
+def default_config() -> tuple[str, int, int]:
+    """Worker class, workers and threads of config/gunicorn.conf.py (as the environment sets them)."""
+    import runpy
+
+    conf = runpy.run_path(str(GUNICORN_CONF))
+    return conf["worker_class"], int(conf["workers"]), int(conf["threads"])
 
 
 def parse_config(text: str) -> tuple[str, int, int]:
@@ -459,7 +484,8 @@ def parse_config(text: str) -> tuple[str, int, int]:
 
 def print_table(results: list[dict], with_next: bool) -> None:
     head = (f"{'gunicorn':<16} {'endpoint':<8} {'requests':>8} {'errors':>6} {'ok/s':>7} "
-            f"{'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'max ms':>7}  cpu: client server machine (cores)")
+            f"{'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'max ms':>7}  cores: client gunicorn postgres other machine; "
+            "gunicorn CPU ms per loop")
     print(head)
     print("-" * len(head))
     for r in results:
@@ -468,7 +494,9 @@ def print_table(results: list[dict], with_next: bool) -> None:
             lat = sorted(x * 1000 for x in st.latencies[kind])
             n = st.requests(kind)
             ok = st.ok(kind)
-            cpu = (f"  {r['client_cpu']:.2f}   {r['server_cpu']:.2f}   {r['machine_busy']:.2f}"
+            other = r["machine_busy"] - r["client_cpu"] - r["server_cpu"] - r["pg_cpu"]
+            cpu = (f"  {r['client_cpu']:.2f}   {r['server_cpu']:.2f}   {r['pg_cpu']:.2f}   {other:.2f}   "
+                   f"{r['machine_busy']:.2f}   {r['server_cpu'] * 1000 / max(ok / r['elapsed'], 1e-9):.2f}"
                    if kind == "submit" else "")
             print(f"{r['config']:<16} {kind:<8} {n:>8} {n - ok:>6} {ok / r['elapsed']:>7.1f} "
                   f"{pct(lat, 50):>7.1f} {pct(lat, 95):>7.1f} {pct(lat, 99):>7.1f} {(lat[-1] if lat else float('nan')):>7.1f}{cpu}")
@@ -496,14 +524,15 @@ def main(argv=None) -> int:
                    help="open first-label assignments per annotator (default: enough for ~600 submits/s)")
     p.add_argument("--secured", type=int, default=2, help="secured items left open so the batch never completes")
     p.add_argument("--config", type=parse_config, action="append", metavar="CLASS:WORKERS:THREADS",
-                   help="gunicorn worker class, workers and threads; repeatable (default gthread:4:8)")
+                   help="gunicorn worker class, workers and threads; repeatable "
+                        "(default: those of config/gunicorn.conf.py)")
     p.add_argument("--no-next", action="store_true", help="only POST submits (no GET next/ before each)")
     p.add_argument("--think-ms", type=float, default=0.0, help="pause after each submit (default 0: closed loop)")
     p.add_argument("--no-profile", action="store_true", help="skip the per-request SQL listing")
     p.add_argument("--pg-url", default=os.environ.get("BENCH_PG_URL", "postgres://postgres@127.0.0.1:5432/postgres"),
                    help="PostgreSQL URL of a role that may create databases (env BENCH_PG_URL)")
     args = p.parse_args(argv)
-    configs = args.config or [("gthread", 4, 8)]
+    configs = args.config or [default_config()]
     if args.secured < 1:
         p.error("--secured must be at least 1 (it keeps the batch open)")
     try:
@@ -539,6 +568,9 @@ def main(argv=None) -> int:
               "ok/s = 2xx answers per second (for submit: submissions/s); cpu columns in cores busy")
         print()
         print_table(results, not args.no_next)
+        if not args.think_ms:
+            print(f"closed loop: mean latency = {args.users} annotators / throughput (Little's law); p95 under 50 ms "
+                  f"needs well over {args.users / 0.05:.0f} submits/s with no think time")
         print()
         accepted = bench.accepted_total
         ok = counts["annotations"] == accepted == counts["done"]

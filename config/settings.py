@@ -73,6 +73,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "rest_framework.authtoken",
     "drf_spectacular",
+    "axes",
     "labeling",
     "learner",
     "trust",
@@ -80,6 +81,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "config.middleware.RequestSizeLimitMiddleware",  # 413 from Content-Length, before the body is read
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -87,6 +89,10 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "csp.middleware.CSPMiddleware",
+    # Turns a locked-out login (too many failures) into a 429 with a clear message.
+    "axes.middleware.AxesMiddleware",
+    "config.middleware.DatabaseUnavailableMiddleware",  # DB down: a clear 503, not a traceback
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -127,6 +133,11 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+# django-axes first: refuses logins (pages, admin, /api/token/) after too many failures.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
 LOGOUT_REDIRECT_URL = "login"
@@ -148,12 +159,23 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = int(os.environ.get("DATA_UPLOAD_MAX_MEMORY_SIZE", 
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
 ROBUSTAL_MAX_UPLOAD_BYTES = int(os.environ.get("ROBUSTAL_MAX_UPLOAD_BYTES", 512 * 1024 * 1024))
 
+API_THROTTLE_ANON = os.environ.get("API_THROTTLE_ANON", "120/minute").strip()
+API_THROTTLE_USER = os.environ.get("API_THROTTLE_USER", "3000/minute").strip()
+API_THROTTLE_ANON = None if API_THROTTLE_ANON.lower() in ("", "off", "0") else API_THROTTLE_ANON
+API_THROTTLE_USER = None if API_THROTTLE_USER.lower() in ("", "off", "0") else API_THROTTLE_USER
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "rest_framework.authentication.SessionAuthentication",
-        "rest_framework.authentication.TokenAuthentication",
+        "labeling.authentication.TokenAuthentication",  # DRF's, plus the annotator check in one query
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    # Rates per client (anonymous: per IP; signed in: per user), counted in the cache (per process
+    # with the default local-memory cache). "off" disables one. Users: high, a person labels < 2/s.
+    "DEFAULT_THROTTLE_CLASSES": [
+        cls for cls, rate in (("rest_framework.throttling.AnonRateThrottle", API_THROTTLE_ANON),
+                              ("rest_framework.throttling.UserRateThrottle", API_THROTTLE_USER)) if rate
+    ],
+    "DEFAULT_THROTTLE_RATES": {"anon": API_THROTTLE_ANON, "user": API_THROTTLE_USER},
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
 }
 SPECTACULAR_SETTINGS = {
@@ -187,10 +209,22 @@ if CELERY_BROKER_URL.startswith("filesystem"):
     # The filesystem transport has no broadcast channel for remote control.
     CELERY_WORKER_ENABLE_REMOTE_CONTROL = False
 else:
+    _visibility = int(os.environ.get("CELERY_VISIBILITY_TIMEOUT", 3600))
     CELERY_BROKER_TRANSPORT_OPTIONS = {
-        # Redelivery window for unacknowledged (late-ack) tasks: longer than any retraining.
-        "visibility_timeout": int(os.environ.get("CELERY_VISIBILITY_TIMEOUT", 3600)),
+        # Redelivery window for unacknowledged (late-ack) tasks of a dead worker: longer than any
+        # retraining (a running task older than this is delivered again; the loop makes that a no-op).
+        "visibility_timeout": _visibility,
+        # Look for such tasks every few seconds (kombu's default scans every ~100 s).
+        "unacked_restore_interval": min(10, max(1, _visibility // 5)),
+        "unacked_restore_throttle": 1,
+        # A vanished broker must not hang a web request (the enqueue after an answer).
+        "socket_connect_timeout": 3,
+        "socket_timeout": 10,
     }
+# Publishing gives up quickly when the broker is down; the answer is already committed and the
+# loop sweeper (below) sends the task again once the broker is back.
+CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2,
+                                    "interval_max": 0.5}
 CELERY_TASK_DEFAULT_QUEUE = "default"
 # Heavy model work (retraining, crafting, feature extraction) goes to `train` (GPU workers).
 CELERY_TASK_ROUTES = {
@@ -205,6 +239,21 @@ CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TIMEZONE = TIME_ZONE
+# Loop sweeper: re-sends the loop task of a complete batch whose task was lost (broker down when
+# it was sent, filesystem-broker worker killed). Runs at worker start and on beat
+# (`celery -A config worker -B` or `celery -A config beat`).
+LABELING_SWEEP_AFTER_SECONDS = float(os.environ.get("LABELING_SWEEP_AFTER_SECONDS", 60))
+LABELING_STALE_TASK_SECONDS = float(os.environ.get("LABELING_STALE_TASK_SECONDS", 3600))
+if "LABELING_LOOP_DELAY_SECONDS" in os.environ:  # grace before the loop task; default: the undo window
+    LABELING_LOOP_DELAY_SECONDS = float(os.environ["LABELING_LOOP_DELAY_SECONDS"])
+CELERY_BEAT_SCHEDULE = {
+    "labeling-sweep-loop": {
+        "task": "labeling.tasks.sweep_loop",
+        "schedule": float(os.environ.get("LABELING_SWEEP_INTERVAL_SECONDS", 30)),
+        "options": {"expires": 60},
+    },
+}
+CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
 
 # ---- Production hardening (on whenever DEBUG is off) ------------------------------------------
 SECURE_CONTENT_TYPE_NOSNIFF = True
@@ -218,7 +267,40 @@ if not DEBUG:
     SECURE_HSTS_SECONDS = int(os.environ.get("SECURE_HSTS_SECONDS", 60 * 60 * 24 * 30))
     SECURE_HSTS_INCLUDE_SUBDOMAINS = True
     SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
+    if not SECURE_HSTS_PRELOAD:
+        # Preloading binds the whole domain (and its subdomains) to HTTPS in browsers for months and is
+        # slow to undo: the domain owner opts in (SECURE_HSTS_PRELOAD=1, with SECURE_HSTS_SECONDS >= 1 year).
+        SILENCED_SYSTEM_CHECKS = ["security.W021"]
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+
+# Content-Security-Policy (django-csp): scripts and styles only from our own origin, no inline
+# scripts, no framing. Inline style *attributes* stay allowed (the Django admin uses a few).
+# The Swagger page (/api/docs/) widens this for its CDN in config/urls.py only.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'"],
+        "style-src-attr": ["'unsafe-inline'"],
+        "img-src": ["'self'", "data:"],
+        "font-src": ["'self'"],
+        "connect-src": ["'self'"],
+        "object-src": ["'none'"],
+        "base-uri": ["'self'"],
+        "form-action": ["'self'"],
+        "frame-ancestors": ["'none'"],
+    },
+}
+
+# Login throttling (django-axes): after LOGIN_FAILURE_LIMIT failed logins for one user name from
+# one address, that pair is locked for LOGIN_LOCKOUT_MINUTES (or until staff unlock it: admin
+# "Axes > Access attempts", or `manage.py axes_reset_username <name>`). A success resets the count.
+AXES_FAILURE_LIMIT = int(os.environ.get("LOGIN_FAILURE_LIMIT", 5))
+AXES_COOLOFF_TIME = float(os.environ.get("LOGIN_LOCKOUT_MINUTES", 15)) / 60  # hours
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_CALLABLE = "config.middleware.login_locked_out"
+AXES_VERBOSE = False
 
 LOGGING = {
     "version": 1,

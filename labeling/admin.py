@@ -77,14 +77,29 @@ class LabelerProfileAdmin(admin.ModelAdmin):
                        "is_flagged", "is_suspended")
     actions = ["suspend", "reinstate"]
 
+    # Both go through trust.services so each is recorded in the trust history (TrustEvent).
     @admin.action(description="Suspend (their open work goes to others)")
     def suspend(self, request, queryset):
+        from trust import services as trust_services
+
+        done = 0
         for profile in queryset:
-            services.set_labeler_status(user=profile.user, suspended=True)
-        messages.success(request, f"{queryset.count()} labeler(s) suspended.")
+            try:
+                trust_services.suspend(labeler=profile.user, actor=request.user, note="Django admin action")
+                done += 1
+            except trust_services.ReviewError:
+                pass  # already suspended
+        messages.success(request, f"{done} labeler(s) suspended.")
 
     @admin.action(description="Reinstate (clear flagged and suspended)")
     def reinstate(self, request, queryset):
+        from trust import services as trust_services
+
+        done = 0
         for profile in queryset:
-            services.set_labeler_status(user=profile.user, suspended=False, flagged=False)
-        messages.success(request, f"{queryset.count()} labeler(s) reinstated.")
+            try:
+                trust_services.reinstate(labeler=profile.user, actor=request.user, note="Django admin action")
+                done += 1
+            except trust_services.ReviewError:
+                pass  # neither flagged nor suspended
+        messages.success(request, f"{done} labeler(s) reinstated.")

@@ -220,7 +220,12 @@ class Assignment(models.Model):
 
     class Meta:
         ordering = ["batch", "id"]
-        indexes = [models.Index(fields=["labeler", "status"], name="labeling_asg_labeler_status")]
+        indexes = [
+            models.Index(fields=["labeler", "status"], name="labeling_asg_labeler_status"),
+            # batch completion (any open/paused left?) and progress counts on the answer path
+            models.Index(fields=["batch", "status"], name="labeling_asg_batch_status"),
+            models.Index(fields=["batch", "labeler", "status"], name="labeling_asg_batch_lab_status"),
+        ]
         constraints = [
             models.UniqueConstraint(fields=["item", "batch"], condition=Q(kind="first_label"),
                                     name="labeling_one_first_label_per_item_batch"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 from rest_framework.permissions import BasePermission
 
 from . import selectors
+from .authentication import IS_ANNOTATOR_ATTR
 
 
 class IsAnnotator(BasePermission):
@@ -13,7 +14,14 @@ class IsAnnotator(BasePermission):
 
     def has_permission(self, request, view) -> bool:
         user = request.user
-        return bool(user and user.is_authenticated and (user.is_staff or selectors.is_annotator(user)))
+        if not (user and user.is_authenticated):
+            return False
+        if user.is_staff:
+            return True
+        known = getattr(user, IS_ANNOTATOR_ATTR, None)  # answered by the token lookup (same request)
+        if known is not None:
+            return bool(known and user.is_active)
+        return selectors.is_annotator(user)
 
 
 class IsStaff(BasePermission):

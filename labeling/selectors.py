@@ -180,7 +180,7 @@ def pool_labels(project: Project) -> PoolLabels:
     firsts: dict[int, list] = defaultdict(list)
     reanns: dict[tuple[int, int], list[int]] = defaultdict(list)  # (index, batch iteration) -> votes
     secured_votes: dict[int, list[int]] = defaultdict(list)
-    rows = (Annotation.objects.filter(assignment__batch__project=project)
+    rows = (Annotation.objects.filter(assignment__batch__project=project, discard__isnull=True)  # admin-discarded
             .values_list("assignment__item__index", "assignment__kind", "assignment__labeler_id", "label",
                          "assignment__batch__iteration")
             .order_by("created_at", "id"))

@@ -7,11 +7,18 @@ assignment kind (first label or re-annotation), trust or anyone else's labels.
 from __future__ import annotations
 
 from django.urls import reverse
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 
+@extend_schema_field({"type": "integer", "minimum": 0})
+class LabelField(serializers.JSONField):
+    """Any JSON on input, so that a wrong type gets our own clear message (services.parse_label);
+    the schema says what is valid: a class index."""
+
+
 class AnswerInSerializer(serializers.Serializer):
-    label = serializers.JSONField(allow_null=True, help_text="Class index, 0 .. len(classes) - 1.")
+    label = LabelField(allow_null=True, help_text="Class index, 0 .. len(classes) - 1.")
     seconds = serializers.FloatField(required=False, allow_null=True, min_value=0,
                                      help_text="Seconds the annotator took (optional).")
 

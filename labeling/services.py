@@ -1,9 +1,13 @@
 """Writes of the labeling app (HackSoft-style services).
 
 Locking rule (avoids deadlocks on PostgreSQL): a service that changes assignments locks the
-*project* row first (``select_for_update``), then the rows it changes. SQLite serialises writers
-anyway. Celery tasks are enqueued with ``transaction.on_commit`` so a worker never sees
-uncommitted rows.
+*project* row first, then the rows it changes. Answers and skips (the hot path) take the project
+``FOR SHARE`` and then their own assignment row only, so annotators never wait for each other;
+everything else (undo, the loop task, reassignment, staff actions) takes it ``FOR UPDATE`` and so
+excludes answers in flight. An answer never waits for an exclusive project lock while holding
+rows (that could deadlock): the batch-completion step upgrades with ``NOWAIT`` or runs again
+after commit (:func:`complete_batch_if_done`). SQLite serialises writers anyway. Celery tasks are
+enqueued with ``transaction.on_commit`` so a worker never sees uncommitted rows.
 
 The live loop (:func:`advance_loop`) runs in three steps so the heavy part holds no lock:
 1. a short transaction checks the batch is complete, freezes it (undo is refused from then on)
@@ -16,20 +20,24 @@ The live loop (:func:`advance_loop`) runs in three steps so the heavy part holds
 """
 from __future__ import annotations
 
+import functools
 import logging
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import timedelta
 
 import numpy as np
 from django.conf import settings
 from django.contrib.auth.models import Group
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, OperationalError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
 from learner import live
 from trust import scoring
+from trust import selectors as trust_selectors
+from trust import services as trust_services
 
 from . import features as feature_cache
 from . import selectors
@@ -166,8 +174,11 @@ def _enqueue(task_name: str, *args, countdown: float | None = None) -> None:
         task = getattr(tasks, task_name)
         try:
             task.apply_async(args=list(args), countdown=countdown or None)
-        except Exception:  # broker down: the staff page's "resume" button sends it again
-            log.exception("could not enqueue %s%r", task_name, args)
+        except Exception as exc:  # broker down: the answer stays committed; sweep_stalled_loops sends it later
+            log.warning("could not enqueue %s%r (%s: %s); the loop sweeper will send it again", task.name, args,
+                        exc.__class__.__name__, exc)
+        else:  # one line per send: the fault tests and bench/soak.py count these
+            log.info("enqueued %s%r", task.name, args)
 
     transaction.on_commit(send)
 
@@ -235,6 +246,59 @@ def resume_loop(*, project: Project) -> bool:
     return True
 
 
+def sweep_stalled_loops(*, older_than: float | None = None) -> list[int]:
+    """Send the loop task again for complete batches whose task was lost; returns their batch ids.
+
+    The database is the source of truth, the broker only a doorbell: an answer commits even when
+    the broker is down (``_enqueue`` logs and gives up), so something must ring again. This runs
+    at worker start and periodically (beat) and finds:
+
+    - projects "model updating" since more than ``older_than`` seconds (plus the grace period)
+      whose open batch no task has started on (not frozen), or whose task started more than
+      ``LABELING_STALE_TASK_SECONDS`` ago and never finished (its worker died on a broker that
+      does not redeliver, e.g. the filesystem one);
+    - projects still "labeling" whose open batch is complete (the completion step after the last
+      answer's commit was lost).
+
+    Each hit is taken under the project's row lock (``skip_locked``) with its age re-checked and
+    the project's ``updated_at`` touched, so concurrent sweepers send it once and the next sweep
+    waits another period. A duplicate send is harmless anyway (:func:`advance_loop` is idempotent).
+    """
+    age = float(getattr(settings, "LABELING_SWEEP_AFTER_SECONDS", 60)) if older_than is None else older_than
+    now = timezone.now()
+    cutoff = now - timedelta(seconds=age + loop_delay_seconds())
+    stale_task = now - timedelta(seconds=float(getattr(settings, "LABELING_STALE_TASK_SECONDS", 3600)))
+    sent: list[int] = []
+    candidates = Project.objects.filter(state__in=[Project.State.UPDATING, Project.State.LABELING],
+                                        updated_at__lt=cutoff).values_list("pk", "state")
+    for project_id, state in candidates:
+        batch = QueryBatch.objects.filter(project_id=project_id, closed_at__isnull=True).order_by("-iteration").first()
+        if batch is None:
+            continue
+        if state == Project.State.LABELING:
+            if complete_batch_if_done(batch_id=batch.pk):
+                log.warning("sweeper: batch %s was complete but its project still labeling; loop task sent", batch.pk)
+                sent.append(batch.pk)
+            continue
+        if batch.frozen_at is not None and batch.frozen_at >= stale_task:
+            continue  # a task is on it (a dead Redis worker's task comes back after the visibility timeout)
+        with transaction.atomic():
+            project = (Project.objects.select_for_update(skip_locked=True)
+                       .filter(pk=project_id, state=Project.State.UPDATING, updated_at__lt=cutoff).first())
+            batch = QueryBatch.objects.select_for_update().filter(pk=batch.pk, closed_at__isnull=True).first()
+            if project is None or batch is None or (batch.frozen_at is not None and batch.frozen_at >= stale_task):
+                continue
+            if batch.frozen_at is not None:
+                batch.frozen_at = now  # restart the stale clock: one more send per period at most
+                batch.save(update_fields=["frozen_at"])
+            project.save(update_fields=["updated_at"])
+            _enqueue("process_batch", batch.pk)
+        log.warning("sweeper: project %s waited over %.0f s for its loop task; batch %s sent again",
+                    project_id, age, batch.pk)
+        sent.append(batch.pk)
+    return sent
+
+
 # --------------------------------------------------------------------------------------
 # Annotators: next, answer, skip, undo
 # --------------------------------------------------------------------------------------
@@ -263,20 +327,67 @@ def next_assignment(*, user, project: Project | None = None) -> Assignment | Non
     return None
 
 
-def _lock_assignment(user, assignment_id: int) -> tuple[Project, Assignment]:
-    """Lock the project, then the user's assignment (404 when it is not theirs)."""
-    found = Assignment.objects.filter(pk=assignment_id, labeler=user).values_list("batch__project_id", flat=True).first()
-    if found is None:
+@functools.cache
+def _answer_sql(vendor: str) -> dict[str, str]:
+    """Hand-written statements of the answer path (one set per database vendor).
+
+    Django compiles every ORM query anew, about 1 ms of CPU for a join; these run on every
+    answer, so they are written once here, with the two plain UPDATEs of every answer; the
+    other writes stay in the ORM.
+    """
+    q = connection.ops.quote_name
+    p, a, b = (q(m._meta.db_table) for m in (Project, Assignment, QueryBatch))
+    locks = vendor == "postgresql"  # SQLite serialises writers: no row locks there
+    return {
+        # the project of the user's assignment (Django has no FOR SHARE)
+        "project": (f"SELECT p.* FROM {p} p WHERE p.id = (SELECT b.project_id FROM {a} a JOIN {b} b "
+                    "ON b.id = a.batch_id WHERE a.id = %s AND a.labeler_id = %s)"),
+        "share": " FOR SHARE" if locks else "",
+        "exclusive": " FOR UPDATE" if locks else "",
+        # the assignment row alone is locked; its batch's state comes along unlocked
+        "assignment": (f"SELECT a.*, b.project_id AS batch_project_id, b.closed_at IS NOT NULL AS batch_closed, "
+                       f"b.frozen_at IS NOT NULL AS batch_frozen FROM {a} a JOIN {b} b ON b.id = a.batch_id "
+                       "WHERE a.id = %s AND a.labeler_id = %s" + (" FOR NO KEY UPDATE OF a" if locks else "")),
+        "open_left": f"SELECT EXISTS(SELECT 1 FROM {a} WHERE batch_id = %s AND status IN (%s, %s))",
+        "mark": f"UPDATE {a} SET status = %s, completed_at = %s WHERE id = %s",
+        "count_label": (f"UPDATE {q(LabelerProfile._meta.db_table)} SET labels_given = labels_given + 1 "
+                        "WHERE user_id = %s"),
+    }
+
+
+def _lock_assignment(user, assignment_id: int, *, exclusive: bool = False) -> tuple[Project, Assignment]:
+    """Lock the project, then the user's assignment row (404 when it is not theirs).
+
+    Answers and skips take the project ``FOR SHARE``: they do not wait for each other, while
+    every ``FOR UPDATE`` on the project (the loop task, undo, reassignment) still waits for them
+    and keeps them out. ``exclusive`` takes it ``FOR UPDATE`` (undo may change the project
+    state). The assignment comes from a second statement, so the batch state it carries
+    (``batch_closed``, ``batch_frozen``) is read after the project lock was granted and a
+    freeze by the loop task is seen.
+    """
+    if not 0 < assignment_id < 2**63:  # keep out-of-range ids from reaching the database
         raise NotFound("no such assignment for you")
-    project = Project.objects.select_for_update().get(pk=found)
-    asg = (Assignment.objects.select_for_update().select_related("batch").filter(pk=assignment_id, labeler=user).first())
-    if asg is None:
+    sql = _answer_sql(connection.vendor)
+    project = next(iter(Project.objects.raw(sql["project"] + sql["exclusive" if exclusive else "share"],
+                                            [assignment_id, user.pk])), None)
+    if project is None:
+        raise NotFound("no such assignment for you")
+    asg = next(iter(Assignment.objects.raw(sql["assignment"], [assignment_id, user.pk])), None)
+    if asg is None or asg.batch_project_id != project.pk:  # handed to someone else meanwhile
         raise NotFound("no such assignment for you")
     return project, asg
 
 
+def _batch_has_open_work(batch_id: int) -> bool:
+    """Whether an assignment of the batch is open or waiting for a labeler (a cheap EXISTS)."""
+    with connection.cursor() as cursor:
+        cursor.execute(_answer_sql(connection.vendor)["open_left"],
+                       [batch_id, Assignment.Status.OPEN.value, Assignment.Status.PAUSED.value])
+        return bool(cursor.fetchone()[0])
+
+
 def _check_answerable(project: Project, asg: Assignment) -> None:
-    if asg.batch.closed_at is not None or asg.batch.frozen_at is not None:
+    if asg.batch_closed or asg.batch_frozen:
         raise Conflict("this batch is closed: the model is updating with it")
     if project.state != Project.State.LABELING:
         raise Conflict(f"the project is {project.get_state_display()}; answers are not accepted now")
@@ -295,44 +406,71 @@ def parse_label(project: Project, label) -> int:
     return label
 
 
+def _parse_seconds(seconds) -> float | None:
+    if seconds is None:
+        return None
+    try:
+        seconds = float(seconds)
+    except (TypeError, ValueError):
+        raise InvalidInput("seconds must be a number") from None
+    if not math.isfinite(seconds) or seconds < 0:
+        raise InvalidInput("seconds must be a non-negative number")
+    return min(seconds, 86400.0)
+
+
+def _existing_answer(annotation: Annotation, label: int) -> Annotation:
+    """The same answer again is harmless; another label for an answered assignment is a conflict."""
+    if annotation.label == label:
+        return annotation
+    raise Conflict("this assignment is already answered with another label; undo it first")
+
+
+def _mark(asg: Assignment, status: str) -> None:
+    """Set the assignment's status and completion time (one UPDATE; the row is locked)."""
+    asg.status, asg.completed_at = status, timezone.now()
+    with connection.cursor() as cursor:
+        cursor.execute(_answer_sql(connection.vendor)["mark"],
+                       [str(status), connection.ops.adapt_datetimefield_value(asg.completed_at), asg.pk])
+
+
+def _count_label(user) -> None:
+    """labels_given + 1 in one UPDATE (the profile is created on the user's first answer)."""
+    for _ in range(2):
+        with connection.cursor() as cursor:
+            cursor.execute(_answer_sql(connection.vendor)["count_label"], [user.pk])
+            if cursor.rowcount:
+                return
+        ensure_profile(user)
+
+
 def submit_annotation(*, user, assignment_id: int, label, seconds: float | None = None) -> tuple[Annotation, bool]:
     """Answer an assignment. Returns (annotation, created).
 
     Re-sending the same answer returns the existing annotation (created False); a different
     label for an answered assignment is a conflict (undo first).
     """
-    if seconds is not None:
-        try:
-            seconds = float(seconds)
-        except (TypeError, ValueError):
-            raise InvalidInput("seconds must be a number") from None
-        if not math.isfinite(seconds) or seconds < 0:
-            raise InvalidInput("seconds must be a non-negative number")
-        seconds = min(seconds, 86400.0)
-    with transaction.atomic():
-        project, asg = _lock_assignment(user, assignment_id)
-        label = parse_label(project, label)
-        if asg.status == Assignment.Status.DONE:
-            existing = Annotation.objects.get(assignment=asg)
-            if existing.label == label:
-                return existing, False
-            raise Conflict("this assignment is already answered with another label; undo it first")
-        if asg.status != Assignment.Status.OPEN:
-            raise Conflict(f"this assignment is {asg.status}")
-        _check_answerable(project, asg)
-        try:
-            with transaction.atomic():
-                annotation = Annotation.objects.create(assignment=asg, label=label, seconds=seconds)
-        except IntegrityError:  # a concurrent identical submit won the one-to-one race
-            existing = Annotation.objects.get(assignment=asg)
-            if existing.label == label:
-                return existing, False
-            raise Conflict("this assignment is already answered with another label; undo it first") from None
-        asg.status, asg.completed_at = Assignment.Status.DONE, timezone.now()
-        asg.save(update_fields=["status", "completed_at"])
-        ensure_profile(user)
-        LabelerProfile.objects.filter(user=user).update(labels_given=F("labels_given") + 1)
-        _after_progress(project, asg.batch)
+    seconds = _parse_seconds(seconds)
+    parsed = None
+    try:
+        with transaction.atomic():
+            project, asg = _lock_assignment(user, assignment_id)
+            parsed = parse_label(project, label)
+            if asg.status == Assignment.Status.DONE:
+                return _existing_answer(Annotation.objects.get(assignment=asg), parsed), False
+            if asg.status != Assignment.Status.OPEN:
+                raise Conflict(f"this assignment is {asg.status}")
+            _check_answerable(project, asg)
+            # No savepoint around the insert: the row lock above makes a duplicate impossible on
+            # PostgreSQL, and the rare SQLite race is handled below, after the rollback.
+            annotation = Annotation.objects.create(assignment=asg, label=parsed, seconds=seconds)
+            _mark(asg, Assignment.Status.DONE)
+            _count_label(user)
+            _after_progress(project, asg.batch_id)
+    except IntegrityError:  # a concurrent identical submit won the one-to-one race
+        existing = Annotation.objects.filter(assignment_id=assignment_id, assignment__labeler=user).first()
+        if existing is None or parsed is None:
+            raise
+        return _existing_answer(existing, parsed), False
     return annotation, True
 
 
@@ -345,18 +483,61 @@ def skip_assignment(*, user, assignment_id: int) -> Assignment:
         if asg.status != Assignment.Status.OPEN:
             raise Conflict(f"this assignment is {asg.status}")
         _check_answerable(project, asg)
-        asg.status, asg.completed_at = Assignment.Status.SKIPPED, timezone.now()
-        asg.save(update_fields=["status", "completed_at"])
-        _after_progress(project, asg.batch)
+        _mark(asg, Assignment.Status.SKIPPED)
+        _after_progress(project, asg.batch_id)
     return asg
 
 
-def _after_progress(project: Project, batch: QueryBatch) -> None:
-    """When the batch's last assignment is answered: model updating, loop task after the grace period."""
-    if project.state == Project.State.LABELING and selectors.batch_is_complete(batch):
-        _transition(project, Project.State.UPDATING)
-        project.save(update_fields=["state", "updated_at"])
-        _enqueue("process_batch", batch.pk, countdown=loop_delay_seconds())
+def _after_progress(project: Project, batch_id: int) -> None:
+    """After an answer or skip, inside its transaction (the project is held FOR SHARE).
+
+    When the batch looks complete, the project goes to "model updating" and the loop task is
+    sent (after the grace period) right here, if the project row can be upgraded to FOR UPDATE
+    without waiting (waiting could deadlock with another answer holding the share lock).
+    Otherwise the check runs again after commit: two concurrent last answers each see the
+    other's row still open, and only a check after both commits sees the batch complete.
+    """
+    if project.state != Project.State.LABELING:
+        return
+    if not _batch_has_open_work(batch_id):
+        try:
+            with transaction.atomic():  # savepoint: a refused lock must not undo the answer
+                locked = Project.objects.select_for_update(nowait=True).get(pk=project.pk)
+        except OperationalError:
+            locked = None
+        if locked is not None:
+            _start_update(locked, QueryBatch.objects.get(pk=batch_id))
+            return
+    transaction.on_commit(lambda: complete_batch_if_done(batch_id=batch_id), robust=True)
+
+
+def complete_batch_if_done(*, batch_id: int) -> bool:
+    """Put the project in "model updating" and send the loop task once when the batch is complete.
+
+    Idempotent: the project row is locked and its state re-checked, so concurrent callers send
+    the task at most once. Returns True when this call started the update.
+    """
+    if _batch_has_open_work(batch_id):
+        return False
+    with transaction.atomic():
+        project_id = QueryBatch.objects.filter(pk=batch_id).values_list("project_id", flat=True).first()
+        if project_id is None:
+            return False
+        project = Project.objects.select_for_update().get(pk=project_id)
+        batch = QueryBatch.objects.get(pk=batch_id)
+        if _batch_has_open_work(batch_id):  # undone meanwhile
+            return False
+        return _start_update(project, batch)
+
+
+def _start_update(project: Project, batch: QueryBatch) -> bool:
+    """Labeling -> updating and the loop task; the caller holds the project FOR UPDATE."""
+    if project.state != Project.State.LABELING or batch.closed_at is not None or batch.frozen_at is not None:
+        return False
+    _transition(project, Project.State.UPDATING)
+    project.save(update_fields=["state", "updated_at"])
+    _enqueue("process_batch", batch.pk, countdown=loop_delay_seconds())
+    return True
 
 
 def undo(*, user, assignment_id: int | None = None) -> Assignment:
@@ -368,12 +549,12 @@ def undo(*, user, assignment_id: int | None = None) -> Assignment:
             raise Conflict(f"nothing to undo (answers can be undone for {undo_seconds():g} s)")
         assignment_id = last.pk
     with transaction.atomic():
-        project, asg = _lock_assignment(user, assignment_id)
+        project, asg = _lock_assignment(user, assignment_id, exclusive=True)
         if asg.status not in (Assignment.Status.DONE, Assignment.Status.SKIPPED):
             raise Conflict("this assignment has no answer to undo")
         if asg.completed_at is None or asg.completed_at < since:
             raise Conflict(f"too late to undo (answers can be undone for {undo_seconds():g} s)")
-        if asg.batch.closed_at is not None or asg.batch.frozen_at is not None:
+        if asg.batch_closed or asg.batch_frozen:
             raise Conflict("too late to undo: the model is already updating with this answer")
         if asg.status == Assignment.Status.DONE:
             Annotation.objects.filter(assignment=asg).delete()
@@ -403,6 +584,9 @@ class _Snapshot:
     bought: int
     eligible: list[int]
     trust: dict[int, scoring.LabelerTrust]
+    # (item index, labeler id, label) of every answer not discarded by an admin (Dawid-Skene input)
+    annotations: list[tuple[int, int, int]] = field(default_factory=list)
+    reported_pairs: set[tuple[int, int, int]] = field(default_factory=set)  # (labeler, true, given) already flagged
 
 
 @dataclass
@@ -414,6 +598,9 @@ class _Plan:
     metric: dict = field(default_factory=dict)
     next_items: list[int] = field(default_factory=list)
     stop: str = ""
+    events: list[dict] = field(default_factory=list)  # trust.services.record_events rows, in order
+    rounds: list[dict] = field(default_factory=list)  # resolved re-annotation rounds
+    confusion: dict[int, dict] = field(default_factory=dict)  # labeler -> Dawid-Skene estimate
 
 
 def _trust_of(profile: LabelerProfile) -> scoring.LabelerTrust:
@@ -424,7 +611,18 @@ def _trust_of(profile: LabelerProfile) -> scoring.LabelerTrust:
 
 
 def _policy(cfg: live.LiveConfig) -> scoring.TrustPolicy:
-    return scoring.TrustPolicy(epsilon=cfg.epsilon)
+    """The project's trust thresholds (LiveConfig) as a scoring policy."""
+    return scoring.TrustPolicy(epsilon=cfg.epsilon, penalty=cfg.trust_penalty, reward=cfg.trust_reward,
+                               alert_confidence=cfg.alert_confidence, flag_below=cfg.flag_below,
+                               suspend_below=cfg.suspend_below)
+
+
+def _event(plan: _Plan, uid: int, reason: str, before: float, state: scoring.LabelerTrust, *, item: int | None = None,
+           confidence: float | None = None, original: int | None = None, consensus: int | None = None,
+           note: str = "") -> None:
+    plan.events.append({"labeler": uid, "reason": reason, "item_index": item, "delta": state.trust - before,
+                        "trust_after": state.trust, "model_confidence": confidence, "original_label": original,
+                        "consensus_label": consensus, "note": note})
 
 
 def _perturbations_to_json(p: dict[int, float]) -> dict[str, float | None]:
@@ -489,7 +687,8 @@ def _take_snapshot(batch_id: int) -> _Snapshot | str:
                          reannotated_here=reannotated,
                          previous_secured_accuracy=prev.secured_accuracy if prev else None,
                          bought=selectors.labels_bought(project), eligible=selectors.eligible_labelers(),
-                         trust=trust)
+                         trust=trust, annotations=trust_selectors.annotation_triples(project),
+                         reported_pairs=trust_selectors.reported_pairs(project))
 
 
 def _previous_model(snap: _Snapshot, features: np.ndarray, standardizer):
@@ -520,11 +719,17 @@ def _plan_after_labeling(snap: _Snapshot, features: np.ndarray, features_file) -
     if cfg.defenses_on and previous is not None:
         confirmed, suspicious = live.audit(previous, features, labeled_now, pool.labels, cfg.audit_confidence)
         policy = _policy(cfg)
+        proba = live.class_probabilities(previous, features, confirmed)
         for item in confirmed:
             uid = int(pool.labeler_of[item])
             if uid >= 0 and uid in snap.trust:
+                before = snap.trust[uid].trust
                 scoring.apply_confirmation(snap.trust[uid], policy)
                 plan.trust[uid] = snap.trust[uid]
+                if snap.trust[uid].trust != before:  # capped at 1: no change, no event
+                    label = int(pool.labels[item])
+                    _event(plan, uid, "confirmed", before, snap.trust[uid], item=int(item),
+                           confidence=float(proba[int(item)][label]), original=label, consensus=label)
     rows, perts = live.craft(features, standardizer, previous, labeled_now, pool.labels, cfg,
                              seed=_seed(cfg, i, 3))
     live.save_artificial(feature_cache.artificial_path(snap.project, i), rows)
@@ -576,11 +781,23 @@ def _plan_after_reannotation(snap: _Snapshot, features: np.ndarray, features_fil
         original, uid, _ = pool.first_label[item]
         outcome, keep = scoring.resolve(original, pool.reannotations[item])
         discarded += int(keep is None)
-        if uid in snap.trust and item in proba:
-            p = proba[item]
-            scoring.apply_outcome(snap.trust[uid], outcome, prob_original=float(p[original]),
-                                  prob_consensus=float(p[keep]) if keep is not None else 0.0, policy=policy)
-            plan.trust[uid] = snap.trust[uid]
+        p = proba.get(item)
+        p_orig = float(p[original]) if p is not None else None
+        p_cons = float(p[keep]) if p is not None and keep is not None else None
+        plan.rounds.append({"item_index": int(item), "outcome": outcome.value, "consensus_label": keep,
+                            "prob_original": p_orig, "prob_consensus": p_cons})
+        if uid in snap.trust and p is not None:
+            state = snap.trust[uid]
+            before, alerts = state.trust, state.alerts
+            scoring.apply_outcome(state, outcome, prob_original=p_orig,
+                                  prob_consensus=p_cons if p_cons is not None else 0.0, policy=policy,
+                                  original_label=original, consensus_label=keep)
+            plan.trust[uid] = state
+            if outcome is not scoring.Outcome.INCONSISTENT:  # nobody is blamed for an ambiguous item
+                reason = ("agreed" if outcome is scoring.Outcome.AGREED else
+                          "alert" if state.alerts > alerts else "disagreement")
+                _event(plan, uid, reason, before, state, item=int(item), confidence=p_cons,
+                       original=int(original), consensus=keep)
     # suspended labelers' unverified labels leave D (their items return to the pool)
     labels = pool.labels.copy()
     for uid, state in plan.trust.items():
@@ -605,6 +822,7 @@ def _plan_finish(snap: _Snapshot, plan: _Plan, features, features_file, model, s
     """Save F_i, compute the metric, apply the stop rules and query the next batch."""
     cfg, pool, i = snap.cfg, snap.pool, snap.batch.iteration
     live.save_model(feature_cache.model_path(snap.project, i), model)
+    _plan_confusion_check(snap, plan, features, model)
     truth = (pool.ground_truth >= 0) & ~pool.secured_items
     min_pert = live.min_perturbation(perts)
     plan.metric = {
@@ -634,6 +852,47 @@ def _plan_finish(snap: _Snapshot, plan: _Plan, features, features_file, model, s
         plan.stop = "pool exhausted"
 
 
+def _plan_confusion_check(snap: _Snapshot, plan: _Plan, features: np.ndarray, model) -> None:
+    """Dawid-Skene confusion matrices of every labeler (the model's predictions join as one more
+    labeler); a systematic (true, given) mapping flags the labeler even when the secured-set check
+    stayed quiet. Each pair is reported once per labeler and project (an admin who reinstates the
+    labeler has seen it)."""
+    from trust import confusion
+
+    cfg = snap.cfg
+    if cfg.confusion_min_rate is None or not cfg.defenses_on or not snap.annotations or model is None:
+        return
+    items = [a[0] for a in snap.annotations]
+    workers = [a[1] for a in snap.annotations]
+    labels = [a[2] for a in snap.annotations]
+    seen = np.array(sorted(set(items)), dtype=np.int64)
+    predicted = model.predict(features[seen])
+    ds = confusion.dawid_skene(items + seen.tolist(), workers + ["model"] * len(seen),
+                               labels + [int(x) for x in predicted], snap.project.n_classes)
+    n_given = Counter(workers)
+    for uid in ds.workers:
+        if uid == "model":
+            continue
+        conf, counts = ds.of(uid)
+        pairs = confusion.systematic_pairs(conf, counts, min_rate=cfg.confusion_min_rate,
+                                           min_count=cfg.confusion_min_count)
+        plan.confusion[int(uid)] = {"matrix": conf.round(4).tolist(), "counts": counts.round(3).tolist(),
+                                    "n_labels": int(n_given[uid]), "pairs": [list(p) for p in pairs]}
+        state = plan.trust.get(uid) or snap.trust.get(uid)
+        new = [p for p in pairs if (int(uid), *p) not in snap.reported_pairs]
+        if state is None or not new or state.status is scoring.Status.SUSPENDED:
+            continue
+        true_c, given_c = new[0]
+        before = state.trust
+        state.status = scoring.Status.FLAGGED
+        plan.trust[int(uid)] = state
+        names = snap.project.classes
+        _event(plan, int(uid), "systematic_confusion", before, state, original=int(given_c), consensus=int(true_c),
+               confidence=float(conf[true_c, given_c]),
+               note="; ".join(f"{names[a]} -> {names[b]}: rate {conf[a, b]:.2f} over {counts[a, b]:.1f} labels"
+                              for a, b in new))
+
+
 def record_loop_error(*, batch_id: int, error: str) -> None:
     """Keep the loop task's last failure on the project (shown on the staff page)."""
     Project.objects.filter(batches__pk=batch_id).update(loop_error=error[:5000])
@@ -648,9 +907,13 @@ def _apply_plan(snap: _Snapshot, plan: _Plan) -> str:
             return "noop: processed meanwhile"
         if not selectors.batch_is_complete(batch):
             return "noop: batch changed meanwhile"
-        newly_blocked = _save_trust(plan.trust)
+        newly_blocked = _save_trust(plan.trust, project=project, events=plan.events)
         for uid in sorted(newly_blocked):  # their open work elsewhere goes to others
             transaction.on_commit(lambda uid=uid: _release_after_commit(uid))
+        if plan.rounds:
+            trust_services.resolve_rounds(batch=batch, rounds=plan.rounds)
+        if plan.confusion:
+            trust_services.save_confusion(project=project, estimates=plan.confusion)
         if plan.reannotate:
             created = _open_reannotation(batch, plan.reannotate, snap.cfg)
             batch.phase, batch.loop_state = QueryBatch.Phase.REANNOTATION, plan.loop_state
@@ -687,19 +950,36 @@ def _release_after_commit(uid: int) -> None:
         release_open_work(user=user)
 
 
-def _save_trust(states: dict[int, scoring.LabelerTrust]) -> set[int]:
-    """Write trust changes; returns the labelers who became flagged or suspended just now."""
+def _save_trust(states: dict[int, scoring.LabelerTrust], *, project: Project | None = None,
+                events: list[dict] | None = None) -> set[int]:
+    """Write trust changes and their history; returns the labelers flagged or suspended just now.
+
+    ``events`` (from the plan) are recorded as TrustEvents in order, followed by one "flagged" /
+    "suspended" event per labeler whose state changed here.
+    """
     newly_blocked = set()
-    for uid, st in states.items():
+    rows = list(events or [])
+    for uid, st in sorted(states.items()):
         profile, _ = LabelerProfile.objects.select_for_update().get_or_create(user_id=uid)
         was_blocked = profile.is_suspended or profile.is_flagged
+        was_suspended, was_flagged = profile.is_suspended, profile.is_flagged
         profile.trust = min(max(float(st.trust), 0.0), 1.0)
         profile.checked, profile.disagreements, profile.alerts = st.checked, st.disagreements, st.alerts
         profile.is_suspended = profile.is_suspended or st.status is scoring.Status.SUSPENDED
         profile.is_flagged = profile.is_flagged or st.status is scoring.Status.FLAGGED
         profile.save()
+        if profile.is_suspended and not was_suspended:
+            rows.append({"labeler": uid, "reason": "suspended", "delta": 0.0, "trust_after": profile.trust,
+                         "note": f"trust {profile.trust:.3f}" + (" (below the suspension threshold)"
+                                                                  if st.trust < (project.live_config.suspend_below
+                                                                                 if project else 0.2) else "")})
+        elif profile.is_flagged and not was_flagged and not profile.is_suspended:
+            rows.append({"labeler": uid, "reason": "flagged", "delta": 0.0, "trust_after": profile.trust,
+                         "note": f"trust {profile.trust:.3f}; open work handed to others until reviewed"})
         if not was_blocked and (profile.is_suspended or profile.is_flagged):
             newly_blocked.add(uid)
+    if rows:
+        trust_services.record_events(project=project, events=rows)
     return newly_blocked
 
 
@@ -711,9 +991,11 @@ def _open_reannotation(batch: QueryBatch, todo: list[tuple[int, int]], cfg: live
     created = 0
     for index, original in todo:
         voters = live.choose_distinct(cfg.h, eligible, exclude={original}, load=load, seed=cfg.seed + index)
+        made = []
         for voter in voters:
-            Assignment.objects.create(item=items[index], batch=batch, labeler_id=voter, original_labeler_id=original,
-                                      kind=Assignment.Kind.REANNOTATION)
+            made.append(Assignment.objects.create(item=items[index], batch=batch, labeler_id=voter,
+                                                  original_labeler_id=original, kind=Assignment.Kind.REANNOTATION))
             load[voter] = load.get(voter, 0) + 1
             created += 1
+        trust_services.open_round(batch=batch, item=items[index], original_labeler_id=original, assignments=made)
     return created

@@ -1,13 +1,15 @@
 """Celery tasks of the labeling app: thin, idempotent wrappers that load ids and call a service.
 
-All three do model work, so their names start with ``labeling.tasks.train.`` and
-``CELERY_TASK_ROUTES`` sends them to the ``train`` queue.
+The model-work tasks' names start with ``labeling.tasks.train.`` and ``CELERY_TASK_ROUTES``
+sends them to the ``train`` queue; the loop sweeper is light and runs on ``default`` (beat sends it
+periodically, and every worker runs it once when it starts).
 """
 from __future__ import annotations
 
 import logging
 
 from celery import group, shared_task
+from celery.signals import worker_ready
 from django.db import InterfaceError, OperationalError
 
 log = logging.getLogger(__name__)
@@ -56,3 +58,28 @@ def extract_features_chunk(project_id: int, start: int, stop: int) -> bool:
     if project is None:
         return False
     return features.write_chunk(project, int(start), int(stop))
+
+
+@shared_task(name="labeling.tasks.sweep_loop", **_RETRY)
+def sweep_loop() -> list[int]:
+    """Re-send lost loop tasks (``services.sweep_stalled_loops``); idempotent, cheap when nothing is stalled."""
+    from . import services
+
+    return services.sweep_stalled_loops()
+
+
+@worker_ready.connect
+def _sweep_at_worker_start(**kwargs) -> None:
+    """A worker coming back (after a crash or a broker outage) first re-sends what was lost meanwhile."""
+    from django.db import connections
+
+    from . import services
+
+    try:
+        sent = services.sweep_stalled_loops()
+        if sent:
+            log.warning("worker start: re-sent the loop task for batches %s", sent)
+    except Exception as exc:  # the database may be down too; beat's sweep will try again
+        log.warning("worker start: loop sweep failed (%s: %s)", exc.__class__.__name__, exc)
+    finally:
+        connections.close_all()  # the main process keeps no connection (prefork children make their own)

@@ -66,7 +66,7 @@ def craft_pixel_space(data, model, items, labels, config, rng):
         pred = classifier(x).argmax(dim=1).numpy()
     right = pred == np.asarray(labels)
     l2 = np.where(right, np.inf, 0.0)
-    crafted: list[list[np.ndarray]] = [[] for _ in items]
+    adversarial: list[list[tuple[np.ndarray, float]]] = [[] for _ in items]
     idx = np.flatnonzero(right)
     suffix = "_art" if config.attack_impl == "art" else ""
     for method in ("cw", "deepfool"):
@@ -76,18 +76,34 @@ def craft_pixel_space(data, model, items, labels, config, rng):
         result = attacks.craft(method + suffix, classifier, x[idx].numpy(), **kw)
         for k, n in enumerate(idx):
             if result.success[k]:
-                crafted[n].append(result.adversarial[k])
-                l2[n] = min(l2[n], float(result.perturbation_l2[k]))
-    if "noise" in config.augment:
-        noisy = attacks.gaussian_noise(x.numpy(), variance=config.noise_variance, rng=rng)
-        for n in range(len(items)):
-            crafted[n].append(noisy[n])
+                adversarial[n].append((result.adversarial[k], float(result.perturbation_l2[k])))
+    noisy = (attacks.gaussian_noise(x.numpy(), variance=config.noise_variance, rng=rng)
+             if "noise" in config.augment else None)
+    labels = np.asarray(labels)
+    width = data.pool_features.shape[1]
     rows = []
-    for images in crafted:
-        if not images:
-            rows.append(np.zeros((0, data.pool_features.shape[1]), dtype=np.float32))
-            continue
-        arr = torch.from_numpy(np.clip(np.stack(images), 0.0, 1.0).astype(np.float32))  # NCHW
-        with torch.no_grad():  # float images: 8-bit rounding could undo a minimal perturbation
-            rows.append(data.backbone.eval()(arr).reshape(len(arr), -1).numpy().astype(np.float32))
+    for n in range(len(items)):
+        adv_feats = _features(data.backbone, [img for img, _ in adversarial[n]], width)
+        # A minimal perturbation lands next to the boundary, where torch float32 (the attack's
+        # check) and the head's own float64 prediction can disagree; keep only copies that the
+        # head the loop trains really puts across the boundary.
+        crossed = model.predict(adv_feats) != labels[n] if len(adv_feats) else np.zeros(0, bool)
+        for (_, dist), ok in zip(adversarial[n], crossed):
+            if ok:
+                l2[n] = min(l2[n], dist)
+        parts = [adv_feats[crossed]]
+        if noisy is not None:
+            parts.append(_features(data.backbone, [noisy[n]], width))
+        rows.append(np.concatenate(parts).astype(np.float32))
     return rows, l2
+
+
+def _features(backbone, images, width):
+    """Backbone features of float images (NCHW, clipped to [0, 1]); (0, width) when none."""
+    import torch
+
+    if not images:
+        return np.zeros((0, width), dtype=np.float32)
+    arr = torch.from_numpy(np.clip(np.stack(images), 0.0, 1.0).astype(np.float32))
+    with torch.no_grad():  # float images: 8-bit rounding could undo a minimal perturbation
+        return backbone.eval()(arr).reshape(len(arr), -1).numpy().astype(np.float32)

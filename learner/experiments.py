@@ -18,7 +18,7 @@ import numpy as np
 from .loop import LoopConfig, LoopData, RunResult, full_pool_accuracy, run_loop
 from .oracles import LabelerPool
 
-SCENARIOS = ("benign", "malicious")
+SCENARIOS = ("benign", "malicious", "poison")
 # The paper's malicious mapping (airplane -> frog) and its digits counterpart (1 -> 7).
 DEFAULT_MAPPINGS = {"airplane": "frog", "1": "7"}
 
@@ -44,12 +44,34 @@ class ExperimentSpec:
     target_accuracy: float | None = None  # None: full-pool accuracy of the same model
     loop: LoopConfig = field(default_factory=LoopConfig)
     jobs: int = 1
+    # poison scenario: feature-collision sets (learner.poison); run r faces set r mod n
+    poison_targets: int = 10  # successful sets wanted
+    poison_bases: int = 50  # poisons per target (the paper's 50 base images)
+    poison_watermarks: tuple[float, ...] = (0.1, 0.2, 0.3)
+    poison_impl: str = "fast"  # "fast" (batched torch) or "art" (ART's FeatureCollisionAttack)
+    poison_max_iter: int = 120
+    poison_max_attempts: int | None = None
 
     def __post_init__(self):
         if self.scenario not in SCENARIOS:
             raise ValueError(f"unknown scenario {self.scenario!r}; choose from {', '.join(SCENARIOS)}")
         if self.runs < 1:
             raise ValueError("runs must be at least 1")
+        from .defences import DEFENCES
+
+        for name in self.strategies:
+            split_strategy(name)
+        if self.loop.defence not in (None, *DEFENCES):
+            raise ValueError(f"unknown defence {self.loop.defence!r}; choose from {', '.join(DEFENCES)}")
+        if self.loop.defence_k < 1:
+            raise ValueError("defence_k must be >= 1")
+        if self.poison_impl not in ("fast", "art"):
+            raise ValueError("poison_impl must be 'fast' or 'art'")
+        if self.scenario == "poison" and self.backbone == "flatten":
+            raise ValueError("the poison scenario needs a trainable backbone (smallcnn, resnet20, resnet50): "
+                             "feature collision optimises through the backbone")
+        if any(not 0 <= w < 1 for w in self.poison_watermarks) or not self.poison_watermarks:
+            raise ValueError("poison watermarks must be in [0, 1)")
 
 
 @dataclass
@@ -59,6 +81,9 @@ class PreparedData:
     dataset_name: str
     fingerprint: str
     seconds: float
+    poison_sets: list = field(default_factory=list)  # learner.poison.PoisonSet, successful ones
+    poison_attempts: list = field(default_factory=list)  # every target tried
+    poison_seconds: float = 0.0
 
 
 def prepare_data(spec: ExperimentSpec, progress: bool = False) -> PreparedData:
@@ -91,7 +116,71 @@ def prepare_data(spec: ExperimentSpec, progress: bool = False) -> PreparedData:
         pool_images=ds.x_pool if spec.loop.augment_space == "pixel" else None,
         backbone=backbone if spec.loop.augment_space == "pixel" else None,
     )
-    return PreparedData(data, tuple(ds.classes), ds.name, ds.fingerprint, time.perf_counter() - start)
+    prepared = PreparedData(data, tuple(ds.classes), ds.name, ds.fingerprint, time.perf_counter() - start)
+    if spec.scenario == "poison":
+        _prepare_poisons(spec, prepared, ds, backbone, kw, progress)
+    return prepared
+
+
+def _outside_images(spec: ExperimentSpec, ds, kw: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Images of the source that are in neither the pool nor the test set (the poisons' bases:
+    new items injected into the pool, as an attacker would upload them)."""
+    from .data import load_dataset
+
+    full = load_dataset(spec.dataset, **{k: v for k, v in kw.items() if k not in ("pool_size", "test_size")})
+    x = np.concatenate([full.x_pool, full.x_test])
+    y = np.concatenate([full.y_pool, full.y_test])
+    used = {bytes(im) for im in np.concatenate([ds.x_pool, ds.x_test]).reshape(len(ds.x_pool) + len(ds.x_test), -1)}
+    keep = np.array([bytes(im) not in used for im in x.reshape(len(x), -1)], dtype=bool)
+    return x[keep], y[keep]
+
+
+def _prepare_poisons(spec: ExperimentSpec, prepared: PreparedData, ds, backbone, kw: dict, progress: bool) -> None:
+    from .poison import make_poison_sets
+
+    start = time.perf_counter()
+    bx, by = _outside_images(spec, ds, kw)
+    d = prepared.loop_data
+    sets, attempts = make_poison_sets(
+        backbone, spec.weights, pool_features=d.pool_features, pool_labels=d.pool_labels,
+        test_images=ds.x_test, test_features=d.test_features, test_labels=d.test_labels,
+        base_images=bx, base_labels=by, n_classes=len(ds.classes), data_fingerprint=ds.fingerprint,
+        n_targets=spec.poison_targets, n_bases=spec.poison_bases, watermarks=tuple(spec.poison_watermarks),
+        max_attempts=spec.poison_max_attempts, impl=spec.poison_impl, max_iter=spec.poison_max_iter,
+        seed=spec.seed, head=spec.loop.head, progress=progress,
+    )
+    if not sets:
+        raise ValueError(f"no poison set succeeded against the full poisoned pool in {len(attempts)} attempts")
+    prepared.poison_sets, prepared.poison_attempts = sets, attempts
+    prepared.poison_seconds = time.perf_counter() - start
+
+
+def poisoned_data(data: LoopData, ps) -> LoopData:
+    """``data`` with the poisons of ``ps`` appended to the unlabeled pool (their true label is their
+    base class: humans see the base image) and the target watched."""
+    from dataclasses import replace
+
+    images = None
+    if data.pool_images is not None:
+        images = np.concatenate([data.pool_images, ps.images])
+    return replace(
+        data, pool_features=np.concatenate([data.pool_features, ps.features]).astype(np.float32),
+        pool_labels=np.concatenate([data.pool_labels, np.full(len(ps.features), ps.base_label)]),
+        pool_images=images, watch_features=ps.target_features[None].astype(np.float32),
+    )
+
+
+def split_strategy(name: str, default_defence: str | None = None) -> tuple[str, str | None]:
+    """``"robust+dknn"`` -> ``("robust", "dknn")``; a plain name keeps ``default_defence``."""
+    from .defences import DEFENCES
+    from .strategies import STRATEGIES
+
+    base, plus, defence = name.partition("+")
+    if base not in STRATEGIES:
+        raise ValueError(f"unknown strategy {base!r}; choose from {', '.join(STRATEGIES)}")
+    if plus and defence not in DEFENCES:
+        raise ValueError(f"unknown defence {defence!r} in {name!r}; choose from {', '.join(DEFENCES)}")
+    return base, (defence if plus else default_defence)
 
 
 def labeler_pool(spec: ExperimentSpec, classes: tuple[str, ...]) -> LabelerPool:
@@ -125,6 +214,7 @@ class ExperimentResult:
     runs: dict[str, list[RunResult]]
     seconds: dict[str, float]
     data_seconds: float
+    poison: dict | None = None  # poison scenario: sets, attempts, per-run hits
 
 
 def run_experiment(spec: ExperimentSpec, progress: bool = True, prepared: PreparedData | None = None,
@@ -145,10 +235,17 @@ def run_experiment(spec: ExperimentSpec, progress: bool = True, prepared: Prepar
     bar = tqdm(total=spec.runs * len(spec.strategies), desc=f"simulate {spec.scenario}",
                unit="run", disable=not progress)
     for name in spec.strategies:
+        strategy, defence = split_strategy(name, spec.loop.defence)
         config = LoopConfig(**{**asdict(spec.loop), "head": spec.loop.head, "trust": spec.loop.trust,
-                               "strategy": name, "target_accuracy": target, "budget": cap})
+                               "strategy": strategy, "defence": defence, "target_accuracy": target,
+                               "budget": cap})
         start = time.perf_counter()
-        jobs = [delayed(_one_run)(data, config, labelers, spec.seed + r) for r in range(spec.runs)]
+        if prepared.poison_sets:
+            sets = prepared.poison_sets
+            jobs = [delayed(_one_run)(poisoned_data(data, sets[r % len(sets)]), config, labelers, spec.seed + r)
+                    for r in range(spec.runs)]
+        else:
+            jobs = [delayed(_one_run)(data, config, labelers, spec.seed + r) for r in range(spec.runs)]
         out = []
         for res in Parallel(n_jobs=spec.jobs, return_as="generator")(jobs):
             out.append(res)
@@ -159,7 +256,27 @@ def run_experiment(spec: ExperimentSpec, progress: bool = True, prepared: Prepar
         results[name] = out
         seconds[name] = time.perf_counter() - start
     bar.close()
-    return ExperimentResult(spec, prepared.classes, target, cap, results, seconds, prepared.seconds)
+    poison = None
+    if prepared.poison_sets:
+        sets = prepared.poison_sets
+        hits = {
+            name: [{"seed": r.seed, "target_index": sets[i % len(sets)].target_index,
+                    "hit": bool(r.watch_predictions and r.watch_predictions[0] == sets[i % len(sets)].base_label)}
+                   for i, r in enumerate(runs)]
+            for name, runs in results.items()
+        }
+        poison = {"sets": [{"target_index": s.target_index, "target_label": s.target_label,
+                            "base_label": s.base_label, "watermark": s.watermark,
+                            "feature_distance": s.feature_distance, "seconds": s.seconds} for s in sets],
+                  "attempts": prepared.poison_attempts, "hits": hits, "seconds": prepared.poison_seconds}
+    return ExperimentResult(spec, prepared.classes, target, cap, results, seconds, prepared.seconds, poison)
+
+
+def attack_success(result: ExperimentResult) -> dict[str, float]:
+    """Share of runs whose final model put the poisoning target into the base class, per strategy."""
+    if not result.poison:
+        return {}
+    return {name: float(np.mean([h["hit"] for h in hits])) for name, hits in result.poison["hits"].items()}
 
 
 def budget_summary(runs: list[RunResult], cap: int) -> dict:
@@ -222,7 +339,8 @@ def write_outputs(result: ExperimentResult, out_dir: str | os.PathLike) -> dict[
     (out / "summary.json").write_text(json.dumps(_clean({
         "spec": spec, "classes": result.classes, "target_accuracy": result.target_accuracy,
         "budget_cap": result.budget_cap, "summary": summary, "seconds": result.seconds,
-        "data_seconds": result.data_seconds,
+        "data_seconds": result.data_seconds, "attack_success": attack_success(result),
+        "poison": result.poison,
     }), indent=2))
     files["summary"] = str(out / "summary.json")
     runs_payload = {

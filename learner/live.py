@@ -67,6 +67,16 @@ class LiveConfig:
     channels: int = 3
     feature_chunk_size: int = 2000
     seed: int = 0
+    # trust rules (trust.scoring.TrustPolicy; see docs/method.md "Trust")
+    trust_penalty: float = 0.1
+    trust_reward: float = 0.01
+    alert_confidence: float = 0.9
+    flag_below: float = 0.7
+    suspend_below: float = 0.2
+    # Dawid-Skene check (trust.confusion): flag a labeler whose confusion[a, b] >= min_rate over
+    # >= min_count expected labels; null min_rate turns the check off
+    confusion_min_rate: float | None = 0.5
+    confusion_min_count: int = 3
 
     # -- parsing ---------------------------------------------------------------------------
     @classmethod
@@ -124,6 +134,15 @@ class LiveConfig:
         _int("feature_size", 4, 1024)
         _int("feature_chunk_size", 1, 10_000_000)
         _int("seed", 0, 2**32 - 1)
+        _float("trust_penalty", 0.0, 1.0)
+        _float("trust_reward", 0.0, 1.0)
+        _float("alert_confidence", 0.0, 1.0)
+        _float("flag_below", 0.0, 1.0)
+        _float("suspend_below", 0.0, 1.0)
+        if self.suspend_below > self.flag_below:
+            raise ValueError(f"suspend_below ({self.suspend_below}) must not exceed flag_below ({self.flag_below})")
+        _float("confusion_min_rate", 0.0, 1.0, none_ok=True)
+        _int("confusion_min_count", 1, 1_000_000)
         if self.channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {self.channels!r}")
         if self.defenses is not None and not isinstance(self.defenses, bool):

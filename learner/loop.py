@@ -51,6 +51,8 @@ class LoopConfig:
     noise_variance: float = 0.3  # paper: variance 0.3 "on the model's input scale"
     n_clusters: int = 10
     candidate_factor: float = 3.0
+    defence: str | None = None  # training-set filter before each head training (learner.defences)
+    defence_k: int = 25  # neighbours consulted by the dknn defence (>~ 3x the poisons labeled together)
     head: HeadConfig = field(default_factory=HeadConfig)
     trust: TrustPolicy = field(default_factory=TrustPolicy)
 
@@ -82,6 +84,7 @@ class LoopData:
     n_classes: int
     pool_images: np.ndarray | None = None  # uint8 NHWC
     backbone: object | None = None  # torch module: images [0,1] NCHW -> features
+    watch_features: np.ndarray | None = None  # e.g. poisoning targets: the final model's predictions are reported
 
 
 @dataclass
@@ -112,6 +115,8 @@ class RunResult:
     malicious: list[int]
     final_accuracy: float
     label_accuracy: float  # share of training labels that are correct (resolved)
+    watch_predictions: list[int] | None = None  # final model on LoopData.watch_features
+    defence_dropped: int = 0  # labeled items the defence left out of the last training
 
     @property
     def reached(self) -> bool:
@@ -135,6 +140,7 @@ class _Run:
         self.strategy = make_strategy(self.cfg.strategy, **self._strategy_kwargs())
         self.history: list[IterationRecord] = []
         self.perturbations: dict[int, float] = {}
+        self.defence_dropped = 0
 
     def _strategy_kwargs(self) -> dict:
         if self.cfg.strategy == "robust":
@@ -205,12 +211,21 @@ class _Run:
     # ---- training ------------------------------------------------------------------------
     def train(self) -> LinearHead:
         items = np.flatnonzero(self.labeled_mask())
+        if self.cfg.defence not in (None, "none") and len(items):
+            from .defences import apply_defence
+            mean, scale = self.standardizer
+            keep = apply_defence(self.cfg.defence, (self.data.pool_features[items] - mean) / scale,
+                                 self.labels[items], k=self.cfg.defence_k, n_classes=self.data.n_classes)
+            self.defence_dropped = int((~keep).sum())
+            items = items[keep]  # dropped items' artificial copies go too (below)
+        dropped = set() if self.cfg.defence in (None, "none") else set(
+            np.flatnonzero(self.labeled_mask()).tolist()) - set(items.tolist())
         feats = [self.data.pool_features[items]]
         labels = [self.labels[items]]
         weights = [self.weights(items)]
         for item, rows in self.artificial.items():
-            if self.labels[item] < 0:
-                continue  # its source label was discarded or excluded
+            if self.labels[item] < 0 or item in dropped:
+                continue  # its source label was discarded, excluded or filtered by the defence
             feats.append(rows)
             labels.append(np.full(len(rows), self.labels[item]))
             weights.append(np.full(len(rows), self.cfg.augment_weight * self.weights(np.array([item]))[0]))
@@ -389,6 +404,9 @@ class _Run:
             malicious=[lab.ident for lab in self.labelers.labelers if lab.malicious],
             final_accuracy=final.test_accuracy,
             label_accuracy=float((self.labels[labeled] == self.data.pool_labels[labeled]).mean()) if len(labeled) else float("nan"),
+            watch_predictions=(model.predict(self.data.watch_features).tolist()
+                               if self.data.watch_features is not None else None),
+            defence_dropped=self.defence_dropped,
         )
 
     def _target_reached(self) -> int | None:

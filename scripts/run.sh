@@ -15,14 +15,16 @@ $PYTHON manage.py setup_demo
 if $PYTHON manage.py help load_demo_project >/dev/null 2>&1; then
   $PYTHON manage.py load_demo_project
 fi
-echo "==> starting Celery worker (queues default,train; log: var/log/worker.log)"
-.venv/bin/celery -A config worker -Q default,train --concurrency 1 -l info >var/log/worker.log 2>&1 &
+echo "==> starting Celery worker with beat (queues default,train; log: var/log/worker.log)"
+# -B: the embedded beat sends the periodic sweep that re-enqueues a loop step whose message was
+# lost (broker down when a batch completed, worker killed); one process is enough here.
+.venv/bin/celery -A config worker -B -Q default,train --concurrency 1 -l info >var/log/worker.log 2>&1 &
 WORKER_PID=$!
 trap 'kill $WORKER_PID 2>/dev/null || true' EXIT INT TERM
 echo "==> web server: http://$HOST:$PORT/  (admin: http://$HOST:$PORT/admin/)"
 echo "    press Ctrl+C to stop both"
 exec_web() {
-  .venv/bin/gunicorn config.wsgi --bind "$HOST:$PORT" --workers 2 --threads 4 \
-    --access-logfile var/log/web-access.log --error-logfile - 
+  .venv/bin/gunicorn -c config/gunicorn.conf.py config.wsgi --bind "$HOST:$PORT" \
+    --access-logfile var/log/web-access.log
 }
 exec_web

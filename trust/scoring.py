@@ -201,3 +201,22 @@ def review(state: LabelerTrust, policy: TrustPolicy, n_classes: int = 2) -> Stat
             state.status = Status.ACTIVE
             state.history.append(("reinstated by review", 0.0))
     return state.status
+
+
+def suggest_review(labels_given: int, disagreements: int, systematic: list | tuple, policy: TrustPolicy,
+                   trust: float = 1.0) -> tuple[str, str]:
+    """What the simulated review (:func:`review`) would do with a flagged labeler, and why, for the
+    admins' review page: ``("suspend" | "reinstate", reason)``.
+
+    ``systematic``: the (true, given) pairs found by the confusion check (Dawid-Skene in the web
+    app), any non-empty value suspends.
+    """
+    if systematic:
+        return "suspend", "systematic confusion " + ", ".join(f"{a} -> {b}" for a, b in systematic)
+    if trust < policy.suspend_below:
+        return "suspend", f"trust {trust:.2f} below {policy.suspend_below}"
+    if review_rejects(labels_given, disagreements, policy):
+        return "suspend", (f"{disagreements} refuted of {labels_given} labels is implausible for an honest "
+                           f"labeler (error rate <= {1 - policy.p_1:.3f}, level {policy.review_alpha})")
+    return "reinstate", (f"{disagreements} refuted of {labels_given} labels is plausible for an honest labeler "
+                         f"(error rate <= {1 - policy.p_1:.3f}, level {policy.review_alpha}); no systematic confusion")

@@ -1,4 +1,4 @@
-/* Annotator page: fetch the next assignment, answer with buttons or keys 1-9, skip, undo.
+/* Annotator page: fetch the next assignment, answer with buttons or the key shown on each, skip, undo.
    Vanilla JS, no build step. Talks only to /api/labeling/ (session auth + CSRF header). */
 (function () {
   "use strict";
@@ -14,6 +14,7 @@
     progress: document.getElementById("progress-text")
   };
   var current = null, shownAt = 0, busy = false, pollTimer = null, undoTimer = null, classNames = null;
+  var keyToLabel = {};
   var undoMs = parseFloat(cfg.undoSeconds || "10") * 1000;
 
   function api(url, body) {
@@ -47,27 +48,42 @@
     el.bar.style.width = pct + "%";
     el.progress.textContent = "You: " + p.done + " / " + p.total + " · batch: " + p.batch_done + " / " + p.batch_total;
   }
+  // Keyboard shortcut of each class. Classes named by single digits ("0".."9", e.g. digit data
+  // sets) use their own digit, so the key pressed is the label seen; otherwise keys 1-9 then 0
+  // go to the first ten classes in order. The key is printed on the button either way.
+  function shortcutKeys(classes) {
+    var names = classes.map(function (c) { return String(c).trim(); });
+    var digits = names.every(function (n) { return /^[0-9]$/.test(n); }) &&
+      names.filter(function (n, i) { return names.indexOf(n) === i; }).length === names.length;
+    return names.map(function (n, i) {
+      if (digits) return n;
+      return i < 9 ? String(i + 1) : (i === 9 ? "0" : null);
+    });
+  }
   function renderClasses(classes) {
     if (classNames && classNames.join("\u0001") === classes.join("\u0001")) return;
     classNames = classes.slice();
+    keyToLabel = {};
     el.classes.textContent = "";
+    var keys = shortcutKeys(classes);
     classes.forEach(function (name, i) {
       var b = document.createElement("button");
       b.type = "button";
       b.className = "class-button";
       b.dataset.label = String(i);
-      if (i < 9) {
+      if (keys[i] !== null) {
+        keyToLabel[keys[i]] = i;
+        b.dataset.key = keys[i];
+        b.setAttribute("aria-keyshortcuts", keys[i]);
+        b.title = "key " + keys[i];
         var k = document.createElement("kbd");
-        k.textContent = String(i + 1);
+        k.textContent = keys[i];
         b.appendChild(k);
-        b.appendChild(document.createTextNode(" "));
-      } else if (i === 9) {
-        var k0 = document.createElement("kbd");
-        k0.textContent = "0";
-        b.appendChild(k0);
-        b.appendChild(document.createTextNode(" "));
       }
-      b.appendChild(document.createTextNode(name));
+      var label = document.createElement("span");
+      label.className = "class-name";
+      label.textContent = name;
+      b.appendChild(label);
       b.addEventListener("click", function () { answer(i); });
       el.classes.appendChild(b);
     });
@@ -162,9 +178,8 @@
     var t = ev.target;
     if (t && (t.tagName === "INPUT" || t.tagName === "TEXTAREA" || t.isContentEditable)) return;
     var key = ev.key;
-    if (/^[0-9]$/.test(key) && current) {
-      var idx = key === "0" ? 9 : parseInt(key, 10) - 1;
-      if (classNames && idx < classNames.length) { ev.preventDefault(); answer(idx); }
+    if (/^[0-9]$/.test(key)) {
+      if (current && Object.prototype.hasOwnProperty.call(keyToLabel, key)) { ev.preventDefault(); answer(keyToLabel[key]); }
     } else if (key === "s" || key === "S") { ev.preventDefault(); skip(); }
     else if (key === "u" || key === "U") { ev.preventDefault(); undo(); }
   });

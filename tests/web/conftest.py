@@ -122,3 +122,12 @@ def filesystem_worker(transactional_db, tmp_path):
     )
     yield worker
     worker.stop()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cache():
+    """API throttle counters live in the (per-process) cache: no test inherits another's requests."""
+    from django.core.cache import cache
+
+    cache.clear()
+    yield

@@ -113,6 +113,28 @@ def test_token_auth(project, annotators):
     assert c.get(NEXT).status_code in (401, 403)  # DRF: 403 when session auth comes first
 
 
+def test_token_auth_answers_the_annotator_check_in_its_own_query(project, annotators):
+    """The group check rides on the token lookup, and is never stale: leaving the group refuses at once."""
+    from tests.web.factories import UserFactory
+
+    a = annotators[0]
+    c = APIClient()
+    c.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=a).key}")
+    asg = open_assignment(a, project)
+    r = c.post(answer_url(asg.pk), {"label": 1}, format="json")
+    assert r.status_code == 201
+    a.groups.clear()
+    assert c.get(NEXT).status_code == 403
+    assert c.post(answer_url(open_assignment(a, project).pk), {"label": 1}, format="json").status_code == 403
+    outsider = c.__class__()
+    outsider.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=UserFactory()).key}")
+    assert outsider.get(NEXT).status_code == 403
+    a.is_active = False
+    a.save()
+    services.add_annotator(a)
+    assert c.get(NEXT).status_code in (401, 403)  # inactive users are refused by the token lookup
+
+
 # ---- what an annotator sees ------------------------------------------------------------
 
 
@@ -214,12 +236,18 @@ def test_undo_refused_once_the_model_update_started(project, annotators):
     assert r.status_code == 409 and "updating" in r.json()["detail"]
 
 
-def test_last_answer_puts_the_project_in_updating_and_undo_reverts_it(project, annotators, django_capture_on_commit_callbacks):
-    with django_capture_on_commit_callbacks() as callbacks:
+def test_last_answer_puts_the_project_in_updating_and_undo_reverts_it(project, annotators, monkeypatch,
+                                                                       django_capture_on_commit_callbacks):
+    sent = []
+    monkeypatch.setattr(services, "_enqueue", lambda name, *args, countdown=None: sent.append((name, args)))
+    with django_capture_on_commit_callbacks(execute=True):  # incl. the after-commit completion re-checks
         for asg in Assignment.objects.filter(batch__project=project, status="open").order_by("id"):
             services.submit_annotation(user=asg.labeler, assignment_id=asg.pk, label=0)
             last = asg
-    assert len(callbacks) == 1  # exactly one loop task, sent by the batch's last answer
+            if len(sent) == 0:
+                project.refresh_from_db()
+                assert project.state == Project.State.LABELING
+    assert sent == [("process_batch", (last.batch_id,))]  # exactly one loop task, sent by the batch's last answer
     project.refresh_from_db()
     assert project.state == Project.State.UPDATING
     body = client_for(last.labeler).get(NEXT, {"project": project.pk}).json()

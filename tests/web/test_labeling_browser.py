@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 
 import pytest
 
@@ -65,23 +66,33 @@ def test_annotator_labels_a_batch_with_the_keyboard_and_the_next_batch_appears(
     assert page.evaluate("getComputedStyle(document.getElementById('image')).imageRendering") == "pixelated"
     assert page.evaluate("document.documentElement.scrollWidth") <= 390  # fits a phone screen
     assert page.locator(".class-button").count() == 3
+    # digit classes: each button shows its own digit as its key ("0" labels class "0")
+    assert page.locator(".class-button kbd").all_inner_texts() == ["0", "1", "2"]
+    assert page.locator(".class-button .class-name").all_inner_texts() == ["0", "1", "2"]
+
+    def until(expression: str, timeout: float = 20.0):
+        """Poll a JS expression (page.wait_for_function evals strings, which the site's CSP forbids)."""
+        deadline = time.monotonic() + timeout
+        while not page.evaluate(expression):
+            assert time.monotonic() < deadline, f"timed out waiting for {expression}"
+            page.wait_for_timeout(50)
 
     def shown() -> Assignment:
-        page.wait_for_function("document.getElementById('annotate').dataset.assignment !== ''")
+        until("document.getElementById('annotate').dataset.assignment !== ''")
         ident = int(page.get_attribute("#annotate", "data-assignment"))
-        page.wait_for_function("document.getElementById('image').complete && document.getElementById('image').naturalWidth > 0")
+        until("document.getElementById('image').complete && document.getElementById('image').naturalWidth > 0")
         return Assignment.objects.select_related("item").get(pk=ident)
 
     def press_answer(asg: Assignment):
-        page.keyboard.press(str(asg.item.ground_truth + 1))
-        page.wait_for_function(f"document.getElementById('annotate').dataset.assignment !== '{asg.pk}'")
+        page.keyboard.press(project.classes[asg.item.ground_truth])  # the digit shown on its button
+        until(f"document.getElementById('annotate').dataset.assignment !== '{asg.pk}'")
 
     # one answer, undone with the keyboard: the same image comes back
     first = shown()
-    page.keyboard.press(str((first.item.ground_truth + 1) % 3 + 1))  # a wrong answer...
-    page.wait_for_function(f"document.getElementById('annotate').dataset.assignment !== '{first.pk}'")
+    page.keyboard.press(str((first.item.ground_truth + 1) % 3))  # a wrong answer...
+    until(f"document.getElementById('annotate').dataset.assignment !== '{first.pk}'")
     page.keyboard.press("u")  # ...taken back
-    page.wait_for_function(f"document.getElementById('annotate').dataset.assignment === '{first.pk}'")
+    until(f"document.getElementById('annotate').dataset.assignment === '{first.pk}'")
     assert not Assignment.objects.get(pk=first.pk).status == "done"
 
     batch0 = QueryBatch.objects.get(project=project, iteration=0)
@@ -102,6 +113,8 @@ def test_annotator_labels_a_batch_with_the_keyboard_and_the_next_batch_appears(
     assert page.locator("#banner").is_hidden()
     answers = {a.item.ground_truth for a in Assignment.objects.filter(batch=batch0).select_related("item", "annotation")}
     assert {a.annotation.label for a in Assignment.objects.filter(batch=batch0)} <= answers
+    assert all(a.annotation.label == a.item.ground_truth  # each key labeled the class it shows
+               for a in Assignment.objects.filter(batch=batch0).select_related("item", "annotation"))
     project.refresh_from_db()
     assert project.state == Project.State.LABELING and project.iteration == 1
     # nothing secret reached the page

@@ -14,7 +14,9 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from learner import services
-from learner.experiments import SCENARIOS, ExperimentSpec, format_table, run_experiment, summary_table, write_outputs
+from learner.defences import DEFENCES
+from learner.experiments import (SCENARIOS, ExperimentSpec, attack_success, format_table, run_experiment,
+                                 split_strategy, summary_table, write_outputs)
 from learner.heads import HeadConfig
 from learner.loop import ATTACKS, LoopConfig
 from learner.strategies import STRATEGIES
@@ -44,7 +46,7 @@ class Command(BaseCommand):
         g = parser.add_argument_group("experiment")
         g.add_argument("--scenario", choices=SCENARIOS, default="benign")
         g.add_argument("--strategies", default="random,margin,robust",
-                       help=f"comma-separated, from {', '.join(STRATEGIES)}")
+                       help=f"comma-separated, from {', '.join(STRATEGIES)}; 'robust+dknn' adds a defence")
         g.add_argument("--runs", type=int, default=30)
         g.add_argument("--seed", type=int, default=0)
         g.add_argument("--jobs", type=int, default=1, help="parallel runs (processes)")
@@ -91,13 +93,27 @@ class Command(BaseCommand):
         lp.add_argument("--n-clusters", type=int, default=10)
         lp.add_argument("--candidate-factor", type=float, default=3.0)
         lp.add_argument("--head-epochs", type=int, default=HeadConfig.epochs)
+        df = parser.add_argument_group("poisoning and defence")
+        df.add_argument("--defence", choices=DEFENCES, default="none",
+                        help="training-set filter before each head training (dknn: deep k-NN, Peri et al. 2020)")
+        df.add_argument("--defence-k", type=int, default=LoopConfig.defence_k)
+        df.add_argument("--poison-targets", type=int, default=10, help="successful poison sets (run r faces set r mod n)")
+        df.add_argument("--poison-bases", type=int, default=50)
+        df.add_argument("--poison-watermarks", default="0.1,0.2,0.3", help="tried in order per target")
+        df.add_argument("--poison-impl", choices=["fast", "art"], default="fast")
+        df.add_argument("--poison-max-iter", type=int, default=120)
+        df.add_argument("--poison-max-attempts", type=int, default=None)
         parser.add_argument("--no-progress", action="store_true")
 
     def handle(self, *args, **o):
         strategies = _csv(o["strategies"])
-        unknown = [s for s in strategies if s not in STRATEGIES]
-        if unknown or not strategies:
-            raise CommandError(f"unknown strategies {unknown}; choose from {', '.join(STRATEGIES)}")
+        if not strategies:
+            raise CommandError(f"--strategies is empty; choose from {', '.join(STRATEGIES)}")
+        for name in strategies:
+            try:
+                split_strategy(name)
+            except ValueError as exc:
+                raise CommandError(f"unknown strategies [{name!r}]: {exc}") from exc
         augment = None if o["augment"] == "auto" else (() if o["augment"] == "none" else _csv(o["augment"]))
         if augment and set(augment) - set(ATTACKS):
             raise CommandError(f"--augment takes {', '.join(ATTACKS)} or none")
@@ -114,6 +130,7 @@ class Command(BaseCommand):
                 augment=augment, augment_space=o["augment_space"], attack_impl=o["attack_impl"],
                 noise_variance=o["noise_variance"], augment_weight=o["augment_weight"], n_clusters=o["n_clusters"],
                 candidate_factor=o["candidate_factor"], head=HeadConfig(epochs=o["head_epochs"]), trust=trust,
+                defence=None if o["defence"] == "none" else o["defence"], defence_k=o["defence_k"],
             )
             spec = ExperimentSpec(
                 scenario=o["scenario"], strategies=strategies, runs=o["runs"], seed=o["seed"],
@@ -121,6 +138,10 @@ class Command(BaseCommand):
                 test_size=o["test_size"], backbone=o["backbone"], weights=o["weights"],
                 n_labelers=o["labelers"], error_rate=o["pr"], n_malicious=o["malicious"],
                 mapping=_mapping(o["mapping"]), target_accuracy=o["target"], loop=loop, jobs=o["jobs"],
+                poison_targets=o["poison_targets"], poison_bases=o["poison_bases"],
+                poison_watermarks=tuple(float(w) for w in _csv(o["poison_watermarks"])),
+                poison_impl=o["poison_impl"], poison_max_iter=o["poison_max_iter"],
+                poison_max_attempts=o["poison_max_attempts"],
             )
         except ValueError as exc:
             raise CommandError(str(exc)) from exc
@@ -146,6 +167,17 @@ class Command(BaseCommand):
                           f"({'given' if spec.target_accuracy else 'full-pool accuracy of the same model'}); "
                           f"budget cap {result.budget_cap} labels")
         self.stdout.write(format_table(summary_table(result), pool_size=result.budget_cap))
+        if result.poison:
+            p = result.poison
+            tried = len({a["target_index"] for a in p["attempts"]})
+            self.stdout.write(f"poison sets: {len(p['sets'])} successful of {tried} targets tried "
+                              f"({p['seconds']:.1f} s crafting + checks)")
+            for s in p["sets"]:
+                self.stdout.write(f"  target {s['target_index']} ({s['target_label']}->{s['base_label']}), "
+                                  f"watermark {s['watermark']}, relative feature distance {s['feature_distance']:.3f}")
+            for name, rate in attack_success(result).items():
+                hits = p["hits"][name]
+                self.stdout.write(f"attack success {name}: {rate:.1%} ({sum(h['hit'] for h in hits)}/{len(hits)} runs)")
         self.stdout.write(f"wall time {wall:.1f} s; outputs in {out_dir}")
         for key, path in files.items():
             self.stdout.write(f"  {key}: {path}")

@@ -1,0 +1,65 @@
+"""The admins' review page in a real headless Chromium: ranked list with trust plots, a flagged
+labeler's page with the confusion matrix and disputed images, and a reinstatement."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from labeling import services
+from labeling.models import LabelerProfile, QueryBatch
+from tests.web.factories import PASSWORD
+from tests.web.labeling_support import annotators, answer_open, digits_project, labeling_dirs, staff  # noqa: F401
+from tests.web.test_labeling_browser import browser_page  # noqa: F401
+from trust.models import TrustEvent
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+
+def test_staff_reviews_a_flagged_labeler_in_the_browser(labeling_dirs, annotators, staff, live_server,
+                                                        browser_page, monkeypatch):
+    monkeypatch.setattr(services, "_enqueue", lambda name, *args, countdown=None: None)
+    a = annotators[0]
+    project = digits_project()
+    answer_open(project)
+    services.advance_loop(batch_id=QueryBatch.objects.get(project=project, iteration=0).pk)
+    answer_open(project, wrong_for=("ann_a",))
+    batch1 = QueryBatch.objects.get(project=project, iteration=1)
+    services.advance_loop(batch_id=batch1.pk)
+    answer_open(project)
+    services.advance_loop(batch_id=batch1.pk)
+    services.set_labeler_status(user=a, flagged=True)
+    page = browser_page
+    page.set_viewport_size({"width": 1200, "height": 900})
+
+    page.goto(f"{live_server.url}/accounts/login/?next=/trust/")
+    page.fill("#id_username", staff.username)
+    page.fill("#id_password", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_selector("#labelers")
+    rows = page.locator("tr.labeler-row")
+    assert rows.count() == 3
+    assert rows.first.get_attribute("data-state") == "flagged" and "ann_a" in rows.first.inner_text()
+    assert page.locator("tr.labeler-row svg.trust-chart").count() == 3
+
+    page.click("text=ann_a")
+    page.wait_for_selector("#confusion table.confusion")
+    assert page.inner_text("#labeler-state") == "flagged"
+    assert page.locator("table.confusion tbody tr").count() == 3  # 3 classes
+    figures = page.locator("#disputed figure.disputed-item")
+    assert figures.count() >= 1
+    page.wait_for_function("Array.from(document.querySelectorAll('#disputed img'))"
+                           ".every(i => i.complete && i.naturalWidth > 0)")
+    caption = figures.first.inner_text()
+    assert "original:" in caption and "re-annotations:" in caption and "model confidence" in caption
+    assert page.locator("#history tbody tr").count() >= 2
+    if os.environ.get("ROBUSTAL_SCREENSHOT_DIR"):  # for looking at the page by eye
+        page.screenshot(path=os.path.join(os.environ["ROBUSTAL_SCREENSHOT_DIR"], "trust-review.png"), full_page=True)
+
+    page.fill("#reinstate-form input[name=note]", "checked by hand")
+    page.click("#reinstate-form button[type=submit]")
+    page.wait_for_selector(".messages li")
+    assert page.inner_text("#labeler-state") == "active"
+    assert not LabelerProfile.objects.get(user=a).is_flagged
+    event = TrustEvent.objects.filter(labeler=a, reason="reinstated").get()
+    assert event.actor == staff and event.note == "checked by hand"

@@ -1,0 +1,175 @@
+"""Simulated labelers driving the *web* loop: real services, real models, no HTTP, no Celery.
+
+Used by ``tests/web/test_trust_simulation.py`` (a short run with assertions) and
+``bench/bench_trust_simulation.py`` (more batches and seeds, a table). Eleven annotator accounts
+answer their assignments with :mod:`learner.oracles` labelers (honest with error rate ``pr``;
+the last one maps digit 1 -> 7); after each complete batch the loop service runs synchronously.
+
+Two things production does after a commit are done here directly, because the harness runs
+inside one test transaction where ``on_commit`` hooks never fire: the loop task is *not* sent
+(we call :func:`labeling.services.advance_loop` ourselves) and a labeler who was just flagged or
+suspended has their open work handed to others (:func:`labeling.services.release_open_work`,
+what ``_release_after_commit`` does). Flagged labelers stay flagged (no simulated admin review):
+the run measures what the rules flag by themselves.
+"""
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class SimulationResult:
+    """What one simulated run measured."""
+
+    seed: int
+    batches: int  # first-label batches processed (iteration 0 is the random initial batch)
+    malicious_ids: list[int]
+    honest_ids: list[int]
+    flagged_at: dict[int, int] = field(default_factory=dict)  # labeler -> iteration after which it was blocked
+    reasons: dict[int, list[str]] = field(default_factory=dict)  # labeler -> trust event reasons that blocked it
+    labels_bought: int = 0
+    seconds: float = 0.0
+    stop: str = ""
+    suggestions: dict[int, str] = field(default_factory=dict)  # blocked labeler -> suggested review at the end
+
+    @property
+    def malicious_flagged_after(self) -> int | None:
+        """Batches (0-based iteration + 1) until every malicious labeler was flagged; None if not."""
+        hits = [self.flagged_at.get(u) for u in self.malicious_ids]
+        return None if any(h is None for h in hits) else max(hits) + 1
+
+    @property
+    def honest_flagged(self) -> int:
+        return sum(1 for u in self.honest_ids if u in self.flagged_at)
+
+    @property
+    def honest_false_flag_rate(self) -> float:
+        return self.honest_flagged / max(len(self.honest_ids), 1)
+
+
+@contextmanager
+def _no_task_sending():
+    from labeling import services
+
+    original = services._enqueue
+    services._enqueue = lambda *args, **kwargs: None  # the harness runs the loop itself
+    try:
+        yield
+    finally:
+        services._enqueue = original
+
+
+def run(*, seed: int = 0, n_labelers: int = 11, n_malicious: int = 1, mapping: dict[str, str] | None = None,
+        classes: tuple[str, ...] = ("1", "4", "7"), pool_size: int = 360, max_batches: int = 6,
+        error_rate: float = 0.05, config: dict | None = None, prefix: str = "sim",
+        stop_when_flagged: bool = False) -> SimulationResult:
+    """One simulated project; returns what it measured (see :class:`SimulationResult`).
+
+    Parameters
+    ----------
+    seed : seeds the data split, the project (LiveConfig.seed) and the labelers' errors
+    mapping : malicious mapping by class name (default ``{"1": "7"}``)
+    max_batches : first-label batches to process at most (iteration 0 included)
+    stop_when_flagged : stop as soon as every malicious labeler is flagged
+    """
+    from django.contrib.auth import get_user_model
+
+    from labeling import importers, selectors, services
+    from labeling.models import LabelerProfile, Project
+    from learner.data import load_digits
+    from learner.oracles import LabelerPool
+
+    from .models import TrustEvent
+
+    mapping = mapping or {"1": "7"}
+    idx = {c: k for k, c in enumerate(classes)}
+    oracle = LabelerPool.build(len(classes), n_labelers=n_labelers, error_rate=error_rate, n_malicious=n_malicious,
+                               mapping={idx[a]: idx[b] for a, b in mapping.items()})
+    User = get_user_model()
+    users = []
+    for j in range(n_labelers):
+        u = User.objects.create_user(username=f"{prefix}{seed}_{j:02d}", password=None)
+        services.add_annotator(u)
+        users.append(u)
+    data = load_digits(classes=list(classes), pool_size=pool_size, test_size=0, seed=seed)
+    cfg = {"strategy": "robust", "batch_size": 30, "initial_size": 30, "secured_size": 30, "h": 3,
+           "backbone": "flatten", "feature_size": 8, "channels": 1, "n_clusters": 5, "seed": seed,
+           **(config or {})}
+    project = services.create_project(name=f"{prefix} digits {seed}", classes=list(classes), config=cfg)
+    report = importers.import_arrays(project=project, images=data.x_pool, labels=data.y_pool, upscale=2)
+    if not report.ok:
+        raise RuntimeError(report.summary())
+    rng = np.random.default_rng(seed)
+    result = SimulationResult(seed=seed, batches=0, malicious_ids=[u.pk for u in users[n_labelers - n_malicious:]],
+                              honest_ids=[u.pk for u in users[:n_labelers - n_malicious]])
+    oracle_of = {u.pk: j for j, u in enumerate(users)}
+    t0 = time.perf_counter()
+    with _no_task_sending():
+        services.start_project(project=project)
+        while True:
+            project.refresh_from_db()
+            if project.state == Project.State.FINISHED:
+                result.stop = project.stop_reason
+                break
+            batch = selectors.open_batch(project)
+            _answer_everything(project, users, oracle, oracle_of, rng)
+            if not selectors.batch_is_complete(batch):
+                result.stop = "stuck: nobody eligible for the remaining work"
+                break
+            phase, iteration = batch.phase, batch.iteration
+            services.advance_loop(batch_id=batch.pk)
+            blocked = set(LabelerProfile.objects.filter(user__in=users)
+                          .exclude(is_flagged=False, is_suspended=False).values_list("user_id", flat=True))
+            for uid in sorted(blocked - set(result.flagged_at)):
+                result.flagged_at[uid] = iteration
+                result.reasons[uid] = sorted(set(TrustEvent.objects.filter(labeler_id=uid, project=project)
+                                                 .exclude(reason__in=["confirmed", "agreed", "disagreement"])
+                                                 .values_list("reason", flat=True)))
+                services.release_open_work(user=User.objects.get(pk=uid))  # what the on_commit hook does
+            batch.refresh_from_db()
+            if batch.closed_at is not None:
+                result.batches = iteration + 1
+                if result.batches >= max_batches:
+                    result.stop = f"{max_batches} batches"
+                    break
+                if stop_when_flagged and result.malicious_flagged_after is not None:
+                    result.stop = "malicious flagged"
+                    break
+            elif phase == batch.phase:  # neither closed nor moved on: nothing more will happen
+                result.stop = "loop made no progress"
+                break
+    result.labels_bought = selectors.labels_bought(project)
+    result.seconds = time.perf_counter() - t0
+    from .selectors import review_suggestion
+
+    for uid in result.flagged_at:
+        suggestion = review_suggestion(User.objects.get(pk=uid))
+        if suggestion is not None:
+            result.suggestions[uid] = suggestion[0]
+    # retire this run's accounts so that a next run in the same database gets its own crowd only
+    User.objects.filter(pk__in=[u.pk for u in users]).update(is_active=False)
+    return result
+
+
+def _answer_everything(project, users, oracle, oracle_of, rng) -> int:
+    """Every eligible simulated labeler answers its open work and claims paused work until none is left."""
+    from labeling import selectors, services
+
+    n = 0
+    progress = True
+    while progress:
+        progress = False
+        eligible = set(selectors.eligible_labelers())
+        for u in users:
+            if u.pk not in eligible:
+                continue
+            while (asg := services.next_assignment(user=u, project=project)) is not None:
+                label = oracle.annotate(oracle_of[u.pk], int(asg.item.ground_truth), rng)
+                services.submit_annotation(user=u, assignment_id=asg.pk, label=label, seconds=1.0)
+                n += 1
+                progress = True
+    return n
