@@ -1,15 +1,15 @@
 """gunicorn settings of the web server (``gunicorn -c config/gunicorn.conf.py config.wsgi``).
 
 Every value can be overridden by an environment variable (below) or on the command line
-(command-line flags win). The defaults were chosen by measurement with
-``bench/bench_submit.py`` (50 simulated annotators submitting against gunicorn + PostgreSQL on a
-2-core machine; README, "Benchmarks"): ``gthread`` workers, two per core (at most 8), with 8
-threads each. gthread beat sync workers (no keep-alive, one request per process at a time) at
-every size tried (192 vs 136 submits/s at 4 workers), 4 x 8 and 2 x 8 tied (192 and 191/s) and
-beat 3 x 4 (163/s), and in a noisier sweep 4 x 8 beat 2 x 4, 3 x 8, 4 x 4 and 6 x 4: the handlers
-are short CPU-bound Python between database round trips, and threads overlap those round trips.
-Each thread keeps its own database connection (``DB_CONN_MAX_AGE``), so workers x threads
-must stay below PostgreSQL's ``max_connections`` (100 by default) minus the Celery workers'.
+(command-line flags win). Default: ``gthread`` workers, two per core (at most 8), 8 threads
+each, which keep-alive connections and slow clients cannot starve. On an idle 2-core machine
+``bench/bench_submit.py`` (50 annotators against gunicorn + PostgreSQL, README "Benchmarks")
+measured ``sync`` 6 x 1 ahead of gthread 4 x 8 (258-273 vs 249-261 submits/s closed loop, p95
+243-259 vs 368-511 ms): no GIL hand-offs between threads. Sync workers need a buffering proxy
+(nginx) in front, since a slow client holds a whole worker; behind one, set
+``GUNICORN_WORKER_CLASS=sync GUNICORN_WORKERS=6``. Each thread keeps its own database
+connection (``DB_CONN_MAX_AGE``), so workers x threads must stay below PostgreSQL's
+``max_connections`` (100 by default) minus the Celery workers'.
 """
 from __future__ import annotations
 

@@ -16,6 +16,7 @@ from django.db import connection
 from django.utils.translation import gettext_lazy as _
 from rest_framework import authentication, exceptions
 
+from .db import instance_from_row, prepared_cursor
 from .models import ANNOTATORS_GROUP
 
 #: attribute set on the request's user: True/False when known, absent otherwise
@@ -42,10 +43,14 @@ class TokenAuthentication(authentication.TokenAuthentication):
 
     def authenticate_credentials(self, key):
         model = self.get_model()
-        user = next(iter(get_user_model().objects.raw(_token_sql(connection.vendor), [ANNOTATORS_GROUP, key])), None)
-        if user is None:
+        with prepared_cursor() as cursor:
+            cursor.execute(_token_sql(connection.vendor), [ANNOTATORS_GROUP, key])
+            row = cursor.fetchone()
+            names = [col[0] for col in cursor.description]
+        if row is None:
             raise exceptions.AuthenticationFailed(_("Invalid token."))
+        user = instance_from_row(get_user_model(), names[:-1], row[:-1])
         if not user.is_active:
             raise exceptions.AuthenticationFailed(_("User inactive or deleted."))
-        setattr(user, IS_ANNOTATOR_ATTR, bool(getattr(user, IS_ANNOTATOR_ATTR)))
+        setattr(user, IS_ANNOTATOR_ATTR, bool(row[-1]))
         return user, model(key=key, user=user)
