@@ -18,6 +18,9 @@ from contextlib import contextmanager
 
 from django.db import connection
 
+#: psycopg's automatic preparation threshold on our connections: never reached by repetition
+_ONLY_WHEN_ASKED = 2**31 - 1
+
 PREPARE = os.environ.get("DB_PREPARED_STATEMENTS", "1").strip().lower() not in ("0", "false", "no", "off")
 
 
@@ -30,6 +33,12 @@ def prepared_cursor():
         return
     connection.close_if_health_check_failed()
     connection.ensure_connection()
+    raw = connection.connection
+    if raw.prepare_threshold is None:
+        # Django connects with prepare_threshold=None, and psycopg then ignores prepare=True too
+        # (every statement was planned again). A threshold no statement reaches keeps Django's
+        # own queries unprepared and prepares exactly the ones run through this cursor.
+        raw.prepare_threshold = _ONLY_WHEN_ASKED
     with connection.wrap_database_errors:
         cursor = connection._prepare_cursor(_preparing_cursor_class()(connection.connection))
     with cursor:

@@ -196,3 +196,31 @@ def test_a_first_answer_is_one_statement_that_writes_what_the_general_path_write
     with pytest.raises(services.InvalidInput):
         services.submit_annotation(user=other.labeler, assignment_id=other.pk, label=project.n_classes)
     assert Annotation.objects.filter(assignment=other).count() == 0
+
+
+def _prepared_statements() -> list[str]:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT statement FROM pg_prepared_statements")
+        return [row[0] for row in cursor.fetchall()]
+
+
+def test_hot_path_statements_are_prepared_on_the_server(pg, labeling_dirs, annotators):
+    """The token lookup and the one-statement answer are really PREPAREd (a plan kept for the
+    connection); Django's own queries are not. Django connects with prepare_threshold=None,
+    under which psycopg silently ignores prepare=True: this caught that."""
+    from rest_framework.authtoken.models import Token
+    from rest_framework.test import APIClient
+
+    project = digits_project()
+    ann = annotators[0]
+    asg = Assignment.objects.filter(batch__project=project, labeler=ann, status=Assignment.Status.OPEN).first()
+    assert asg is not None
+    c = APIClient()
+    c.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=ann).key}")
+    for _ in range(2):  # a second request reuses the plan: still one prepared statement each
+        r = c.post(f"/api/labeling/assignments/{asg.pk}/annotation/", {"label": 1}, format="json")
+        assert r.status_code in (200, 201), r.content
+    statements = _prepared_statements()
+    assert sum("authtoken_token" in s for s in statements) == 1, statements
+    assert sum("WITH prj AS MATERIALIZED" in s for s in statements) == 1, statements
+    assert len(statements) == 2, statements  # nothing else (Django's own queries) was prepared
