@@ -55,6 +55,12 @@ def _preparing_cursor_class():
         def execute(self, query, params=None, *, prepare=None, binary=None):
             return super().execute(query, params, prepare=True if prepare is None else prepare, binary=binary)
 
+        def _send_query_prepared(self, name, pgq, *, binary=None):
+            # psycopg records the query only when it is not prepared; Django's query log
+            # (DEBUG, CaptureQueriesContext) reads it from there.
+            self._query = pgq
+            return super()._send_query_prepared(name, pgq, binary=binary)
+
     return PreparingCursor
 
 

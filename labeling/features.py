@@ -92,16 +92,34 @@ def write_chunk(project: Project, start: int, stop: int) -> bool:
         return True
     target = chunk_file(final, start, stop)
     if not target.is_file():
-        live.save_array(target, compute_chunk(project, start, stop))
+        _save_chunk(project, final, start, stop)
     return _assemble_if_complete(project, final)
+
+
+def _save_chunk(project: Project, final: Path, start: int, stop: int) -> None:
+    """Write one chunk; losing the race to a process that assembled the final file is fine.
+
+    The assembler removes the chunk folder, which can vanish under a concurrent writer
+    (``mkdir`` or the temporary file then fails): the features exist, nothing is lost.
+    """
+    try:
+        live.save_array(chunk_file(final, start, stop), compute_chunk(project, start, stop))
+    except OSError:
+        if not final.is_file():
+            raise
 
 
 def _assemble_if_complete(project: Project, final: Path) -> bool:
     n = project.items.count()
     chunks = [chunk_file(final, s, e) for s, e in live.plan_chunks(n, project.live_config.feature_chunk_size)]
     if not all(c.is_file() for c in chunks):
-        return False
-    feats = live.assemble_chunks(chunks)
+        return final.is_file()
+    try:
+        feats = live.assemble_chunks(chunks)
+    except OSError:  # another process assembled them first and removed the chunks
+        if final.is_file():
+            return True
+        raise
     if len(feats) != n:
         raise ValueError(f"assembled {len(feats)} feature rows for {n} items")
     live.save_array(final, feats)
@@ -119,7 +137,7 @@ def features_for(project: Project) -> tuple[np.ndarray, Path]:
         n = project.items.count()
         for start, stop in live.plan_chunks(n, project.live_config.feature_chunk_size):
             if not final.is_file() and not chunk_file(final, start, stop).is_file():
-                live.save_array(chunk_file(final, start, stop), compute_chunk(project, start, stop))
+                _save_chunk(project, final, start, stop)
         if not final.is_file():
             _assemble_if_complete(project, final)
     feats = np.load(final)
