@@ -495,9 +495,15 @@ class Bench:
     def start_gunicorn(self, worker_class: str, workers: int, threads: int, token: str) -> str:
         port = free_port()
         # the project's settings file (keep-alive, timeouts), with this run's workers and threads
-        cmd = [self.gunicorn_bin, "-c", str(GUNICORN_CONF), "config.wsgi", "--bind", f"127.0.0.1:{port}",
-               "--workers", str(workers), "--worker-class", worker_class, "--threads", str(threads),
-               "--log-level", "warning", "--graceful-timeout", "5", "--timeout", "60"]
+        if worker_class == "granian":
+            # granian (Rust HTTP server, WSGI interface): keep-alive, threads per worker block on the DB
+            cmd = [str(Path(sys.executable).parent / "granian"), "--interface", "wsgi", "--host", "127.0.0.1",
+                   "--port", str(port), "--workers", str(workers), "--blocking-threads", str(threads),
+                   "--runtime-threads", "1", "--log-level", "warning", "--no-ws", "config.wsgi:application"]
+        else:
+            cmd = [self.gunicorn_bin, "-c", str(GUNICORN_CONF), "config.wsgi", "--bind", f"127.0.0.1:{port}",
+                   "--workers", str(workers), "--worker-class", worker_class, "--threads", str(threads),
+                   "--log-level", "warning", "--graceful-timeout", "5", "--timeout", "60"]
         self.gunicorn_log_path = self.tmp / f"gunicorn-{port}.log"
         self.gunicorn_log = open(self.gunicorn_log_path, "w")
         self.gunicorn = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=self.gunicorn_log,
@@ -589,8 +595,9 @@ def default_config() -> tuple[str, int, int]:
 
 def parse_config(text: str) -> tuple[str, int, int]:
     parts = text.split(":")
-    if len(parts) != 3 or parts[0] not in ("sync", "gthread"):
-        raise argparse.ArgumentTypeError(f"--config wants CLASS:WORKERS:THREADS with CLASS sync|gthread, got {text!r}")
+    if len(parts) != 3 or parts[0] not in ("sync", "gthread", "granian"):
+        raise argparse.ArgumentTypeError("--config wants CLASS:WORKERS:THREADS with CLASS sync|gthread (gunicorn) "
+                                         f"or granian, got {text!r}")
     return parts[0], int(parts[1]), int(parts[2])
 
 

@@ -385,6 +385,8 @@ def _one_statement_answer_sql() -> str:
 
     Each CTE feeds the next, which fixes their order: the project ``FOR SHARE`` (re-checked
     after any wait, so a loop task that took it meanwhile is seen), the user's own assignment
+    (by primary key: ``labeler_id + 0`` keeps the planner off the (labeler, status) index, which
+    it rated equal and which scans every open assignment of the labeler)
     ``FOR NO KEY UPDATE`` only while it is open, its batch open and the label in range (the
     batch row is share-locked too, so that a freeze committed while this statement waited for
     the project is seen: PostgreSQL re-checks locked rows at their newest version; ``FOR KEY
@@ -404,7 +406,7 @@ WITH prj AS MATERIALIZED (
     FOR SHARE
 ), asg AS MATERIALIZED (
     SELECT a.id, a.batch_id FROM {a} a JOIN {b} b ON b.id = a.batch_id JOIN prj ON prj.id = b.project_id
-    WHERE a.id = %(aid)s AND a.labeler_id = %(uid)s AND a.status = %(open)s AND prj.state = %(labeling)s
+    WHERE a.id = %(aid)s AND a.labeler_id + 0 = %(uid)s AND a.status = %(open)s AND prj.state = %(labeling)s
       AND b.closed_at IS NULL AND b.frozen_at IS NULL AND %(label)s < prj.n_classes
     FOR NO KEY UPDATE OF a FOR SHARE OF b
 ), ins AS (

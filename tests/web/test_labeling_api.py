@@ -280,3 +280,26 @@ def test_token_endpoint_and_home_page(project, annotators, staff, client):
     client.force_login(staff)
     home = client.get("/").content.decode()
     assert f"/labeling/staff/projects/{project.pk}/" in home and "New project" in home
+
+
+def test_answer_payload_is_the_documented_serializer_output(project, annotators):
+    """The hot path writes the answer's JSON by hand; it must stay what the schema documents."""
+    from labeling.api import annotation_payload
+    from labeling.serializers import AnnotationOutSerializer
+
+    a = annotators[0]
+    api = client_for(a)
+    asg = open_assignment(a, project)
+    # Bodies off the fast path get the serializer's rules: a word is not a number of seconds ...
+    r = api.post(answer_url(asg.pk), {"label": 1, "seconds": "soon"}, format="json")
+    assert r.status_code == 400 and "seconds" in r.json()["detail"]
+    # ... a numeric string is, and an unknown key is ignored.
+    r = api.post(answer_url(asg.pk), {"label": 1, "seconds": "1.5", "x": 1}, format="json")
+    assert r.status_code == 201, r.content
+    stored = Annotation.objects.get(assignment=asg)
+    assert stored.seconds == 1.5 and r.json() == AnnotationOutSerializer(stored).data == annotation_payload(stored)
+    asg = open_assignment(a, project)  # the fast path, with an int number of seconds
+    r = api.post(answer_url(asg.pk), {"label": 0, "seconds": 2}, format="json")
+    assert r.status_code == 201, r.content
+    stored = Annotation.objects.get(assignment=asg)
+    assert stored.seconds == 2.0 and r.json() == AnnotationOutSerializer(stored).data == annotation_payload(stored)
