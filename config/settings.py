@@ -164,9 +164,10 @@ API_THROTTLE_USER = os.environ.get("API_THROTTLE_USER", "3000/minute").strip()
 API_THROTTLE_ANON = None if API_THROTTLE_ANON.lower() in ("", "off", "0") else API_THROTTLE_ANON
 API_THROTTLE_USER = None if API_THROTTLE_USER.lower() in ("", "off", "0") else API_THROTTLE_USER
 REST_FRAMEWORK = {
+    # Token first: a scripted request (an Authorization header) then never loads a session.
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.SessionAuthentication",
         "labeling.authentication.TokenAuthentication",  # DRF's, plus the annotator check in one query
+        "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     # Rates per client (anonymous: per IP; signed in: per user), counted in the cache (per process

@@ -39,7 +39,15 @@ def _token_sql(vendor: str) -> str:
 
 
 class TokenAuthentication(authentication.TokenAuthentication):
-    """``Authorization: Token <key>``, as DRF's, plus the annotator-group flag on the user."""
+    """``Authorization: Token <key>``, as DRF's, plus the annotator-group flag on the user.
+
+    It runs before session authentication (a scripted request then never loads a session) but
+    keeps the API's answers as they were with sessions first: no ``WWW-Authenticate`` challenge,
+    so a request without valid credentials gets 403, not 401.
+    """
+
+    def authenticate_header(self, request):
+        return None
 
     def authenticate_credentials(self, key):
         model = self.get_model()
