@@ -640,7 +640,7 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=float, default=3.0, help="unmeasured load before each measured run (default 3)")
     p.add_argument("--users", type=int, default=50, help="concurrent simulated annotators (default 50)")
     p.add_argument("--per-user", type=int, default=None,
-                   help="open first-label assignments per annotator (default: enough for ~600 submits/s)")
+                   help="open first-label assignments per annotator (default: enough for ~450 submits/s; every config run answers into the same batch, so run one config per invocation to compare them on equal terms)")
     p.add_argument("--secured", type=int, default=2, help="secured items left open so the batch never completes")
     p.add_argument("--config", type=parse_config, action="append", metavar="CLASS:WORKERS:THREADS",
                    help="gunicorn worker class, workers and threads; repeatable "
@@ -661,7 +661,7 @@ def main(argv=None) -> int:
         import psycopg  # noqa: F401
     except ImportError as exc:
         p.error(f"{exc.name} is missing: {Path(sys.executable).parent}/pip install aiohttp 'psycopg[binary]'")
-    per_user = args.per_user or max(20, math.ceil(600 * (args.seconds + args.warmup) * len(configs) / args.users) + 1)
+    per_user = args.per_user or max(20, math.ceil(450 * (args.seconds + args.warmup) * len(configs) / args.users) + 1)
 
     def on_term(signum, frame):
         raise KeyboardInterrupt

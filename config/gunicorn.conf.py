@@ -3,11 +3,11 @@
 Every value can be overridden by an environment variable (below) or on the command line
 (command-line flags win). Default: ``gthread`` workers, two per core (at most 8), 8 threads
 each, which keep-alive connections and slow clients cannot starve. On an idle 2-core machine
-``bench/bench_submit.py`` (50 annotators against gunicorn + PostgreSQL, README "Benchmarks")
-measured ``sync`` 6 x 1 ahead of gthread 4 x 8 (258-273 vs 249-261 submits/s closed loop, p95
-243-259 vs 368-511 ms): no GIL hand-offs between threads. Sync workers need a buffering proxy
-(nginx) in front, since a slow client holds a whole worker; behind one, set
-``GUNICORN_WORKER_CLASS=sync GUNICORN_WORKERS=6``. Each thread keeps its own database
+``bench/bench_submit.py`` (50 annotators pausing 150 ms, README "Submit throughput") measured
+``sync`` 4 x 1 and ``gthread`` 3 x 1 at about 300 submits/s with p95 31-70 ms, the default
+``gthread`` 4 x 8 at 270/s with p95 105 ms: no GIL hand-offs between threads. Sync workers need a
+buffering proxy (nginx) in front, since a slow client holds a whole worker; behind one, set
+``GUNICORN_WORKER_CLASS=sync GUNICORN_WORKERS=4``. Each thread keeps its own database
 connection (``DB_CONN_MAX_AGE``), so workers x threads must stay below PostgreSQL's
 ``max_connections`` (100 by default) minus the Celery workers'.
 """
@@ -37,3 +37,13 @@ graceful_timeout = _int("GUNICORN_GRACEFUL_TIMEOUT", 30)
 accesslog = os.environ.get("GUNICORN_ACCESS_LOG") or None  # e.g. "-" for stdout; off by default (CPU)
 errorlog = os.environ.get("GUNICORN_ERROR_LOG", "-")
 loglevel = os.environ.get("GUNICORN_LOG_LEVEL", "info")
+
+
+def post_worker_init(worker):
+    """Move everything the worker loaded (Django, the app, numpy, torch ...) out of the garbage
+    collector's generations: full collections then walk only request garbage, so the pauses
+    that showed up in the submit benchmark's p95 get short."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
