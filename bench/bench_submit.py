@@ -496,6 +496,8 @@ class Bench:
         port = free_port()
         # the project's settings file (keep-alive, timeouts), with this run's workers and threads
         if worker_class == "granian":
+            if not (Path(sys.executable).parent / "granian").exists():
+                raise RuntimeError(f"--config granian needs granian: {Path(sys.executable).parent}/pip install granian")
             # granian (Rust HTTP server, WSGI interface): keep-alive, threads per worker block on the DB
             cmd = [str(Path(sys.executable).parent / "granian"), "--interface", "wsgi", "--host", "127.0.0.1",
                    "--port", str(port), "--workers", str(workers), "--blocking-threads", str(threads),
