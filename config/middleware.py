@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import logging
 
+from csp import middleware as _csp_middleware
+from django.core.signals import setting_changed
 from django.db import InterfaceError, OperationalError
 from django.http import HttpResponse, JsonResponse
 
@@ -108,3 +110,47 @@ class RequestSizeLimitMiddleware:
                 f"<h1>Request too large</h1><p>{message}</p></body></html>",
                 status=413, content_type="text/html; charset=utf-8")
         return self.get_response(request)
+
+
+class CSPMiddleware(_csp_middleware.CSPMiddleware):
+    """django-csp's middleware, with the settings' policy built once instead of per response.
+
+    django-csp rebuilds the header from settings on every response (dataclasses turned into
+    dicts into a string), a tenth of an annotator's answer request outside the database. The
+    headers only vary when a view overrides the policy (``csp_update`` and friends), a template
+    used a nonce, or paths are excluded: those responses, and DEBUG, take django-csp's own path.
+    The cache is dropped when a test changes the CSP settings.
+    """
+
+    _OVERRIDES = ("_csp_config", "_csp_update", "_csp_replace", "_csp_exempt",
+                  "_csp_config_ro", "_csp_update_ro", "_csp_replace_ro", "_csp_exempt_ro")
+    _static: list[tuple[str, str]] | None = None
+
+    def process_response(self, request, response):
+        from django.conf import settings
+
+        if (settings.DEBUG or getattr(request, "_csp_nonce", None) is not None
+                or any(hasattr(response, name) for name in self._OVERRIDES)
+                or any((getattr(settings, s, None) or {}).get("EXCLUDE_URL_PREFIXES")
+                       for s in ("CONTENT_SECURITY_POLICY", "CONTENT_SECURITY_POLICY_REPORT_ONLY"))):
+            return super().process_response(request, response)
+        static = CSPMiddleware._static
+        if static is None:
+            probe = HttpResponse()
+            super().process_response(request, probe)
+            static = CSPMiddleware._static = [(h, probe[h]) for h in (_csp_middleware.HEADER,
+                                                                        _csp_middleware.HEADER_REPORT_ONLY) if h in probe]
+        for header, value in static:
+            if header not in response:
+                response[header] = value
+        # as django-csp does: a nonce asked for after the header went out is an error, not a silent gap
+        request.csp_nonce = _csp_middleware.CheckableLazyObject(self._csp_nonce_post_response)
+        return response
+
+
+def _forget_csp(setting, **kwargs):
+    if setting.startswith("CONTENT_SECURITY_POLICY") or setting == "DEBUG":
+        CSPMiddleware._static = None
+
+
+setting_changed.connect(_forget_csp)

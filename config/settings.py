@@ -89,7 +89,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
-    "csp.middleware.CSPMiddleware",
+    "config.middleware.CSPMiddleware",  # django-csp's, with the static policy built once
     # Turns a locked-out login (too many failures) into a 429 with a clear message.
     "axes.middleware.AxesMiddleware",
     "config.middleware.DatabaseUnavailableMiddleware",  # DB down: a clear 503, not a traceback

@@ -67,3 +67,18 @@ def answer_open(project: Project, *, truthful=True, wrong_for=()) -> int:
 
 def random_images(n: int, size: int = 8, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, size=(n, size, size, 1), dtype=np.uint8)
+
+
+def poll_js(page, expression: str, timeout: float = 20.0) -> None:
+    """Wait until a JS expression is truthy in a Playwright page.
+
+    ``page.wait_for_function`` evaluates strings with ``eval`` once it has to poll, which the
+    site's CSP forbids (an intermittent failure); ``page.evaluate`` goes through the debugger
+    protocol, which CSP does not govern.
+    """
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not page.evaluate(expression):
+        assert time.monotonic() < deadline, f"timed out waiting for {expression}"
+        page.wait_for_timeout(50)

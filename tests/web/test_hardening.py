@@ -20,7 +20,7 @@ from labeling.models import Assignment, Project
 from tests.conftest import REPO_ROOT
 from tests.web.factories import (PASSWORD, AnnotatorFactory, AssignmentFactory, ItemFactory, ProjectFactory,
                                  QueryBatchFactory, StaffFactory)
-from tests.web.labeling_support import labeling_dirs  # noqa: F401
+from tests.web.labeling_support import labeling_dirs, poll_js  # noqa: F401
 from tests.web.test_labeling_browser import browser_page  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.django_db
@@ -270,6 +270,42 @@ def test_only_the_swagger_page_may_load_its_cdn(work):
     assert "https://cdn.jsdelivr.net" not in home["script-src"]
 
 
+def test_csp_built_once_matches_django_csp_and_follows_settings(settings, rf):
+    """Our CSP middleware caches the static policy; it must write what django-csp writes, and a
+    settings change (or a nonce, or a per-view override) must not be served from the cache."""
+    from csp.middleware import CSPMiddleware as DjangoCSP
+    from django.http import HttpResponse
+
+    from config.middleware import CSPMiddleware
+
+    def headers(middleware_class, mutate=None):
+        mw = middleware_class(lambda request: HttpResponse())
+        request = rf.get("/x/")
+        mw.process_request(request)
+        response = HttpResponse()
+        if mutate:
+            mutate(request, response)
+        mw.process_response(request, response)
+        return response.get("Content-Security-Policy"), response.get("Content-Security-Policy-Report-Only")
+
+    assert headers(CSPMiddleware) == headers(DjangoCSP) and headers(CSPMiddleware)[0]
+    assert headers(CSPMiddleware) == headers(CSPMiddleware)  # from the cache
+    settings.CONTENT_SECURITY_POLICY = {"DIRECTIVES": {"default-src": ["'none'"]}}
+    settings.CONTENT_SECURITY_POLICY_REPORT_ONLY = {"DIRECTIVES": {"img-src": ["'self'"]}}
+    changed = headers(CSPMiddleware)
+    assert changed == headers(DjangoCSP) and changed[0] == "default-src 'none'" and "img-src 'self'" in changed[1]
+    from csp.constants import NONCE
+    settings.CONTENT_SECURITY_POLICY = {"DIRECTIVES": {"default-src": ["'none'"], "script-src": ["'self'", NONCE]}}
+    assert "nonce-" not in headers(CSPMiddleware)[0]
+    with_nonce = headers(CSPMiddleware, lambda request, response: str(request.csp_nonce))
+    assert "'nonce-" in with_nonce[0]  # a page that used its nonce gets it in its header ...
+    assert "nonce-" not in headers(CSPMiddleware)[0]  # ... and only that page
+    widened = headers(CSPMiddleware, lambda request, response: setattr(
+        response, "_csp_update", {"script-src": ["https://cdn.example"]}))
+    assert "https://cdn.example" in widened[0]
+    assert "https://cdn.example" not in headers(CSPMiddleware)[0]  # the override did not leak into the cache
+
+
 @pytest.mark.browser
 def test_annotate_page_runs_under_the_csp_without_violations(labeling_dirs, live_server, browser_page):
     """The real page in Chromium: the CSP blocks nothing the page needs (no violation reported)."""
@@ -284,13 +320,13 @@ def test_annotate_page_runs_under_the_csp_without_violations(labeling_dirs, live
     page.fill("#id_password", PASSWORD)
     page.click("button[type=submit]")
     page.wait_for_selector("#work:not([hidden]) #image")
-    page.wait_for_function("document.getElementById('image').naturalWidth > 0")
+    poll_js(page, "document.getElementById('image').naturalWidth > 0")
     assert not violations, violations
     # and the policy is enforced: an injected inline script does not run, and the browser says why
     page.evaluate("() => { window.__csp = []; document.addEventListener('securitypolicyviolation',"
                   " e => window.__csp.push(e.effectiveDirective));"
                   " const s = document.createElement('script'); s.textContent = 'window.__injected = 1';"
                   " document.head.appendChild(s); }")
-    page.wait_for_function("window.__csp.length > 0")
+    poll_js(page, "window.__csp.length > 0")
     assert page.evaluate("window.__injected === undefined")
     assert page.evaluate("window.__csp") == ["script-src-elem"]

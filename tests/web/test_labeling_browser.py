@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
 
 import pytest
 
 from labeling import services
 from labeling.models import Assignment, Project, QueryBatch
 from tests.web.factories import PASSWORD, AnnotatorFactory
-from tests.web.labeling_support import digits_project, labeling_dirs  # noqa: F401
+from tests.web.labeling_support import digits_project, labeling_dirs, poll_js  # noqa: F401
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -71,11 +70,7 @@ def test_annotator_labels_a_batch_with_the_keyboard_and_the_next_batch_appears(
     assert page.locator(".class-button .class-name").all_inner_texts() == ["0", "1", "2"]
 
     def until(expression: str, timeout: float = 20.0):
-        """Poll a JS expression (page.wait_for_function evals strings, which the site's CSP forbids)."""
-        deadline = time.monotonic() + timeout
-        while not page.evaluate(expression):
-            assert time.monotonic() < deadline, f"timed out waiting for {expression}"
-            page.wait_for_timeout(50)
+        poll_js(page, expression, timeout)
 
     def shown() -> Assignment:
         until("document.getElementById('annotate').dataset.assignment !== ''")

@@ -9,7 +9,7 @@ import pytest
 from labeling import services
 from labeling.models import LabelerProfile, QueryBatch
 from tests.web.factories import PASSWORD
-from tests.web.labeling_support import annotators, answer_open, digits_project, labeling_dirs, staff  # noqa: F401
+from tests.web.labeling_support import annotators, answer_open, digits_project, labeling_dirs, poll_js, staff  # noqa: F401
 from tests.web.test_labeling_browser import browser_page  # noqa: F401
 from trust.models import TrustEvent
 
@@ -48,8 +48,8 @@ def test_staff_reviews_a_flagged_labeler_in_the_browser(labeling_dirs, annotator
     assert page.locator("table.confusion tbody tr").count() == 3  # 3 classes
     figures = page.locator("#disputed figure.disputed-item")
     assert figures.count() >= 1
-    page.wait_for_function("Array.from(document.querySelectorAll('#disputed img'))"
-                           ".every(i => i.complete && i.naturalWidth > 0)")
+    poll_js(page, "Array.from(document.querySelectorAll('#disputed img'))"
+                  ".every(i => i.complete && i.naturalWidth > 0)")
     caption = figures.first.inner_text()
     assert "original:" in caption and "re-annotations:" in caption and "model confidence" in caption
     assert page.locator("#history tbody tr").count() >= 2
