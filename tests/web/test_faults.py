@@ -67,15 +67,17 @@ def producer_to(worker: WorkerProcess):
     """Publish from this process to the worker's broker.
 
     Celery prefers the ``CELERY_BROKER_URL`` environment variable over ``app.conf.broker_url``, so
-    both are switched. Pools are emptied but not marked closed: kombu keeps them in a global
-    registry per URL, and a closed one would break later publishers to the same URL.
+    both are switched. kombu keeps connection and producer pools in a global registry per URL:
+    it is cleared (every pool closed and forgotten), so that later publishers get fresh pools.
+    Emptying a pool while keeping it registered left it with no connections to hand out, and
+    the next test that published to the same URL blocked forever.
     """
+    from kombu import pools
+
     from config.celery import app
 
     def reset():
-        for pool in (app._pool, app.amqp._producer_pool):
-            if pool is not None:
-                pool.force_close_all(close_pool=False)
+        pools.reset()
         app._pool = None
         app.amqp._producer_pool = None
 
