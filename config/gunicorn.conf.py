@@ -4,8 +4,8 @@ Every value can be overridden by an environment variable (below) or on the comma
 (command-line flags win). Default: ``gthread`` workers, two per core (at most 8), 8 threads
 each, which keep-alive connections and slow clients cannot starve. On an idle 2-core machine
 ``bench/bench_submit.py`` (50 annotators pausing 150 ms, README "Submit throughput") measured
-``sync`` 4 x 1 and ``gthread`` 3 x 1 at about 300 submits/s with p95 31-70 ms, the default
-``gthread`` 4 x 8 at 270/s with p95 105 ms: no GIL hand-offs between threads. Sync workers need a
+``sync`` 4 x 1 and ``gthread`` 3 x 1 at 304-310 submits/s with p95 39-59 ms, the default
+``gthread`` 4 x 8 at 294/s with p95 66 ms: no GIL hand-offs between threads. Sync workers need a
 buffering proxy (nginx) in front, since a slow client holds a whole worker; behind one, set
 ``GUNICORN_WORKER_CLASS=sync GUNICORN_WORKERS=4``. Each thread keeps its own database
 connection (``DB_CONN_MAX_AGE``), so workers x threads must stay below PostgreSQL's
