@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 
 from csp import middleware as _csp_middleware
+from django.conf import settings
 from django.core.signals import setting_changed
 from django.db import InterfaceError, OperationalError
 from django.http import HttpResponse, JsonResponse
@@ -58,8 +59,6 @@ def login_locked_out(request, original_response=None, credentials=None):
     JSON for the API (``/api/token/``), a short HTML page for the login forms; ``Retry-After``
     says when the lock lifts on its own.
     """
-    from django.conf import settings
-
     seconds = int(float(getattr(settings, "AXES_COOLOFF_TIME", 0) or 0) * 3600)
     message = LOGIN_LOCKED_MESSAGE.format(minutes=max(1, round(seconds / 60)))
     if request.path.startswith("/api/") or "application/json" in request.headers.get("Accept", ""):
@@ -92,8 +91,6 @@ class RequestSizeLimitMiddleware:
         self.get_response = get_response
 
     def __call__(self, request):
-        from django.conf import settings
-
         try:
             length = int(request.META.get("CONTENT_LENGTH") or 0)
         except ValueError:
@@ -127,8 +124,6 @@ class CSPMiddleware(_csp_middleware.CSPMiddleware):
     _static: list[tuple[str, str]] | None = None
 
     def process_response(self, request, response):
-        from django.conf import settings
-
         if (settings.DEBUG or getattr(request, "_csp_nonce", None) is not None
                 or any(hasattr(response, name) for name in self._OVERRIDES)
                 or any((getattr(settings, s, None) or {}).get("EXCLUDE_URL_PREFIXES")

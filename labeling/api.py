@@ -115,13 +115,17 @@ def _plain_answer(data) -> tuple[object, float | None] | None:
     """(label, seconds) of a well-formed answer body, or None to let the serializer decide.
 
     The annotators' hot path: building DRF serializers costs more CPU than the database write
-    (fields are deep-copied per instance). Accepts exactly what ``AnswerInSerializer`` accepts
-    as valid (label: any JSON, checked by the service; seconds: absent, null or a number >= 0).
+    (fields are deep-copied per instance). Takes only bodies ``AnswerInSerializer`` accepts
+    unchanged (label: any JSON, checked by the service; seconds: absent, null, or a finite
+    float or an int below 2**53, >= 0); anything else, e.g. an int too large for a float,
+    gets the serializer's own message.
     """
     if type(data) is not dict or "label" not in data or not data.keys() <= {"label", "seconds"}:
         return None
     seconds = data.get("seconds")
-    if seconds is not None and not (type(seconds) in (int, float) and seconds >= 0 and math.isfinite(seconds)):
+    if seconds is not None and not (
+            (type(seconds) is int and 0 <= seconds < 2**53)
+            or (type(seconds) is float and seconds >= 0 and math.isfinite(seconds))):
         return None
     return data["label"], (float(seconds) if seconds is not None else None)
 

@@ -40,7 +40,7 @@ def prepared_cursor():
         # own queries unprepared and prepares exactly the ones run through this cursor.
         raw.prepare_threshold = _ONLY_WHEN_ASKED
     with connection.wrap_database_errors:
-        cursor = connection._prepare_cursor(_preparing_cursor_class()(connection.connection))
+        cursor = connection._prepare_cursor(_preparing_cursor_class()(raw))
     with cursor:
         yield cursor
 

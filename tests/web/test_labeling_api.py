@@ -293,6 +293,9 @@ def test_answer_payload_is_the_documented_serializer_output(project, annotators)
     # Bodies off the fast path get the serializer's rules: a word is not a number of seconds ...
     r = api.post(answer_url(asg.pk), {"label": 1, "seconds": "soon"}, format="json")
     assert r.status_code == 400 and "seconds" in r.json()["detail"]
+    # ... nor an integer too large for a float (a 400, not a 500) ...
+    r = api.post(answer_url(asg.pk), '{"label": 1, "seconds": 1' + "0" * 400 + "}", content_type="application/json")
+    assert r.status_code == 400 and "seconds" in r.json()["detail"]
     # ... a numeric string is, and an unknown key is ignored.
     r = api.post(answer_url(asg.pk), {"label": 1, "seconds": "1.5", "x": 1}, format="json")
     assert r.status_code == 201, r.content
