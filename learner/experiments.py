@@ -10,7 +10,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +51,8 @@ class ExperimentSpec:
     poison_impl: str = "fast"  # "fast" (batched torch) or "art" (ART's FeatureCollisionAttack)
     poison_max_iter: int = 120
     poison_max_attempts: int | None = None
+    poison_min_confidence: float = 0.0  # targets the clean full-pool head gets right at least this surely
+    poison_control: bool = True  # also run every strategy on the clean pool, watching the same targets
 
     def __post_init__(self):
         if self.scenario not in SCENARIOS:
@@ -147,7 +149,7 @@ def _prepare_poisons(spec: ExperimentSpec, prepared: PreparedData, ds, backbone,
         base_images=bx, base_labels=by, n_classes=len(ds.classes), data_fingerprint=ds.fingerprint,
         n_targets=spec.poison_targets, n_bases=spec.poison_bases, watermarks=tuple(spec.poison_watermarks),
         max_attempts=spec.poison_max_attempts, impl=spec.poison_impl, max_iter=spec.poison_max_iter,
-        seed=spec.seed, head=spec.loop.head, progress=progress,
+        seed=spec.seed, head=spec.loop.head, min_target_confidence=spec.poison_min_confidence, progress=progress,
     )
     if not sets:
         raise ValueError(f"no poison set succeeded against the full poisoned pool in {len(attempts)} attempts")
@@ -184,8 +186,10 @@ def split_strategy(name: str, default_defence: str | None = None) -> tuple[str, 
 
 
 def labeler_pool(spec: ExperimentSpec, classes: tuple[str, ...]) -> LabelerPool:
-    """The simulated crowd of the scenario."""
-    if spec.scenario == "benign":
+    """The simulated crowd of the scenario: honest labelers with error rate pr, plus
+    ``n_malicious`` malicious ones in the malicious scenario only (the paper's poisoning
+    experiment, Table V, has honest labelers: the attack is in the pool, not in the crowd)."""
+    if spec.scenario in ("benign", "poison"):
         return LabelerPool.build(len(classes), n_labelers=spec.n_labelers, error_rate=spec.error_rate)
     names = spec.mapping or {k: v for k, v in DEFAULT_MAPPINGS.items() if k in classes and v in classes}
     if not names:
@@ -232,8 +236,10 @@ def run_experiment(spec: ExperimentSpec, progress: bool = True, prepared: Prepar
     labelers = labeler_pool(spec, prepared.classes)
     results: dict[str, list[RunResult]] = {}
     seconds: dict[str, float] = {}
-    bar = tqdm(total=spec.runs * len(spec.strategies), desc=f"simulate {spec.scenario}",
-               unit="run", disable=not progress)
+    control: dict[str, list[bool]] = {}
+    with_control = bool(prepared.poison_sets) and spec.poison_control
+    bar = tqdm(total=spec.runs * len(spec.strategies) * (2 if with_control else 1),
+               desc=f"simulate {spec.scenario}", unit="run", disable=not progress)
     for name in spec.strategies:
         strategy, defence = split_strategy(name, spec.loop.defence)
         config = LoopConfig(**{**asdict(spec.loop), "head": spec.loop.head, "trust": spec.loop.trust,
@@ -255,6 +261,17 @@ def run_experiment(spec: ExperimentSpec, progress: bool = True, prepared: Prepar
                 on_run(name, res)
         results[name] = out
         seconds[name] = time.perf_counter() - start
+        if with_control:
+            # The same runs on the clean pool, watching the same targets: how often the learner
+            # gets a target wrong on its own (the floor under any attack success rate).
+            sets = prepared.poison_sets
+            jobs = [delayed(_one_run)(replace(data, watch_features=sets[r % len(sets)].target_features[None]
+                                              .astype(np.float32)), config, labelers, spec.seed + r)
+                    for r in range(spec.runs)]
+            control[name] = []
+            for i, res in enumerate(Parallel(n_jobs=spec.jobs, return_as="generator")(jobs)):
+                control[name].append(bool(res.watch_predictions[0] == sets[i % len(sets)].base_label))
+                bar.update(1)
     bar.close()
     poison = None
     if prepared.poison_sets:
@@ -265,11 +282,31 @@ def run_experiment(spec: ExperimentSpec, progress: bool = True, prepared: Prepar
                    for i, r in enumerate(runs)]
             for name, runs in results.items()
         }
+        n_clean = len(data.pool_labels)
+        for name, runs in results.items():
+            for i, (r, h) in enumerate(zip(runs, hits[name])):
+                h["poisons_quarantined"] = sum(1 for j in r.quarantined if j >= n_clean)
+                h["natural_quarantined"] = sum(1 for j in r.quarantined if j < n_clean)
+                if name in control:
+                    h["hit_without_poisons"] = control[name][i]
         poison = {"sets": [{"target_index": s.target_index, "target_label": s.target_label,
                             "base_label": s.base_label, "watermark": s.watermark,
                             "feature_distance": s.feature_distance, "seconds": s.seconds} for s in sets],
                   "attempts": prepared.poison_attempts, "hits": hits, "seconds": prepared.poison_seconds}
     return ExperimentResult(spec, prepared.classes, target, cap, results, seconds, prepared.seconds, poison)
+
+
+def control_misclassification(result: ExperimentResult) -> dict[str, float]:
+    """Share of clean-pool control runs whose final model put the target into the base class
+    anyway (no poison), per strategy: the floor under :func:`attack_success`."""
+    if not result.poison:
+        return {}
+    out = {}
+    for name, hits in result.poison["hits"].items():
+        flags = [h["hit_without_poisons"] for h in hits if "hit_without_poisons" in h]
+        if flags:
+            out[name] = float(np.mean(flags))
+    return out
 
 
 def attack_success(result: ExperimentResult) -> dict[str, float]:

@@ -61,6 +61,9 @@ class LiveConfig:
     overshoot: float = 0.02
     n_clusters: int = 10
     candidate_factor: float = 3.0
+    # "density": never query items of an abnormally dense feature-space cluster (feature-collision
+    # poisons; learner.defences.dense_cluster_mask); "none": query from the whole pool
+    pool_defence: str = "none"
     backbone: str = "flatten"
     weights: str | None = None
     feature_size: int = 32
@@ -151,6 +154,8 @@ class LiveConfig:
             bad = sorted(set(self.augment) - set(ATTACKS))
             if bad:
                 raise ValueError(f"unknown augmentation(s) {bad}; choose from {list(ATTACKS)}")
+        if self.pool_defence not in ("none", "density"):
+            raise ValueError(f"pool_defence must be 'none' or 'density', got {self.pool_defence!r}")
         if self.backbone not in BACKBONE_NAMES:
             raise ValueError(f"backbone must be one of {BACKBONE_NAMES}, got {self.backbone!r}")
 
@@ -339,10 +344,38 @@ def select_batch(cfg: LiveConfig, features: np.ndarray, blocked: np.ndarray, lab
             _STRATEGY_CACHE[key] = strategy
     if hasattr(strategy, "labels_of_labeled"):
         strategy.labels_of_labeled = np.asarray(labels, dtype=np.int64)
+    blocked = np.asarray(blocked, dtype=bool)
+    if cfg.pool_defence != "none":
+        blocked = blocked | quarantined_items(cfg, features, cache_key=cache_key)
     context = QueryContext(item_perturbations=dict(perturbations or {}))
     rng = np.random.default_rng(seed)
-    chosen = strategy.query(features, np.asarray(blocked, dtype=bool), model, k, rng=rng, context=context)
+    chosen = strategy.query(features, blocked, model, k, rng=rng, context=context)
     return np.asarray(chosen, dtype=np.int64)
+
+
+_QUARANTINE_CACHE: dict = {}
+
+
+def quarantined_items(cfg: LiveConfig, features: np.ndarray, *, cache_key: str | None = None) -> np.ndarray:
+    """Mask of the pool items the project's pool defence keeps from labelers (all False for "none").
+
+    Computed on standardised features; cached per ``cache_key`` (the features file) because the
+    pool's features do not change between batches.
+    """
+    from .defences import quarantine
+    from .heads import fit_standardizer
+
+    if cfg.pool_defence == "none":
+        return np.zeros(len(features), dtype=bool)
+    key = (cache_key, cfg.pool_defence, len(features))
+    if cache_key and key in _QUARANTINE_CACHE:
+        return _QUARANTINE_CACHE[key]
+    mean, scale = fit_standardizer(features)
+    mask = quarantine(cfg.pool_defence, (np.asarray(features, dtype=np.float64) - mean) / scale)
+    if cache_key:
+        _QUARANTINE_CACHE.clear()
+        _QUARANTINE_CACHE[key] = mask
+    return mask
 
 
 def random_items(candidates: np.ndarray, k: int, seed: int) -> np.ndarray:
@@ -494,7 +527,7 @@ def extract(images_uint8: np.ndarray, cfg: LiveConfig) -> np.ndarray:
 
 __all__ = [
     "LiveConfig", "train_model", "accuracy_on", "performance_dropped", "audit", "craft",
-    "select_batch", "random_items", "spread", "choose_distinct", "save_model", "load_model",
+    "select_batch", "quarantined_items", "random_items", "spread", "choose_distinct", "save_model", "load_model",
     "save_artificial", "load_artificial", "plan_chunks", "features_key", "assemble_chunks",
     "save_array", "extract", "rng_for", "min_perturbation", "class_probabilities",
 ]

@@ -20,6 +20,7 @@ import numpy as np
 from trust import scoring
 from trust.scoring import LabelerTrust, Outcome, Status, TrustPolicy
 
+from .defences import POOL_DEFENCES, quarantine
 from .heads import HeadConfig, LinearHead, accuracy, fit_standardizer, train_head
 from .oracles import LabelerPool
 from .strategies import QueryContext, RobustMinimax, make_strategy
@@ -117,6 +118,7 @@ class RunResult:
     label_accuracy: float  # share of training labels that are correct (resolved)
     watch_predictions: list[int] | None = None  # final model on LoopData.watch_features
     defence_dropped: int = 0  # labeled items the defence left out of the last training
+    quarantined: list[int] = field(default_factory=list)  # pool items a pool-level defence kept out
 
     @property
     def reached(self) -> bool:
@@ -134,6 +136,7 @@ class _Run:
         self.labeler_of = np.full(n, -1, dtype=np.int64)  # whose label it is (-1: consensus/admin)
         self.discarded = np.zeros(n, dtype=bool)
         self.secured = np.zeros(n, dtype=bool)
+        self.quarantined = np.zeros(n, dtype=bool)  # a pool-level defence keeps these from everyone
         self.artificial: dict[int, np.ndarray] = {}  # pool index -> artificial feature rows
         self.trust = {i: LabelerTrust() for i in labelers.ids}
         self.standardizer = fit_standardizer(data.pool_features)
@@ -183,7 +186,7 @@ class _Run:
 
     # ---- secured set ---------------------------------------------------------------------
     def build_secured_set(self) -> None:
-        free = np.flatnonzero(~self.labeled_mask() & ~self.secured & ~self.discarded)
+        free = np.flatnonzero(~self.labeled_mask() & ~self.secured & ~self.discarded & ~self.quarantined)
         k = min(self.cfg.secured_size, len(free), max(self.budget - self.bought, 0))
         if k <= 0:
             return
@@ -334,9 +337,13 @@ class _Run:
 
     def run(self) -> RunResult:
         cfg = self.cfg
+        if cfg.defence in POOL_DEFENCES:
+            mean, scale = self.standardizer
+            self.quarantined = quarantine(cfg.defence, (self.data.pool_features - mean) / scale)
         if cfg.defenses:
             self.build_secured_set()
-        pool_free = lambda: np.flatnonzero(~self.labeled_mask() & ~self.secured & ~self.discarded)  # noqa: E731
+        pool_free = lambda: np.flatnonzero(  # noqa: E731
+            ~self.labeled_mask() & ~self.secured & ~self.discarded & ~self.quarantined)
         first = self.rng.choice(pool_free(), size=min(cfg.initial_size, len(pool_free()),
                                                       self.budget - self.bought), replace=False)
         self.label_items(first)
@@ -353,7 +360,7 @@ class _Run:
                 break
             if cfg.defenses and cfg.secured_refresh and it % cfg.secured_refresh == 0:
                 self.build_secured_set()
-            blocked = self.labeled_mask() | self.secured | self.discarded
+            blocked = self.labeled_mask() | self.secured | self.discarded | self.quarantined
             if hasattr(self.strategy, "labels_of_labeled"):
                 self.strategy.labels_of_labeled = self.labels
             context = QueryContext(item_perturbations=self.perturbations, budget_left=self.budget - self.bought)
@@ -407,6 +414,7 @@ class _Run:
             watch_predictions=(model.predict(self.data.watch_features).tolist()
                                if self.data.watch_features is not None else None),
             defence_dropped=self.defence_dropped,
+            quarantined=np.flatnonzero(self.quarantined).tolist(),
         )
 
     def _target_reached(self) -> int | None:

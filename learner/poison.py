@@ -295,14 +295,16 @@ def make_poison_sets(
     max_iter: int = 120,
     seed: int = 0,
     head: HeadConfig | None = None,
+    min_target_confidence: float = 0.0,
     use_cache: bool = True,
     progress: bool = False,
     log=None,
 ) -> tuple[list[PoisonSet], list[dict]]:
     """Craft poison sets until ``n_targets`` succeed (or ``max_attempts`` targets were tried).
 
-    Targets are test images the clean full-pool head classifies correctly, drawn in a seeded
-    order, alternating classes. The bases of a target are the first ``n_bases`` images of
+    Targets are test images the clean full-pool head classifies correctly (with at least
+    ``min_target_confidence`` probability on their class), drawn in a seeded order, alternating
+    classes. The bases of a target are the first ``n_bases`` images of
     ``base_images`` of another class (the paper: "first 50 training instances from a different
     class"); pass training images that are *not* in the pool, so poisons are new items. For each
     target the watermarks are tried in increasing order (the paper: 0.1-0.3 by difficulty) and the
@@ -332,6 +334,10 @@ def make_poison_sets(
     seed : int, default 0
     head : HeadConfig, optional
         Head used by the success check (the loop's).
+    min_target_confidence : float, default 0
+        Skip targets the clean head classifies with less probability on their class: a target
+        next to the boundary is misclassified by half-trained models without any poison, so its
+        "success" would measure the learner's own errors, not the attack.
     use_cache : bool, default True
     progress : bool, default False
     log : callable, optional
@@ -352,7 +358,9 @@ def make_poison_sets(
     max_attempts = max_attempts or 4 * n_targets
     clean = train_head(pool_features, pool_labels, n_classes, standardizer=fit_standardizer(pool_features),
                        config=head, seed=seed)
-    correct = np.flatnonzero(clean.predict(test_features) == test_labels)
+    proba = clean.predict_proba(test_features)
+    correct = np.flatnonzero((proba.argmax(axis=1) == test_labels)
+                             & (proba[np.arange(len(test_labels)), test_labels] >= min_target_confidence))
     rng = np.random.default_rng(seed)
     by_class = [rng.permutation(correct[test_labels[correct] == c]) for c in range(n_classes)]
     order = [int(i) for group in zip(*by_class) for i in group]  # alternate the target classes

@@ -266,3 +266,37 @@ def test_a_batch_whose_items_were_all_skipped_still_moves_on(project):
     # skipped items went back to the pool: they may be queried again
     assert selectors.pool_labels(project).blocked.sum() == 6  # only the secured set is blocked
     assert skipped  # (the strategy is free to pick them again)
+
+
+@pytest.mark.parametrize("pool_defence", ["none", "density"])
+def test_density_pool_defence_keeps_a_collided_cluster_out_of_every_batch(labeling_dirs, annotators, pool_defence):
+    """25 copies of one image (feature collision makes poisons share one feature vector) join a
+    digits pool; with ``pool_defence: density`` the next batch, big enough to take every free
+    item, skips them; without it, it takes them."""
+    import numpy as np
+
+    from labeling import importers
+    from learner.data import load_digits
+
+    project = digits_project(name=f"dense-{pool_defence}", n=60, start=False,
+                             config={"batch_size": 200, "budget": 400, "pool_defence": pool_defence})
+    base = load_digits(classes=["0", "1", "2"], pool_size=1, test_size=0, seed=3)
+    copies = np.repeat(base.x_pool, 25, axis=0)
+    report = importers.import_arrays(project=project, images=copies,
+                                     labels=np.repeat(base.y_pool, 25), sources=[f"copy-{i}" for i in range(25)],
+                                     upscale=4)
+    assert report.ok, report.errors
+    services.start_project(project=project)
+    project.refresh_from_db()
+    answer_open(project)
+    batch0 = QueryBatch.objects.get(project=project, iteration=0)
+    assert services.advance_loop(batch_id=batch0.pk).startswith("opened batch 1")
+    batch1 = QueryBatch.objects.get(project=project, iteration=1)
+    chosen_copies = batch1.assignments.filter(item__source__startswith="copy-").count()
+    unlabeled_copies = 25 - batch0.assignments.filter(item__source__startswith="copy-").count() - \
+        project.items.filter(source__startswith="copy-", is_secured=True).count()
+    assert unlabeled_copies > 0
+    if pool_defence == "density":
+        assert chosen_copies == 0
+    else:
+        assert chosen_copies == unlabeled_copies

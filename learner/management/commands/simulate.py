@@ -15,8 +15,8 @@ from django.core.management.base import BaseCommand, CommandError
 
 from learner import services
 from learner.defences import DEFENCES
-from learner.experiments import (SCENARIOS, ExperimentSpec, attack_success, format_table, run_experiment,
-                                 split_strategy, summary_table, write_outputs)
+from learner.experiments import (SCENARIOS, ExperimentSpec, attack_success, control_misclassification,
+                                 format_table, run_experiment, split_strategy, summary_table, write_outputs)
 from learner.heads import HeadConfig
 from learner.loop import ATTACKS, LoopConfig
 from learner.strategies import STRATEGIES
@@ -46,7 +46,7 @@ class Command(BaseCommand):
         g = parser.add_argument_group("experiment")
         g.add_argument("--scenario", choices=SCENARIOS, default="benign")
         g.add_argument("--strategies", default="random,margin,robust",
-                       help=f"comma-separated, from {', '.join(STRATEGIES)}; 'robust+dknn' adds a defence")
+                       help=f"comma-separated, from {', '.join(STRATEGIES)}; 'robust+density' or 'robust+dknn' adds a defence")
         g.add_argument("--runs", type=int, default=30)
         g.add_argument("--seed", type=int, default=0)
         g.add_argument("--jobs", type=int, default=1, help="parallel runs (processes)")
@@ -103,6 +103,10 @@ class Command(BaseCommand):
         df.add_argument("--poison-impl", choices=["fast", "art"], default="fast")
         df.add_argument("--poison-max-iter", type=int, default=120)
         df.add_argument("--poison-max-attempts", type=int, default=None)
+        df.add_argument("--poison-min-confidence", type=float, default=0.75,
+                        help="targets the clean full-pool head classifies at least this surely")
+        df.add_argument("--no-poison-control", action="store_true",
+                        help="skip the clean-pool control runs that watch the same targets")
         parser.add_argument("--no-progress", action="store_true")
 
     def handle(self, *args, **o):
@@ -142,6 +146,7 @@ class Command(BaseCommand):
                 poison_watermarks=tuple(float(w) for w in _csv(o["poison_watermarks"])),
                 poison_impl=o["poison_impl"], poison_max_iter=o["poison_max_iter"],
                 poison_max_attempts=o["poison_max_attempts"],
+                poison_min_confidence=o["poison_min_confidence"], poison_control=not o["no_poison_control"],
             )
         except ValueError as exc:
             raise CommandError(str(exc)) from exc
@@ -175,9 +180,16 @@ class Command(BaseCommand):
             for s in p["sets"]:
                 self.stdout.write(f"  target {s['target_index']} ({s['target_label']}->{s['base_label']}), "
                                   f"watermark {s['watermark']}, relative feature distance {s['feature_distance']:.3f}")
+            control = control_misclassification(result)
             for name, rate in attack_success(result).items():
                 hits = p["hits"][name]
-                self.stdout.write(f"attack success {name}: {rate:.1%} ({sum(h['hit'] for h in hits)}/{len(hits)} runs)")
+                line = f"attack success {name}: {rate:.1%} ({sum(h['hit'] for h in hits)}/{len(hits)} runs)"
+                if name in control:
+                    line += f"; target misclassified without poisons: {control[name]:.1%}"
+                quarantined = sum(h.get("poisons_quarantined", 0) for h in hits)
+                if quarantined:
+                    line += f"; poisons quarantined: {quarantined / len(hits):.1f} per run"
+                self.stdout.write(line)
         self.stdout.write(f"wall time {wall:.1f} s; outputs in {out_dir}")
         for key, path in files.items():
             self.stdout.write(f"  {key}: {path}")
