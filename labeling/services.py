@@ -810,7 +810,15 @@ def _plan_after_labeling(snap: _Snapshot, features: np.ndarray, features_file) -
     plan = _Plan()
     suspicious = np.empty(0, dtype=np.int64)
     if cfg.defenses_on and previous is not None:
-        confirmed, suspicious = live.audit(previous, features, labeled_now, pool.labels, cfg.audit_confidence)
+        contra = None
+        if cfg.audit_confidence is not None:
+            contra = np.array([
+                scoring.audit_threshold(snap.trust[int(pool.labeler_of[item])], cfg.audit_confidence,
+                                        cfg.audit_confidence_proven, cfg.audit_proven_after)
+                if int(pool.labeler_of[item]) in snap.trust else cfg.audit_confidence
+                for item in labeled_now], dtype=float)
+        confirmed, suspicious = live.audit(previous, features, labeled_now, pool.labels, cfg.audit_confidence,
+                                           contradiction_confidence=contra)
         policy = _policy(cfg)
         proba = live.class_probabilities(previous, features, confirmed)
         for item in confirmed:

@@ -55,8 +55,12 @@ class LiveConfig:
     tau: float | None = None
     defenses: bool | None = None
     audit_confidence: float | None = 0.5
+    # a labeler whose >= audit_proven_after checked labels mostly held is audited only at this
+    # confidence (trust.scoring.audit_threshold); null: every labeler at audit_confidence
+    audit_confidence_proven: float | None = 0.9
+    audit_proven_after: int = 10
     augment: tuple[str, ...] | None = None
-    augment_weight: float = 0.25
+    augment_weight: float = 0.1
     noise_variance: float = 0.3
     overshoot: float = 0.02
     n_clusters: int = 10
@@ -129,6 +133,8 @@ class LiveConfig:
         _float("target", 0.0, 1.0, none_ok=True)
         _float("tau", 0.0, 1e9, none_ok=True)
         _float("audit_confidence", 0.0, 1.0, none_ok=True)
+        _float("audit_confidence_proven", 0.0, 1.0, none_ok=True)
+        _int("audit_proven_after", 0, 1_000_000)
         _float("augment_weight", 0.0, 100.0)
         _float("noise_variance", 0.0, 100.0)
         _float("overshoot", 0.0, 10.0)
@@ -202,7 +208,7 @@ def rng_for(seed: int, *parts: int) -> np.random.Generator:
 
 
 def train_model(features: np.ndarray, labels: np.ndarray, weights: np.ndarray, n_classes: int, *,
-                artificial: dict[int, np.ndarray] | None = None, augment_weight: float = 0.25,
+                artificial: dict[int, np.ndarray] | None = None, augment_weight: float = 0.1,
                 standardizer=None, seed: int = 0):
     """Train the head on labeled items (``labels >= 0``) plus artificial rows of labeled items.
 
@@ -268,15 +274,17 @@ def performance_dropped(acc_new: float | None, acc_previous: float | None, epsil
 
 
 def audit(model, features: np.ndarray, items: np.ndarray, labels: np.ndarray,
-          confidence: float | None) -> tuple[np.ndarray, np.ndarray]:
-    """(confirmed, suspicious) items: labels the model agrees / disagrees with at >= confidence."""
+          confidence: float | None, contradiction_confidence: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(confirmed, suspicious) items: labels the model agrees with at >= ``confidence``, and
+    labels it contradicts at >= ``contradiction_confidence`` (per item; default ``confidence``)."""
     items = np.asarray(items, dtype=np.int64)
     if model is None or confidence is None or len(items) == 0:
         return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
     proba = model.predict_proba(features[items])
-    sure = proba.max(axis=1) >= confidence
+    top = proba.max(axis=1)
     agrees = proba.argmax(axis=1) == np.asarray(labels)[items]
-    return items[sure & agrees], items[sure & ~agrees]
+    contra = confidence if contradiction_confidence is None else np.asarray(contradiction_confidence, dtype=float)
+    return items[(top >= confidence) & agrees], items[(top >= contra) & ~agrees]
 
 
 def class_probabilities(model, features: np.ndarray, items: Sequence[int]) -> dict[int, np.ndarray]:

@@ -161,6 +161,38 @@ def apply_confirmation(state: LabelerTrust, policy: TrustPolicy) -> LabelerTrust
     return state
 
 
+def audit_threshold(state: LabelerTrust, confidence: float, proven_confidence: float | None = None,
+                    proven_after: int = 10) -> float:
+    """Model confidence above which a label the model contradicts is re-annotated (ours).
+
+    Every labeler starts at ``confidence``: any contradiction is checked, which is what exposes a
+    malicious labeler within a few batches. Once ``proven_after`` of a labeler's labels were
+    checked by re-annotation and most of them (more than half) held, the labeler is *proven* and
+    only ``proven_confidence`` contradictions are checked: near the decision boundary, where
+    active learning queries, the model is as often wrong as the labeler, and re-buying those
+    labels is what made audits the largest cost in the benign scenario. A labeler whose checked
+    labels were mostly refuted never becomes proven.
+
+    Parameters
+    ----------
+    state : LabelerTrust
+    confidence : float
+        Threshold for labelers not (yet) proven.
+    proven_confidence : float, optional
+        Threshold for proven labelers (``None``: no distinction).
+    proven_after : int, default 10
+        Checked labels needed before a labeler can be proven.
+
+    Returns
+    -------
+    float
+    """
+    if (proven_confidence is None or state.status is not Status.ACTIVE or state.checked < proven_after
+            or 2 * state.disagreements >= state.checked):
+        return confidence
+    return max(confidence, proven_confidence)
+
+
 def review_rejects(labels_given: int, disagreements: int, policy: TrustPolicy) -> bool:
     """True when ``disagreements`` refuted labels out of ``labels_given`` are implausible for an
     honest labeler (whose error rate is at most ``1 - P_1``)."""

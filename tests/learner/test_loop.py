@@ -166,3 +166,28 @@ def test_adaptive_audit_still_takes_h_votes_against_a_wrong_label(data):
     assert run.bought - before == len(ones) * run.cfg.trust.h
     assert (run.labels[ones] == 1).all()
     assert run.trust[mal].disagreements == len(ones)
+
+
+def test_proven_labelers_are_audited_only_on_confident_contradictions(data):
+    """Contradicted labels of unproven labelers are all re-annotated; once a labeler is proven
+    (enough checked labels that held), only the model's confident contradictions are."""
+    from learner.loop import _Run
+
+    def audited(proven: float | None, checked: int) -> int:
+        labelers = LabelerPool.build(10, error_rate=0.0)
+        run = _Run(data, LoopConfig(strategy="robust", audit_confidence=0.5, audit_confidence_proven=proven,
+                                    audit_proven_after=10), labelers, seed=0)
+        run.label_items(np.arange(200))
+        model = run.train()
+        for state in run.trust.values():
+            state.checked = checked
+        batch = np.arange(200, 400)
+        run.label_items(batch)
+        wrong = batch[:60]
+        run.labels[wrong] = (run.labels[wrong] + 1) % 10  # contradictions of every strength
+        return run.audit(batch, model)[0]
+
+    unproven = audited(0.99, checked=0)
+    assert unproven == audited(None, checked=20)  # the distinction off: the same audits
+    proven = audited(0.99, checked=20)
+    assert 0 < proven < unproven

@@ -75,3 +75,18 @@ def test_review_separates_honest_from_malicious():
     assert review(honest, policy) is Status.ACTIVE
     liar = LabelerTrust(status=Status.FLAGGED, labels_given=40, checked=12, disagreements=10)
     assert review(liar, policy) is Status.SUSPENDED
+
+
+def test_audit_threshold_rises_only_for_proven_labelers():
+    from trust.scoring import LabelerTrust, Status, audit_threshold
+
+    new = LabelerTrust()
+    assert audit_threshold(new, 0.5, 0.9, proven_after=10) == 0.5  # nothing checked yet
+    proven = LabelerTrust(checked=10, disagreements=2)
+    assert audit_threshold(proven, 0.5, 0.9, proven_after=10) == 0.9
+    assert audit_threshold(proven, 0.5, None, proven_after=10) == 0.5  # the distinction is off
+    assert audit_threshold(proven, 0.95, 0.9, proven_after=10) == 0.95  # never below the base
+    refuted = LabelerTrust(checked=12, disagreements=6)  # half refuted: a pattern, keep checking
+    assert audit_threshold(refuted, 0.5, 0.9, proven_after=10) == 0.5
+    flagged = LabelerTrust(checked=20, disagreements=0, status=Status.FLAGGED)
+    assert audit_threshold(flagged, 0.5, 0.9, proven_after=10) == 0.5
