@@ -103,7 +103,7 @@ class Command(BaseCommand):
         df.add_argument("--poison-impl", choices=["fast", "art"], default="fast")
         df.add_argument("--poison-max-iter", type=int, default=120)
         df.add_argument("--poison-max-attempts", type=int, default=None)
-        df.add_argument("--poison-min-confidence", type=float, default=0.75,
+        df.add_argument("--poison-min-confidence", type=float, default=0.0,
                         help="targets the clean full-pool head classifies at least this surely")
         df.add_argument("--no-poison-control", action="store_true",
                         help="skip the clean-pool control runs that watch the same targets")
