@@ -593,14 +593,19 @@ def _after_progress(project: Project, batch_id: int) -> None:
 def _complete_batch_soon(project_id: int, batch_id: int) -> None:
     """Start the update now if the batch is complete and the project lock is free, else after commit."""
     if not _batch_has_open_work(batch_id):
-        try:
-            with transaction.atomic():  # savepoint: a refused lock must not undo the answer
-                locked = Project.objects.select_for_update(nowait=True).get(pk=project_id)
-        except OperationalError:
-            locked = None
-        if locked is not None:
-            _start_update(locked, QueryBatch.objects.get(pk=batch_id))
-            return
+        # The lock must be held until the state change commits. Inside the caller's transaction
+        # this block is a savepoint and the lock lasts until the caller commits; after the
+        # one-statement answer (autocommit) it is the transaction itself. Taking the lock in a
+        # block of its own let two last answers each lock, release, and start the update.
+        with transaction.atomic():
+            try:
+                with transaction.atomic():  # savepoint: a refused lock must not undo the answer
+                    locked = Project.objects.select_for_update(nowait=True).get(pk=project_id)
+            except OperationalError:
+                locked = None
+            if locked is not None:
+                _start_update(locked, QueryBatch.objects.get(pk=batch_id))
+                return
     transaction.on_commit(lambda: complete_batch_if_done(batch_id=batch_id), robust=True)
 
 

@@ -101,6 +101,44 @@ def test_two_concurrent_last_answers_send_the_loop_task_exactly_once(pg, labelin
     assert not Assignment.objects.filter(batch=batch, status__in=["open", "paused"]).exists()
 
 
+def test_the_completion_lock_is_held_until_the_update_is_saved(pg, labeling_dirs, annotators, sent, monkeypatch):
+    """Two last answers, both committed before either checks the batch: each must not lock the
+    project, let go, and then start the update on a stale row (the one-statement answer runs its
+    completion step in autocommit, where a lock taken in a block of its own ends with the block).
+    Both threads are held inside the update step at once if they can get there together."""
+    project = digits_project()
+    last = answer_all_but(project, 2)
+    both_committed = threading.Barrier(2)
+    both_starting = threading.Barrier(2)
+    original_check, original_start = services._batch_has_open_work, services._start_update
+    first_check = threading.local()
+
+    def check_after_both_commits(batch_id):
+        if not getattr(first_check, "done", False):
+            first_check.done = True
+            try:
+                both_committed.wait(timeout=3)
+            except threading.BrokenBarrierError:
+                pass
+        return original_check(batch_id)
+
+    def start_together(project_row, batch):
+        try:
+            both_starting.wait(timeout=2)  # with the lock held, the other thread cannot arrive
+        except threading.BrokenBarrierError:
+            pass
+        return original_start(project_row, batch)
+
+    monkeypatch.setattr(services, "_batch_has_open_work", check_after_both_commits)
+    monkeypatch.setattr(services, "_start_update", start_together)
+    results = run_threads(*(lambda a=a: services.submit_annotation(user=a.labeler, assignment_id=a.pk, label=1)
+                            for a in last))
+    assert all(isinstance(r, tuple) and r[1] is True for r in results), results
+    project.refresh_from_db()
+    assert project.state == Project.State.UPDATING
+    assert sent[1:] == [("process_batch", (last[0].batch.pk,))]
+
+
 def test_a_double_submit_of_the_last_answer_neither_deadlocks_nor_duplicates(pg, labeling_dirs, annotators, sent):
     project = digits_project()
     (asg,) = answer_all_but(project, 1)
