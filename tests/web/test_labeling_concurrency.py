@@ -55,6 +55,22 @@ def run_threads(*targets, timeout=30):
     return results
 
 
+def meet_on_first_call(fn, barrier: threading.Barrier, timeout: float):
+    """``fn`` whose first call in each thread waits (at most ``timeout``) for the other threads."""
+    first = threading.local()
+
+    def wrapped(*args):
+        if not getattr(first, "done", False):
+            first.done = True
+            try:
+                barrier.wait(timeout=timeout)
+            except threading.BrokenBarrierError:
+                pass
+        return fn(*args)
+
+    return wrapped
+
+
 def answer_all_but(project: Project, keep: int) -> list[Assignment]:
     """Answer every open assignment of the open batch except the last ``keep``; return those."""
     batch = QueryBatch.objects.get(project=project, closed_at__isnull=True)
@@ -75,22 +91,10 @@ def test_two_concurrent_last_answers_send_the_loop_task_exactly_once(pg, labelin
     # Both answers reach their completion check after writing their own row and before either
     # commits: each sees the other's assignment still open. Only the after-commit re-check can
     # see the batch complete.
-    barrier = threading.Barrier(2)
-    original = services._batch_has_open_work
-    first_call = threading.local()
-
-    def racing_check(batch_id):
-        if not getattr(first_call, "done", False):
-            first_call.done = True
-            try:
-                barrier.wait(timeout=3)
-            except threading.BrokenBarrierError:
-                # PostgreSQL's one-statement answer runs the check only when it saw no other
-                # open work; an answer that ran strictly before the other one skips it.
-                pass
-        return original(batch_id)
-
-    monkeypatch.setattr(services, "_batch_has_open_work", racing_check)
+    # (PostgreSQL's one-statement answer runs the check only when it saw no other open work; an
+    # answer that ran strictly before the other one skips it, and the barrier times out.)
+    monkeypatch.setattr(services, "_batch_has_open_work",
+                        meet_on_first_call(services._batch_has_open_work, threading.Barrier(2), timeout=3))
     results = run_threads(*(lambda a=a: services.submit_annotation(user=a.labeler, assignment_id=a.pk, label=1)
                             for a in last))
     assert all(isinstance(r, tuple) and r[1] is True for r in results), results
@@ -102,41 +106,31 @@ def test_two_concurrent_last_answers_send_the_loop_task_exactly_once(pg, labelin
 
 
 def test_the_completion_lock_is_held_until_the_update_is_saved(pg, labeling_dirs, annotators, sent, monkeypatch):
-    """Two last answers, both committed before either checks the batch: each must not lock the
-    project, let go, and then start the update on a stale row (the one-statement answer runs its
-    completion step in autocommit, where a lock taken in a block of its own ends with the block).
-    Both threads are held inside the update step at once if they can get there together."""
+    """The completion step that follows a one-statement answer runs in autocommit. Two of them
+    at once, for a complete batch, must start the update once: each must hold the project's row
+    lock until the new state is saved, not lock, let go and then start the update on a stale
+    row. Both are held inside the update step at once if they can get there together."""
     project = digits_project()
     last = answer_all_but(project, 2)
-    both_committed = threading.Barrier(2)
+    batch = last[0].batch
+    # the last two answers are in (written directly: their own completion steps are not run)
+    Assignment.objects.filter(pk__in=[a.pk for a in last]).update(status=Assignment.Status.DONE)
+    original_start = services._start_update
     both_starting = threading.Barrier(2)
-    original_check, original_start = services._batch_has_open_work, services._start_update
-    first_check = threading.local()
 
-    def check_after_both_commits(batch_id):
-        if not getattr(first_check, "done", False):
-            first_check.done = True
-            try:
-                both_committed.wait(timeout=3)
-            except threading.BrokenBarrierError:
-                pass
-        return original_check(batch_id)
-
-    def start_together(project_row, batch):
+    def start_together(project_row, batch_row):
         try:
             both_starting.wait(timeout=2)  # with the lock held, the other thread cannot arrive
         except threading.BrokenBarrierError:
             pass
-        return original_start(project_row, batch)
+        return original_start(project_row, batch_row)
 
-    monkeypatch.setattr(services, "_batch_has_open_work", check_after_both_commits)
     monkeypatch.setattr(services, "_start_update", start_together)
-    results = run_threads(*(lambda a=a: services.submit_annotation(user=a.labeler, assignment_id=a.pk, label=1)
-                            for a in last))
-    assert all(isinstance(r, tuple) and r[1] is True for r in results), results
+    results = run_threads(*(lambda: services._complete_batch_soon(project.pk, batch.pk) for _ in range(2)))
+    assert results == [None, None], results
     project.refresh_from_db()
     assert project.state == Project.State.UPDATING
-    assert sent[1:] == [("process_batch", (last[0].batch.pk,))]
+    assert sent[1:] == [("process_batch", (batch.pk,))]
 
 
 def test_a_double_submit_of_the_last_answer_neither_deadlocks_nor_duplicates(pg, labeling_dirs, annotators, sent):
