@@ -160,8 +160,10 @@ class LiveConfig:
             bad = sorted(set(self.augment) - set(ATTACKS))
             if bad:
                 raise ValueError(f"unknown augmentation(s) {bad}; choose from {list(ATTACKS)}")
-        if self.pool_defence not in ("none", "density"):
-            raise ValueError(f"pool_defence must be 'none' or 'density', got {self.pool_defence!r}")
+        from .defences import POOL_DEFENCES
+
+        if self.pool_defence not in ("none", *POOL_DEFENCES):
+            raise ValueError(f"pool_defence must be one of {['none', *POOL_DEFENCES]}, got {self.pool_defence!r}")
         if self.backbone not in BACKBONE_NAMES:
             raise ValueError(f"backbone must be one of {BACKBONE_NAMES}, got {self.backbone!r}")
 

@@ -129,6 +129,8 @@ def test_make_poison_sets_keeps_successes_caches_and_injects(colour_backbone, tm
     assert poison_succeeds(pf, y_pool, ps.features, ps.base_label, ps.target_features, 2)
     again, attempts2 = make_poison_sets(backbone, None, **kw)
     assert all(a["cached"] for a in attempts2)
+    # no target is classified more surely than certainty: nothing to try
+    assert make_poison_sets(backbone, None, **{**kw, "min_target_confidence": 1.01}) == ([], [])
     np.testing.assert_array_equal(again[0].images, ps.images)
     assert list((tmp_path / "poisons").glob("fc-*.npz"))
 

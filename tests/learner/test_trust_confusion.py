@@ -96,6 +96,11 @@ def test_trust_thresholds_are_validated_per_project():
         LiveConfig.from_dict({"alert_confidence": 1.5})
     with pytest.raises(ValueError, match="confusion_min_count"):
         LiveConfig.from_dict({"confusion_min_count": 0})
+    with pytest.raises(ValueError, match="audit_confidence_proven"):
+        LiveConfig.from_dict({"audit_confidence_proven": 2})
+    with pytest.raises(ValueError, match="pool_defence must be one of"):
+        LiveConfig.from_dict({"pool_defence": "magic"})
+    assert LiveConfig.from_dict({"pool_defence": "density", "audit_confidence_proven": None}).pool_defence == "density"
 
 
 def test_project_thresholds_reach_the_scoring_rules():

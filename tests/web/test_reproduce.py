@@ -52,3 +52,29 @@ def test_pretrain_backbone_command_on_a_tiny_cifar_slice(shared_dir, tmp_path, m
     assert "source test accuracy" in capsys.readouterr().out
     with pytest.raises(CommandError, match="unknown class"):
         call_command("pretrain_backbone", "--classes", "unicorn", "--epochs", "1", "--name", "bad", "--no-progress")
+
+
+def test_results_markdown_shows_attack_success_next_to_the_control():
+    from learner.management.commands.reproduce_paper import render_markdown
+
+    row = {"mean": 450.0, "std": 90.0, "min": 300.0, "50%": 440.0, "max": 700.0, "reached": 2, "runs": 2,
+           "final_accuracy_mean": 0.93}
+    hits = {"robust": [{"hit": True, "hit_without_poisons": False, "poisons_quarantined": 0},
+                       {"hit": False, "hit_without_poisons": False, "poisons_quarantined": 0}],
+            "robust+density": [{"hit": False, "hit_without_poisons": True, "poisons_quarantined": 50},
+                               {"hit": False, "hit_without_poisons": False, "poisons_quarantined": 48}]}
+    report = {"command": "python manage.py reproduce_paper", "finished": "now", "total_s": 60.0, "note": "",
+              "backbone": None, "weights": None, "scenarios": {"poison": {
+                  "pool": 3000, "target_accuracy": 0.93, "runs": 2, "dataset": "cifar2", "wall_s": 60.0,
+                  "data_s": 1.0, "poison_s": 2.0, "strategy_s": {"robust": 3.0, "robust+density": 4.0},
+                  "summary": {"robust": row, "robust+density": row},
+                  "attack_success": {"robust": 0.5, "robust+density": 0.0},
+                  "control_misclassification": {"robust": 0.0, "robust+density": 0.5},
+                  "poison": {"hits": hits, "attempts": [{"target_index": 7}], "seconds": 2.0,
+                             "sets": [{"watermark": 0.1}]},
+                  "plots": {"robust": "poison_robust.png"}}}}
+    md = render_markdown(report)
+    assert "| robust | 50.0 % (1/2) | 0.0 % (0/2) | 0.0 |" in md
+    assert "| robust+density | 0.0 % (0/2) | 50.0 % (1/2) | 49.0 |" in md
+    assert "Measured `robust`: 15.0 % of the pool — target met" in md
+    assert "Measured `robust+density`: 15.0 % of the pool — target met" in md

@@ -23,8 +23,8 @@ import torch
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from learner.experiments import (ExperimentSpec, attack_success, control_misclassification, format_table, prepare_data, run_experiment,
-                                 split_strategy, summary_table, write_outputs)
+from learner.experiments import (ExperimentSpec, attack_success, control_misclassification, format_table,
+                                 prepare_data, run_experiment, split_strategy, summary_table, write_outputs)
 from learner.loop import LoopConfig
 from learner.pretrain import CIFAR2_SOURCE_CLASSES, pretrain_backbone, pretrained_dir
 
