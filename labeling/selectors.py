@@ -8,7 +8,7 @@ import numpy as np
 from django.contrib.auth import get_user_model
 from django.db.models import Count, Q, QuerySet
 
-from trust import scoring
+from learner.engine import secured_label
 
 from .models import ANNOTATORS_GROUP, Annotation, Assignment, Item, IterationMetric, LabelerProfile, Project, QueryBatch
 
@@ -141,6 +141,7 @@ class PoolLabels:
 
     ``labels`` -1: unlabeled (or discarded, or only labeled by a suspended labeler);
     ``labeler_of`` -1: verified by re-annotation (no single labeler's word) or unlabeled.
+    A first label under a re-annotation round still pending stands as it is.
     """
 
     n: int
@@ -154,7 +155,6 @@ class PoolLabels:
     item_ids: np.ndarray
     secured_items: np.ndarray  # every item of the secured set (never queried, never trained on)
     first_label: dict[int, tuple[int, int, int]] = field(default_factory=dict)  # index -> (label, labeler, batch iteration)
-    reannotations: dict[int, list[int]] = field(default_factory=dict)  # index -> votes
 
     @property
     def labeled(self) -> np.ndarray:
@@ -178,38 +178,36 @@ def pool_labels(project: Project) -> PoolLabels:
     weights_of = labeler_weights()
 
     firsts: dict[int, list] = defaultdict(list)
-    reanns: dict[tuple[int, int], list[int]] = defaultdict(list)  # (index, batch iteration) -> votes
     secured_votes: dict[int, list[int]] = defaultdict(list)
     rows = (Annotation.objects.filter(assignment__batch__project=project, discard__isnull=True)  # admin-discarded
-            .values_list("assignment__item__index", "assignment__kind", "assignment__labeler_id", "label",
+            .values_list("id", "assignment__item__index", "assignment__kind", "assignment__labeler_id", "label",
                          "assignment__batch__iteration")
             .order_by("created_at", "id"))
-    for index, kind, labeler, label, iteration in rows:
+    for annotation_id, index, kind, labeler, label, iteration in rows:
         if kind == Assignment.Kind.FIRST_LABEL:
-            firsts[index].append((label, labeler, iteration))
-        elif kind == Assignment.Kind.REANNOTATION:
-            reanns[(index, iteration)].append(label)
-        else:
-            if labeler not in suspended:
-                secured_votes[index].append(label)
+            firsts[index].append((label, labeler, iteration, annotation_id))
+        elif kind == Assignment.Kind.SECURED and labeler not in suspended:
+            secured_votes[index].append(label)
+    # the outcome of each resolved re-annotation round, by the first label it reviewed
+    from trust.models import ReannotationRound
+
+    outcomes = {a: (o, c) for a, o, c in ReannotationRound.objects.filter(project=project)
+                .exclude(outcome=ReannotationRound.Outcome.PENDING)
+                .values_list("original_annotation_id", "outcome", "consensus_label")}
 
     labels = np.full(n, -1, dtype=np.int64)
     weights = np.zeros(n, dtype=np.float64)
     labeler_of = np.full(n, -1, dtype=np.int64)
     discarded = np.zeros(n, dtype=bool)
     first_label: dict[int, tuple[int, int, int]] = {}
-    reannotations: dict[int, list[int]] = {}
     for index, answers in firsts.items():
-        label, labeler, iteration = answers[-1]
+        label, labeler, iteration, annotation_id = answers[-1]
         first_label[index] = (label, labeler, iteration)
-        votes = reanns.get((index, iteration), [])
-        if votes:
-            reannotations[index] = votes
-            _, keep = scoring.resolve(label, votes)
-            if keep is None:
-                discarded[index] = True
-            else:
-                labels[index], weights[index] = keep, 1.0
+        outcome, consensus = outcomes.get(annotation_id, (None, None))
+        if outcome == ReannotationRound.Outcome.INCONSISTENT:
+            discarded[index] = True
+        elif outcome is not None:
+            labels[index], weights[index] = consensus, 1.0
         elif labeler not in suspended:
             labels[index], labeler_of[index] = label, labeler
             weights[index] = weights_of.get(labeler, 1.0)
@@ -219,16 +217,14 @@ def pool_labels(project: Project) -> PoolLabels:
         if ground_truth[index] >= 0:
             secured_labels[index] = ground_truth[index]
         elif secured_votes.get(int(index)):
-            votes = secured_votes[int(index)]
-            _, keep = scoring.resolve(votes[0], votes[1:])
+            keep = secured_label(secured_votes[int(index)])
             if keep is not None:
                 secured_labels[index] = keep
     labels[secured] = -1  # never trained on
     return PoolLabels(n=n, labels=labels, weights=weights, labeler_of=labeler_of, discarded=discarded,
                       secured=secured & (secured_labels >= 0), secured_labels=secured_labels,
                       ground_truth=ground_truth, item_ids=item_ids, secured_items=secured,
-                      first_label=first_label,
-                      reannotations=reannotations)
+                      first_label=first_label)
 
 
 # --------------------------------------------------------------------------------------

@@ -9,22 +9,13 @@ rows (that could deadlock): the batch-completion step upgrades with ``NOWAIT`` o
 after commit (:func:`complete_batch_if_done`). SQLite serialises writers anyway. Celery tasks are
 enqueued with ``transaction.on_commit`` so a worker never sees uncommitted rows.
 
-The live loop (:func:`advance_loop`) runs in three steps so the heavy part holds no lock:
-1. a short transaction checks the batch is complete, freezes it (undo is refused from then on)
-   and reads a snapshot of the label state;
-2. training, the secured-set check, the audit, crafting and the next query run on arrays
-   (``learner.live``), deterministic for a given project seed and iteration;
-3. a short transaction re-checks that nobody processed the batch meanwhile (same phase, not
-   closed) and writes the results. A redelivered or duplicated task therefore finds the batch
-   closed (or in the next phase) and does nothing; ``unique (project, iteration)`` backs this up.
+The live loop (one engine step per Celery task) is :mod:`labeling.loop_step`.
 """
 from __future__ import annotations
 
 import functools
 import logging
 import math
-from collections import Counter
-from dataclasses import dataclass, field
 from datetime import timedelta
 
 import numpy as np
@@ -34,10 +25,7 @@ from django.db import IntegrityError, OperationalError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from learner import live
-from trust import scoring
-from trust import selectors as trust_selectors
-from trust import services as trust_services
+from learner import engine, live
 
 from . import features as feature_cache
 from .db import prepared_cursor
@@ -154,11 +142,6 @@ def create_project(*, name: str, classes: list[str], description: str = "", conf
     return project
 
 
-def _seed(cfg: live.LiveConfig, *parts: int) -> int:
-    """A seed derived from the project's seed and e.g. (iteration, purpose): same inputs, same draw."""
-    return int(live.rng_for(cfg.seed, *parts).integers(2**31))
-
-
 def _transition(project: Project, to: str) -> None:
     if project.state == to:
         return
@@ -199,24 +182,17 @@ def start_project(*, project: Project) -> QueryBatch:
         items = list(project.items.order_by("index"))
         if not items:
             raise Conflict("the project has no items; import images first")
-        indices = np.arange(len(items))
-        secured = live.random_items(indices, min(cfg.secured_size, max(len(items) - 1, 0)), _seed(cfg, 0, 1))
-        if len(secured):
-            Item.objects.filter(project=project, index__in=secured.tolist()).update(is_secured=True)
-        free = np.setdiff1d(indices, secured)
-        admin_labels = sum(1 for i in secured if items[i].ground_truth is not None)
-        consensus = [items[i] for i in secured if items[i].ground_truth is None]
-        budget_left = (cfg.budget if cfg.budget is not None else 10**12) - admin_labels - cfg.h * len(consensus)
-        initial = live.random_items(free, min(cfg.initial_size, max(budget_left, 0)), _seed(cfg, 0, 2))
-        if len(initial) == 0:
+        known = np.array([i.ground_truth is not None for i in items], dtype=bool)
+        plan = engine.start(cfg, len(items), label_known=known, crowd=selectors.eligible_labelers())
+        if len(plan.secured):
+            Item.objects.filter(project=project, index__in=plan.secured.tolist()).update(is_secured=True)
+        if len(plan.initial) == 0:
             raise Conflict("nothing to label: the pool is empty or the budget is spent by the secured set")
         batch = QueryBatch.objects.create(project=project, iteration=0, strategy="random")
-        _assign_first_labels(batch, [items[i] for i in initial], seed=cfg.seed)
-        eligible = selectors.eligible_labelers()
-        for item in consensus:
-            voters = live.choose_distinct(cfg.h, eligible, load=selectors.open_load(batch), seed=cfg.seed + item.index)
+        _assign_first_labels(batch, [items[i] for i in plan.initial], plan.assignees)
+        for index, voters in plan.secured_voters.items():
             for voter in voters:
-                Assignment.objects.create(item=item, batch=batch, labeler_id=voter, kind=Assignment.Kind.SECURED)
+                Assignment.objects.create(item=items[index], batch=batch, labeler_id=voter, kind=Assignment.Kind.SECURED)
         _transition(project, Project.State.LABELING)
         project.iteration = 0
         project.save(update_fields=["state", "iteration", "updated_at"])
@@ -224,9 +200,8 @@ def start_project(*, project: Project) -> QueryBatch:
     return batch
 
 
-def _assign_first_labels(batch: QueryBatch, items: list[Item], *, seed: int) -> list[Assignment]:
-    eligible = selectors.eligible_labelers()
-    who = live.spread(len(items), eligible, selectors.open_load(batch), seed=seed + batch.iteration)
+def _assign_first_labels(batch: QueryBatch, items: list[Item], who: list[int | None]) -> list[Assignment]:
+    """One first-label assignment per item for the engine's assignee (paused when there is none)."""
     rows = [Assignment(item=item, batch=batch, labeler_id=w, kind=Assignment.Kind.FIRST_LABEL,
                        status=Assignment.Status.OPEN if w is not None else Assignment.Status.PAUSED)
             for item, w in zip(items, who)]
@@ -663,445 +638,3 @@ def undo(*, user, assignment_id: int | None = None) -> Assignment:
             _transition(project, Project.State.LABELING)
             project.save(update_fields=["state", "updated_at"])
     return asg
-
-
-# --------------------------------------------------------------------------------------
-# The live loop
-# --------------------------------------------------------------------------------------
-
-
-@dataclass
-class _Snapshot:
-    project: Project
-    batch: QueryBatch
-    cfg: live.LiveConfig
-    pool: selectors.PoolLabels
-    batch_items: np.ndarray  # first-labeled items of this batch (answered)
-    reannotated_here: list[int]  # items re-annotated in this batch (phase reannotation)
-    previous_secured_accuracy: float | None
-    bought: int
-    eligible: list[int]
-    trust: dict[int, scoring.LabelerTrust]
-    # (item index, labeler id, label) of every answer not discarded by an admin (Dawid-Skene input)
-    annotations: list[tuple[int, int, int]] = field(default_factory=list)
-    reported_pairs: set[tuple[int, int, int]] = field(default_factory=set)  # (labeler, true, given) already flagged
-
-
-@dataclass
-class _Plan:
-    reannotate: list[tuple[int, int]] = field(default_factory=list)  # (item index, original labeler)
-    confirmations: list[int] = field(default_factory=list)  # labeler ids (one per confirmed label)
-    trust: dict[int, scoring.LabelerTrust] = field(default_factory=dict)  # updated trust states
-    loop_state: dict = field(default_factory=dict)
-    metric: dict = field(default_factory=dict)
-    next_items: list[int] = field(default_factory=list)
-    stop: str = ""
-    events: list[dict] = field(default_factory=list)  # trust.services.record_events rows, in order
-    rounds: list[dict] = field(default_factory=list)  # resolved re-annotation rounds
-    confusion: dict[int, dict] = field(default_factory=dict)  # labeler -> Dawid-Skene estimate
-
-
-def _trust_of(profile: LabelerProfile) -> scoring.LabelerTrust:
-    status = (scoring.Status.SUSPENDED if profile.is_suspended else
-              scoring.Status.FLAGGED if profile.is_flagged else scoring.Status.ACTIVE)
-    return scoring.LabelerTrust(trust=profile.trust, status=status, labels_given=profile.labels_given,
-                                checked=profile.checked, disagreements=profile.disagreements, alerts=profile.alerts)
-
-
-def _policy(cfg: live.LiveConfig) -> scoring.TrustPolicy:
-    """The project's trust thresholds (LiveConfig) as a scoring policy."""
-    return scoring.TrustPolicy(epsilon=cfg.epsilon, penalty=cfg.trust_penalty, reward=cfg.trust_reward,
-                               alert_confidence=cfg.alert_confidence, flag_below=cfg.flag_below,
-                               suspend_below=cfg.suspend_below)
-
-
-def _event(plan: _Plan, uid: int, reason: str, before: float, state: scoring.LabelerTrust, *, item: int | None = None,
-           confidence: float | None = None, original: int | None = None, consensus: int | None = None,
-           note: str = "") -> None:
-    plan.events.append({"labeler": uid, "reason": reason, "item_index": item, "delta": state.trust - before,
-                        "trust_after": state.trust, "model_confidence": confidence, "original_label": original,
-                        "consensus_label": consensus, "note": note})
-
-
-def _perturbations_to_json(p: dict[int, float]) -> dict[str, float | None]:
-    return {str(k): (v if math.isfinite(v) else None) for k, v in p.items()}
-
-
-def _perturbations_from_json(p: dict) -> dict[int, float]:
-    return {int(k): (float("inf") if v is None else float(v)) for k, v in (p or {}).items()}
-
-
-def advance_loop(*, batch_id: int) -> str:
-    """Process a complete batch: one loop step (see the module docstring). Idempotent.
-
-    Returns a short description of what happened (for logs and tests).
-    """
-    snap = _take_snapshot(batch_id)
-    if isinstance(snap, str):
-        return snap
-    features, features_file = feature_cache.features_for(snap.project)
-    if snap.batch.phase == QueryBatch.Phase.LABELING:
-        plan = _plan_after_labeling(snap, features, features_file)
-    else:
-        plan = _plan_after_reannotation(snap, features, features_file)
-    return _apply_plan(snap, plan)
-
-
-def _take_snapshot(batch_id: int) -> _Snapshot | str:
-    with transaction.atomic():
-        batch = QueryBatch.objects.filter(pk=batch_id).first()
-        if batch is None:
-            return "noop: no such batch"
-        project = Project.objects.select_for_update().get(pk=batch.project_id)
-        batch = QueryBatch.objects.select_for_update().get(pk=batch_id)
-        if batch.closed_at is not None:
-            return "noop: batch already closed"
-        if project.state == Project.State.FINISHED:
-            return "noop: project finished"
-        if not selectors.batch_is_complete(batch):
-            if project.state == Project.State.UPDATING:  # an answer was undone during the grace period
-                _transition(project, Project.State.LABELING)
-                project.save(update_fields=["state", "updated_at"])
-            return "noop: batch not complete"
-        if project.state != Project.State.UPDATING:
-            _transition(project, Project.State.UPDATING)
-            project.save(update_fields=["state", "updated_at"])
-        if batch.frozen_at is None:
-            batch.frozen_at = timezone.now()
-            batch.save(update_fields=["frozen_at"])
-        cfg = project.live_config
-        pool = selectors.pool_labels(project)
-        batch_items = np.array(sorted(Assignment.objects.filter(batch=batch, kind=Assignment.Kind.FIRST_LABEL,
-                                                                status=Assignment.Status.DONE)
-                                      .values_list("item__index", flat=True)), dtype=np.int64)
-        reannotated = sorted(set(Assignment.objects.filter(batch=batch, kind=Assignment.Kind.REANNOTATION)
-                                 .values_list("item__index", flat=True)))
-        prev = IterationMetric.objects.filter(project=project, iteration=batch.iteration - 1).first()
-        labelers = {int(v) for v in pool.labeler_of if v >= 0} | {lab for (_, lab, _) in pool.first_label.values()}
-        for uid in labelers:
-            LabelerProfile.objects.get_or_create(user_id=uid)
-        trust = {p.user_id: _trust_of(p) for p in LabelerProfile.objects.filter(user_id__in=labelers)}
-        return _Snapshot(project=project, batch=batch, cfg=cfg, pool=pool, batch_items=batch_items,
-                         reannotated_here=reannotated,
-                         previous_secured_accuracy=prev.secured_accuracy if prev else None,
-                         bought=selectors.labels_bought(project), eligible=selectors.eligible_labelers(),
-                         trust=trust, annotations=trust_selectors.annotation_triples(project),
-                         reported_pairs=trust_selectors.reported_pairs(project))
-
-
-def _previous_model(snap: _Snapshot, features: np.ndarray, standardizer):
-    """F_{i-1}: saved by the previous iteration; retrained without this batch if the file is gone."""
-    i = snap.batch.iteration
-    if i == 0:
-        return None
-    model = live.load_model(feature_cache.model_path(snap.project, i - 1))
-    if model is None:
-        log.warning("project %s: model of iteration %s missing from the cache; retraining it", snap.project.pk, i - 1)
-        labels = snap.pool.labels.copy()
-        labels[snap.batch_items] = -1
-        if (labels >= 0).any():
-            model = live.train_model(features, labels, snap.pool.weights, snap.project.n_classes,
-                                     standardizer=standardizer, seed=snap.cfg.seed + i - 1)
-    return model
-
-
-def _plan_after_labeling(snap: _Snapshot, features: np.ndarray, features_file) -> _Plan:
-    from learner.heads import fit_standardizer
-
-    cfg, pool, i = snap.cfg, snap.pool, snap.batch.iteration
-    standardizer = fit_standardizer(features)
-    previous = _previous_model(snap, features, standardizer)
-    labeled_now = snap.batch_items[pool.labels[snap.batch_items] >= 0] if len(snap.batch_items) else snap.batch_items
-    plan = _Plan()
-    suspicious = np.empty(0, dtype=np.int64)
-    if cfg.defenses_on and previous is not None:
-        contra = None
-        if cfg.audit_confidence is not None:
-            contra = np.array([
-                scoring.audit_threshold(snap.trust[int(pool.labeler_of[item])], cfg.audit_confidence,
-                                        cfg.audit_confidence_proven, cfg.audit_proven_after)
-                if int(pool.labeler_of[item]) in snap.trust else cfg.audit_confidence
-                for item in labeled_now], dtype=float)
-        confirmed, suspicious = live.audit(previous, features, labeled_now, pool.labels, cfg.audit_confidence,
-                                           contradiction_confidence=contra)
-        policy = _policy(cfg)
-        proba = live.class_probabilities(previous, features, confirmed)
-        for item in confirmed:
-            uid = int(pool.labeler_of[item])
-            if uid >= 0 and uid in snap.trust:
-                before = snap.trust[uid].trust
-                scoring.apply_confirmation(snap.trust[uid], policy)
-                plan.trust[uid] = snap.trust[uid]
-                if snap.trust[uid].trust != before:  # capped at 1: no change, no event
-                    label = int(pool.labels[item])
-                    _event(plan, uid, "confirmed", before, snap.trust[uid], item=int(item),
-                           confidence=float(proba[int(item)][label]), original=label, consensus=label)
-    rows, perts = live.craft(features, standardizer, previous, labeled_now, pool.labels, cfg,
-                             seed=_seed(cfg, i, 3))
-    live.save_artificial(feature_cache.artificial_path(snap.project, i), rows)
-    artificial = live.load_artificial(feature_cache.artificial_path(snap.project, k) for k in range(i + 1))
-    weights = _weights(snap, plan.trust)
-    model = live.train_model(features, pool.labels, weights, snap.project.n_classes, artificial=artificial,
-                             augment_weight=cfg.augment_weight, standardizer=standardizer, seed=cfg.seed + i)
-    s_acc = live.accuracy_on(model, features, pool.secured_labels, pool.secured)
-    triggered = cfg.defenses_on and live.performance_dropped(s_acc, snap.previous_secured_accuracy, cfg.epsilon)
-    todo = set(int(x) for x in suspicious)
-    if triggered:
-        todo |= {int(x) for x in labeled_now if pool.labeler_of[x] >= 0}
-    plan.loop_state = {"secured_accuracy_before_check": s_acc, "check_triggered": bool(triggered),
-                       "audited": int(len(suspicious)), "perturbations": _perturbations_to_json(perts),
-                       "n_artificial": int(sum(len(r) for k, r in artificial.items() if pool.labels[k] >= 0))}
-    if cfg.defenses_on and todo:
-        others_exist = lambda orig: any(u != orig for u in snap.eligible)  # noqa: E731
-        plan.reannotate = [(item, int(pool.labeler_of[item])) for item in sorted(todo)
-                           if pool.labeler_of[item] >= 0 and others_exist(int(pool.labeler_of[item]))]
-        if cfg.budget is not None:  # re-annotations are bought too: h labels per item, never past the budget
-            plan.reannotate = plan.reannotate[: max(cfg.budget - snap.bought, 0) // cfg.h]
-        if plan.reannotate:
-            return plan
-    _plan_finish(snap, plan, features, features_file, model, s_acc, perts, artificial)
-    return plan
-
-
-def _weights(snap: _Snapshot, updated: dict[int, scoring.LabelerTrust]) -> np.ndarray:
-    """Label weights with this step's trust changes applied (verified labels keep weight 1)."""
-    w = snap.pool.weights.copy()
-    for uid, state in updated.items():
-        w[snap.pool.labeler_of == uid] = state.weight
-    return w
-
-
-def _plan_after_reannotation(snap: _Snapshot, features: np.ndarray, features_file) -> _Plan:
-    from learner.heads import fit_standardizer
-
-    cfg, pool, i = snap.cfg, snap.pool, snap.batch.iteration
-    standardizer = fit_standardizer(features)
-    previous = _previous_model(snap, features, standardizer)
-    plan = _Plan()
-    policy = _policy(cfg)
-    proba = live.class_probabilities(previous, features, snap.reannotated_here)
-    discarded = 0
-    for item in snap.reannotated_here:
-        if item not in pool.first_label or item not in pool.reannotations:
-            continue
-        original, uid, _ = pool.first_label[item]
-        outcome, keep = scoring.resolve(original, pool.reannotations[item])
-        discarded += int(keep is None)
-        p = proba.get(item)
-        p_orig = float(p[original]) if p is not None else None
-        p_cons = float(p[keep]) if p is not None and keep is not None else None
-        plan.rounds.append({"item_index": int(item), "outcome": outcome.value, "consensus_label": keep,
-                            "prob_original": p_orig, "prob_consensus": p_cons})
-        if uid in snap.trust and p is not None:
-            state = snap.trust[uid]
-            before, alerts = state.trust, state.alerts
-            scoring.apply_outcome(state, outcome, prob_original=p_orig,
-                                  prob_consensus=p_cons if p_cons is not None else 0.0, policy=policy,
-                                  original_label=original, consensus_label=keep)
-            plan.trust[uid] = state
-            if outcome is not scoring.Outcome.INCONSISTENT:  # nobody is blamed for an ambiguous item
-                reason = ("agreed" if outcome is scoring.Outcome.AGREED else
-                          "alert" if state.alerts > alerts else "disagreement")
-                _event(plan, uid, reason, before, state, item=int(item), confidence=p_cons,
-                       original=int(original), consensus=keep)
-    # suspended labelers' unverified labels leave D (their items return to the pool)
-    labels = pool.labels.copy()
-    for uid, state in plan.trust.items():
-        if state.status is scoring.Status.SUSPENDED:
-            labels[pool.labeler_of == uid] = -1
-    pool.labels = labels
-    artificial = live.load_artificial(feature_cache.artificial_path(snap.project, k) for k in range(i + 1))
-    model = live.train_model(features, labels, _weights(snap, plan.trust), snap.project.n_classes,
-                             artificial=artificial, augment_weight=cfg.augment_weight, standardizer=standardizer,
-                             seed=cfg.seed + i)
-    s_acc = live.accuracy_on(model, features, pool.secured_labels, pool.secured)
-    state = dict(snap.batch.loop_state or {})
-    state.update({"reannotated": len(snap.reannotated_here), "discarded": discarded,
-                  "n_artificial": int(sum(len(r) for k, r in artificial.items() if labels[k] >= 0))})
-    plan.loop_state = state
-    _plan_finish(snap, plan, features, features_file, model, s_acc,
-                 _perturbations_from_json(state.get("perturbations")), artificial)
-    return plan
-
-
-def _plan_finish(snap: _Snapshot, plan: _Plan, features, features_file, model, s_acc, perts, artificial) -> None:
-    """Save F_i, compute the metric, apply the stop rules and query the next batch."""
-    cfg, pool, i = snap.cfg, snap.pool, snap.batch.iteration
-    live.save_model(feature_cache.model_path(snap.project, i), model)
-    _plan_confusion_check(snap, plan, features, model)
-    truth = (pool.ground_truth >= 0) & ~pool.secured_items
-    min_pert = live.min_perturbation(perts)
-    plan.metric = {
-        "labels_bought": snap.bought, "n_labeled": int((pool.labels >= 0).sum()),
-        "n_artificial": int(plan.loop_state.get("n_artificial", 0)),
-        "secured_accuracy": s_acc, "ground_truth_accuracy": live.accuracy_on(model, features, pool.ground_truth, truth),
-        "check_triggered": bool(plan.loop_state.get("check_triggered", False)),
-        "reannotated": int(plan.loop_state.get("reannotated", 0)),
-        "discarded": int(plan.loop_state.get("discarded", 0)), "min_perturbation": min_pert,
-    }
-    budget_left = (cfg.budget - snap.bought) if cfg.budget is not None else None
-    if budget_left is not None and budget_left <= 0:
-        plan.stop = "budget"
-    elif cfg.target is not None and s_acc is not None and s_acc >= cfg.target - 1e-12:
-        plan.stop = "target"
-    elif cfg.tau is not None and min_pert is not None and min_pert > cfg.tau:
-        plan.stop = "tau"
-    if plan.stop:
-        return
-    k = cfg.batch_size if budget_left is None else min(cfg.batch_size, budget_left)
-    blocked = (pool.labels >= 0) | pool.secured_items | pool.discarded
-    chosen = live.select_batch(cfg, features, blocked, pool.labels, model, k, perturbations=perts,
-                               seed=_seed(cfg, i + 1, 4),
-                               cache_key=str(features_file))
-    plan.next_items = [int(x) for x in chosen]
-    if not plan.next_items:
-        plan.stop = "pool exhausted"
-
-
-def _plan_confusion_check(snap: _Snapshot, plan: _Plan, features: np.ndarray, model) -> None:
-    """Dawid-Skene confusion matrices of every labeler (the model's predictions join as one more
-    labeler); a systematic (true, given) mapping flags the labeler even when the secured-set check
-    stayed quiet. Each pair is reported once per labeler and project (an admin who reinstates the
-    labeler has seen it)."""
-    from trust import confusion
-
-    cfg = snap.cfg
-    if cfg.confusion_min_rate is None or not cfg.defenses_on or not snap.annotations or model is None:
-        return
-    items = [a[0] for a in snap.annotations]
-    workers = [a[1] for a in snap.annotations]
-    labels = [a[2] for a in snap.annotations]
-    seen = np.array(sorted(set(items)), dtype=np.int64)
-    predicted = model.predict(features[seen])
-    ds = confusion.dawid_skene(items + seen.tolist(), workers + ["model"] * len(seen),
-                               labels + [int(x) for x in predicted], snap.project.n_classes)
-    n_given = Counter(workers)
-    for uid in ds.workers:
-        if uid == "model":
-            continue
-        conf, counts = ds.of(uid)
-        pairs = confusion.systematic_pairs(conf, counts, min_rate=cfg.confusion_min_rate,
-                                           min_count=cfg.confusion_min_count)
-        plan.confusion[int(uid)] = {"matrix": conf.round(4).tolist(), "counts": counts.round(3).tolist(),
-                                    "n_labels": int(n_given[uid]), "pairs": [list(p) for p in pairs]}
-        state = plan.trust.get(uid) or snap.trust.get(uid)
-        new = [p for p in pairs if (int(uid), *p) not in snap.reported_pairs]
-        if state is None or not new or state.status is scoring.Status.SUSPENDED:
-            continue
-        true_c, given_c = new[0]
-        before = state.trust
-        state.status = scoring.Status.FLAGGED
-        plan.trust[int(uid)] = state
-        names = snap.project.classes
-        _event(plan, int(uid), "systematic_confusion", before, state, original=int(given_c), consensus=int(true_c),
-               confidence=float(conf[true_c, given_c]),
-               note="; ".join(f"{names[a]} -> {names[b]}: rate {conf[a, b]:.2f} over {counts[a, b]:.1f} labels"
-                              for a, b in new))
-
-
-def record_loop_error(*, batch_id: int, error: str) -> None:
-    """Keep the loop task's last failure on the project (shown on the staff page)."""
-    Project.objects.filter(batches__pk=batch_id).update(loop_error=error[:5000])
-
-
-def _apply_plan(snap: _Snapshot, plan: _Plan) -> str:
-    with transaction.atomic():
-        project = Project.objects.select_for_update().get(pk=snap.project.pk)
-        project.loop_error = ""
-        batch = QueryBatch.objects.select_for_update().get(pk=snap.batch.pk)
-        if batch.closed_at is not None or batch.phase != snap.batch.phase:
-            return "noop: processed meanwhile"
-        if not selectors.batch_is_complete(batch):
-            return "noop: batch changed meanwhile"
-        newly_blocked = _save_trust(plan.trust, project=project, events=plan.events)
-        for uid in sorted(newly_blocked):  # their open work elsewhere goes to others
-            transaction.on_commit(lambda uid=uid: _release_after_commit(uid))
-        if plan.rounds:
-            trust_services.resolve_rounds(batch=batch, rounds=plan.rounds)
-        if plan.confusion:
-            trust_services.save_confusion(project=project, estimates=plan.confusion)
-        if plan.reannotate:
-            created = _open_reannotation(batch, plan.reannotate, snap.cfg)
-            batch.phase, batch.loop_state = QueryBatch.Phase.REANNOTATION, plan.loop_state
-            batch.frozen_at = None  # its new assignments may be answered (and undone) again
-            batch.save(update_fields=["phase", "loop_state", "frozen_at"])
-            _transition(project, Project.State.LABELING)
-            project.save(update_fields=["state", "loop_error", "updated_at"])
-            if not created:  # nobody could take them: go on at once
-                _enqueue("process_batch", batch.pk)
-            return f"reannotation: {created} assignments for {len(plan.reannotate)} items"
-        IterationMetric.objects.get_or_create(project=project, iteration=batch.iteration,
-                                              defaults={**plan.metric, "started_at": batch.opened_at})
-        batch.phase, batch.closed_at, batch.loop_state = QueryBatch.Phase.CLOSED, timezone.now(), plan.loop_state
-        batch.save(update_fields=["phase", "closed_at", "loop_state"])
-        if plan.stop:
-            _transition(project, Project.State.FINISHED)
-            project.stop_reason = plan.stop
-            project.save(update_fields=["state", "stop_reason", "loop_error", "updated_at"])
-            return f"finished: {plan.stop}"
-        nxt = QueryBatch.objects.create(project=project, iteration=batch.iteration + 1, strategy=snap.cfg.strategy)
-        items = {i.index: i for i in project.items.filter(index__in=plan.next_items)}
-        _assign_first_labels(nxt, [items[k] for k in plan.next_items], seed=snap.cfg.seed)
-        project.iteration = nxt.iteration
-        _transition(project, Project.State.LABELING)
-        project.save(update_fields=["state", "iteration", "loop_error", "updated_at"])
-        return f"opened batch {nxt.iteration} with {len(plan.next_items)} items"
-
-
-def _release_after_commit(uid: int) -> None:
-    from django.contrib.auth import get_user_model
-
-    user = get_user_model().objects.filter(pk=uid).first()
-    if user is not None:
-        release_open_work(user=user)
-
-
-def _save_trust(states: dict[int, scoring.LabelerTrust], *, project: Project | None = None,
-                events: list[dict] | None = None) -> set[int]:
-    """Write trust changes and their history; returns the labelers flagged or suspended just now.
-
-    ``events`` (from the plan) are recorded as TrustEvents in order, followed by one "flagged" /
-    "suspended" event per labeler whose state changed here.
-    """
-    newly_blocked = set()
-    rows = list(events or [])
-    for uid, st in sorted(states.items()):
-        profile, _ = LabelerProfile.objects.select_for_update().get_or_create(user_id=uid)
-        was_blocked = profile.is_suspended or profile.is_flagged
-        was_suspended, was_flagged = profile.is_suspended, profile.is_flagged
-        profile.trust = min(max(float(st.trust), 0.0), 1.0)
-        profile.checked, profile.disagreements, profile.alerts = st.checked, st.disagreements, st.alerts
-        profile.is_suspended = profile.is_suspended or st.status is scoring.Status.SUSPENDED
-        profile.is_flagged = profile.is_flagged or st.status is scoring.Status.FLAGGED
-        profile.save()
-        if profile.is_suspended and not was_suspended:
-            rows.append({"labeler": uid, "reason": "suspended", "delta": 0.0, "trust_after": profile.trust,
-                         "note": f"trust {profile.trust:.3f}" + (" (below the suspension threshold)"
-                                                                  if st.trust < (project.live_config.suspend_below
-                                                                                 if project else 0.2) else "")})
-        elif profile.is_flagged and not was_flagged and not profile.is_suspended:
-            rows.append({"labeler": uid, "reason": "flagged", "delta": 0.0, "trust_after": profile.trust,
-                         "note": f"trust {profile.trust:.3f}; open work handed to others until reviewed"})
-        if not was_blocked and (profile.is_suspended or profile.is_flagged):
-            newly_blocked.add(uid)
-    if rows:
-        trust_services.record_events(project=project, events=rows)
-    return newly_blocked
-
-
-def _open_reannotation(batch: QueryBatch, todo: list[tuple[int, int]], cfg: live.LiveConfig) -> int:
-    """h distinct labelers per item, never its original labeler (the DB refuses that too)."""
-    eligible = selectors.eligible_labelers()
-    load = selectors.open_load(batch)
-    items = {i.index: i for i in batch.project.items.filter(index__in=[k for k, _ in todo])}
-    created = 0
-    for index, original in todo:
-        voters = live.choose_distinct(cfg.h, eligible, exclude={original}, load=load, seed=cfg.seed + index)
-        made = []
-        for voter in voters:
-            made.append(Assignment.objects.create(item=items[index], batch=batch, labeler_id=voter,
-                                                  original_labeler_id=original, kind=Assignment.Kind.REANNOTATION))
-            load[voter] = load.get(voter, 0) + 1
-            created += 1
-        trust_services.open_round(batch=batch, item=items[index], original_labeler_id=original, assignments=made)
-    return created

@@ -21,14 +21,14 @@ _RETRY = {"autoretry_for": (OperationalError, InterfaceError), "retry_backoff": 
 @shared_task(name="labeling.tasks.train.process_batch", **_RETRY)
 def process_batch(batch_id: int) -> str:
     """One step of the live loop for a complete batch (a redelivery finds it processed: no-op)."""
-    from . import services
+    from . import loop_step
 
     try:
-        outcome = services.advance_loop(batch_id=int(batch_id))
+        outcome = loop_step.advance_loop(batch_id=int(batch_id))
     except (OperationalError, InterfaceError):
         raise  # transient: retried
     except Exception as exc:
-        services.record_loop_error(batch_id=int(batch_id), error=f"{exc.__class__.__name__}: {exc}")
+        loop_step.record_loop_error(batch_id=int(batch_id), error=f"{exc.__class__.__name__}: {exc}")
         raise
     log.info("process_batch(%s): %s", batch_id, outcome)
     return outcome

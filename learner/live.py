@@ -27,6 +27,9 @@ STRATEGY_NAMES = ("random", "margin", "entropy", "coreset", "robust")
 # Same names as learner.backbones.BACKBONE_NAMES, repeated so that validating a config (web
 # requests, admin forms) does not import torch.
 BACKBONE_NAMES = ("flatten", "smallcnn", "resnet20", "resnet50")
+# settings of earlier versions, ignored when a stored project config is read (trust thresholds
+# replaced by the refuted-label test: flag_alpha, suspend_alpha)
+RETIRED_SETTINGS = ("flag_below", "suspend_below")
 
 
 # --------------------------------------------------------------------------------------
@@ -56,9 +59,12 @@ class LiveConfig:
     defenses: bool | None = None
     audit_confidence: float | None = 0.5
     # a labeler whose >= audit_proven_after checked labels mostly held is audited only at this
-    # confidence (trust.scoring.audit_threshold); null: every labeler at audit_confidence
+    # confidence (learner.trust.audit_threshold); null: every labeler at audit_confidence
     audit_confidence_proven: float | None = 0.9
     audit_proven_after: int = 10
+    # "adaptive": a re-annotation round asks one labeler first and the other h - 1 only when that
+    # one disagrees with the label under review; "parallel": h at once (learner.trust.resolve_votes)
+    reannotation: str = "adaptive"
     augment: tuple[str, ...] | None = None
     augment_weight: float = 0.1
     noise_variance: float = 0.3
@@ -74,13 +80,16 @@ class LiveConfig:
     channels: int = 3
     feature_chunk_size: int = 2000
     seed: int = 0
-    # trust rules (trust.scoring.TrustPolicy; see docs/method.md "Trust")
+    # trust rules (learner.trust.TrustPolicy; see docs/method.md "Trust"): trust is each label's
+    # weight; flags and suspensions come from the refuted-label test and Dawid-Skene
     trust_penalty: float = 0.1
     trust_reward: float = 0.01
     alert_confidence: float = 0.9
-    flag_below: float = 0.7
-    suspend_below: float = 0.2
-    # Dawid-Skene check (trust.confusion): flag a labeler whose confusion[a, b] >= min_rate over
+    flag_alpha: float = 0.005
+    suspend_alpha: float = 1e-4
+    trust_window: int = 20
+    p1: float = 0.9391  # an honest labeler's accuracy P_1 (the refuted-label test's null hypothesis)
+    # Dawid-Skene check (learner.confusion): flag a labeler whose confusion[a, b] >= min_rate over
     # >= min_count expected labels; null min_rate turns the check off
     confusion_min_rate: float | None = 0.5
     confusion_min_count: int = 3
@@ -89,7 +98,7 @@ class LiveConfig:
     @classmethod
     def from_dict(cls, data: dict | None) -> "LiveConfig":
         """Validate a JSON config; unknown keys and out-of-range values raise ValueError."""
-        data = dict(data or {})
+        data = {k: v for k, v in dict(data or {}).items() if k not in RETIRED_SETTINGS}
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
@@ -146,10 +155,14 @@ class LiveConfig:
         _float("trust_penalty", 0.0, 1.0)
         _float("trust_reward", 0.0, 1.0)
         _float("alert_confidence", 0.0, 1.0)
-        _float("flag_below", 0.0, 1.0)
-        _float("suspend_below", 0.0, 1.0)
-        if self.suspend_below > self.flag_below:
-            raise ValueError(f"suspend_below ({self.suspend_below}) must not exceed flag_below ({self.flag_below})")
+        _float("flag_alpha", 0.0, 1.0)
+        _float("suspend_alpha", 0.0, 1.0)
+        if self.suspend_alpha > self.flag_alpha:
+            raise ValueError(f"suspend_alpha ({self.suspend_alpha}) must not exceed flag_alpha ({self.flag_alpha})")
+        _int("trust_window", 1, 1_000_000)
+        _float("p1", 0.5, 0.999999)
+        if self.reannotation not in ("adaptive", "parallel"):
+            raise ValueError(f"reannotation must be 'adaptive' or 'parallel', got {self.reannotation!r}")
         _float("confusion_min_rate", 0.0, 1.0, none_ok=True)
         _int("confusion_min_count", 1, 1_000_000)
         if self.channels not in (1, 3):
@@ -211,7 +224,7 @@ def rng_for(seed: int, *parts: int) -> np.random.Generator:
 
 def train_model(features: np.ndarray, labels: np.ndarray, weights: np.ndarray, n_classes: int, *,
                 artificial: dict[int, np.ndarray] | None = None, augment_weight: float = 0.1,
-                standardizer=None, seed: int = 0):
+                standardizer=None, seed: int = 0, head=None):
     """Train the head on labeled items (``labels >= 0``) plus artificial rows of labeled items.
 
     Parameters
@@ -238,7 +251,7 @@ def train_model(features: np.ndarray, labels: np.ndarray, weights: np.ndarray, n
     x = np.concatenate(feats)
     with _few_threads(x.size):
         return train_head(x, np.concatenate(ys), n_classes, sample_weight=np.concatenate(ws),
-                          standardizer=std, seed=seed)
+                          standardizer=std, seed=seed, config=head)
 
 
 @contextmanager
@@ -267,12 +280,12 @@ def accuracy_on(model, features: np.ndarray, labels: np.ndarray, mask: np.ndarra
 
 
 def performance_dropped(acc_new: float | None, acc_previous: float | None, epsilon: float) -> bool:
-    """The paper's check via :func:`trust.scoring.performance_dropped` (None means unknown)."""
-    from trust import scoring
+    """The paper's check via :func:`learner.trust.performance_dropped` (None means unknown)."""
+    from .trust import performance_dropped as dropped
 
     if acc_new is None or acc_previous is None:
         return False
-    return scoring.performance_dropped(float(acc_new), float(acc_previous), epsilon)
+    return dropped(float(acc_new), float(acc_previous), epsilon)
 
 
 def audit(model, features: np.ndarray, items: np.ndarray, labels: np.ndarray,

@@ -1,15 +1,16 @@
-"""The robust active-learning loop (paper Fig. 2) with simulated labelers.
+"""The simulator's driver of the loop engine (:mod:`learner.engine`), with simulated labelers.
 
 Everything works on arrays: the pool's features (frozen backbone, computed once), its true labels
 (only the simulated labelers and the evaluation read them), the test set, and optionally the
 pool's images plus the backbone for pixel-space crafting. One call of :func:`run_loop` is one
 run; :mod:`learner.experiments` repeats it over strategies and seeds.
 
-Per iteration: query a batch -> label it (one random active labeler per item) -> audit labels
-that contradict a confident model (ours) -> craft adversarial + noise copies of the batch ->
-train F_i on D + artificial data, each label weighted by its labeler's trust -> performance
-check on the secured set S (re-annotate D' by h others when accuracy drops by > epsilon) ->
-trust updates, flagging and review -> stop rules (target accuracy, budget, tau).
+The loop itself (audit, augmentation, training, secured-set check, re-annotation, trust, the
+stop rules and the next batch) is :func:`learner.engine.step`, the same function the web app's
+Celery task runs. This driver only answers the engine's questions with
+:class:`learner.oracles.LabelerPool` and measures: test accuracy after every iteration, and the
+labels bought when it first reaches ``target_accuracy`` (the experiment's end; a live project has
+no test set and stops on its secured set instead).
 """
 from __future__ import annotations
 
@@ -17,13 +18,12 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from trust import scoring
-from trust.scoring import LabelerTrust, Outcome, Status, TrustPolicy
-
-from .defences import POOL_DEFENCES, quarantine
+from . import engine, live
+from .defences import POOL_DEFENCES
 from .heads import HeadConfig, LinearHead, accuracy, fit_standardizer, train_head
 from .oracles import LabelerPool
-from .strategies import QueryContext, RobustMinimax, make_strategy
+from .strategies import RobustMinimax
+from .trust import LabelerTrust, Status, TrustPolicy
 
 ATTACKS = ("cw", "deepfool", "noise")
 
@@ -40,12 +40,11 @@ class LoopConfig:
     tau: float | None = None  # stop once every adversarial example needs more than tau
     defenses: bool | None = None  # secured set, re-annotation, trust (None: on for robust)
     secured_size: int = 50  # |S|
-    secured_refresh: int | None = None  # q (None: never)
     secured_verification: str = "admin"  # "admin" (1 label each) or "consensus" (h each)
     audit_confidence: float | None = 0.5  # ours: re-annotate labels the model contradicts this surely
     audit_confidence_proven: float | None = 0.9  # ours: ... once the labeler's checked labels mostly held
     audit_proven_after: int = 10  # checked labels before a labeler can be proven
-    adaptive_audit: bool = True  # ours: an audit stops at the first re-annotator who confirms the label
+    reannotation: str = "adaptive"  # ours: ask one re-annotator first, the others only on a disagreement
     augment: tuple[str, ...] | None = None  # subset of ATTACKS (None: all for robust, none otherwise)
     augment_space: str = "feature"  # "feature" (exact, frozen backbone) or "pixel" (through it)
     augment_weight: float = 0.1  # ours: 0.25 left some runs just under the target (docs/method.md)
@@ -56,6 +55,8 @@ class LoopConfig:
     candidate_factor: float = 3.0
     defence: str | None = None  # training-set filter before each head training (learner.defences)
     defence_k: int = 25  # neighbours consulted by the dknn defence (>~ 3x the poisons labeled together)
+    confusion_min_rate: float | None = 0.5  # Dawid-Skene check (None: off)
+    confusion_min_count: int = 3
     head: HeadConfig = field(default_factory=HeadConfig)
     trust: TrustPolicy = field(default_factory=TrustPolicy)
 
@@ -73,7 +74,24 @@ class LoopConfig:
             raise ValueError("augment_space must be 'feature' or 'pixel'")
         if out.secured_verification not in ("admin", "consensus"):
             raise ValueError("secured_verification must be 'admin' or 'consensus'")
+        out.engine_config(0)  # validates the rest
         return out
+
+    def engine_config(self, seed: int) -> live.LiveConfig:
+        """The engine's settings for a run with ``seed`` (the web app stores the same per project)."""
+        t = self.trust
+        return live.LiveConfig(
+            strategy=self.strategy, batch_size=self.batch_size, initial_size=self.initial_size,
+            secured_size=self.secured_size, epsilon=t.epsilon, h=t.h, budget=self.budget, target=None,
+            tau=self.tau, defenses=self.defenses, audit_confidence=self.audit_confidence,
+            audit_confidence_proven=self.audit_confidence_proven, audit_proven_after=self.audit_proven_after,
+            reannotation=self.reannotation, augment=None if self.augment is None else tuple(self.augment),
+            augment_weight=self.augment_weight, noise_variance=self.noise_variance, overshoot=self.overshoot,
+            n_clusters=self.n_clusters, candidate_factor=self.candidate_factor,
+            pool_defence=self.defence if self.defence in POOL_DEFENCES else "none", seed=int(seed),
+            trust_penalty=t.penalty, trust_reward=t.reward, alert_confidence=t.alert_confidence,
+            flag_alpha=t.flag_alpha, suspend_alpha=t.suspend_alpha, trust_window=t.window, p1=t.p_1,
+            confusion_min_rate=self.confusion_min_rate, confusion_min_count=self.confusion_min_count)
 
 
 @dataclass
@@ -128,308 +146,130 @@ class RunResult:
 
 
 class _Run:
+    """One simulated run: the engine's state in memory, questions answered by the labelers."""
+
     def __init__(self, data: LoopData, config: LoopConfig, labelers: LabelerPool, seed: int):
         self.data, self.cfg, self.labelers, self.seed = data, config.resolved(), labelers, seed
-        self.rng = np.random.default_rng(seed)
+        self.ecfg = self.cfg.engine_config(seed)
         n = len(data.pool_labels)
-        self.budget = self.cfg.budget if self.cfg.budget is not None else n
-        self.bought = 0
-        self.labels = np.full(n, -1, dtype=np.int64)  # resolved label of each labeled item
-        self.labeler_of = np.full(n, -1, dtype=np.int64)  # whose label it is (-1: consensus/admin)
-        self.discarded = np.zeros(n, dtype=bool)
-        self.secured = np.zeros(n, dtype=bool)
-        self.quarantined = np.zeros(n, dtype=bool)  # a pool-level defence keeps these from everyone
-        self.artificial: dict[int, np.ndarray] = {}  # pool index -> artificial feature rows
-        self.trust = {i: LabelerTrust() for i in labelers.ids}
-        self.standardizer = fit_standardizer(data.pool_features)
-        self.strategy = make_strategy(self.cfg.strategy, **self._strategy_kwargs())
+        self.pool = engine.Pool(features=data.pool_features, n_classes=data.n_classes,
+                                standardizer=fit_standardizer(data.pool_features),
+                                cache_key=f"sim:{id(data)}:{n}", head=self.cfg.head,
+                                crafter=self._pixel_crafter() if self.cfg.augment_space == "pixel" else None,
+                                train_filter=self._train_filter() if self.cfg.defence not in (
+                                    None, "none", *POOL_DEFENCES) else None)
+        self.state = engine.EngineState(
+            labels=np.full(n, -1, dtype=np.int64), labeler_of=np.full(n, -1, dtype=np.int64),
+            discarded=np.zeros(n, dtype=bool), secured=np.zeros(n, dtype=bool),
+            secured_labels=np.full(n, -1, dtype=np.int64),
+            trust={i: LabelerTrust() for i in labelers.ids}, crowd=list(labelers.ids))
+        self.times_answered: dict[tuple[int, int], int] = {}
         self.history: list[IterationRecord] = []
-        self.perturbations: dict[int, float] = {}
-        self.defence_dropped = 0
 
-    def _strategy_kwargs(self) -> dict:
-        if self.cfg.strategy == "robust":
-            return {"n_clusters": self.cfg.n_clusters, "candidate_factor": self.cfg.candidate_factor,
-                    "seed": self.seed}
-        return {}
+    # ---- hooks of the engine that only the simulator has ------------------------------------
+    def _pixel_crafter(self):
+        from .augment import craft_pixel_space
 
-    # ---- labeling ------------------------------------------------------------------------
-    def active_labelers(self) -> list[int]:
-        active = [i for i, t in self.trust.items() if t.status is Status.ACTIVE]
-        return active or [i for i, t in self.trust.items() if t.status is not Status.SUSPENDED]
+        def crafter(model, items, labels, seed):
+            rows, l2 = craft_pixel_space(self.data, model, items, labels, self.cfg, np.random.default_rng(seed))
+            return ({int(i): r for i, r in zip(items, rows) if len(r)}, {int(i): float(v) for i, v in zip(items, l2)})
+        return crafter
 
-    def ask(self, labeler: int, item: int) -> int:
-        self.bought += 1
-        self.trust[labeler].labels_given += 1
-        return self.labelers.annotate(labeler, self.data.pool_labels[item], self.rng)
+    def _train_filter(self):
+        from .defences import apply_defence
 
-    def label_items(self, items: np.ndarray) -> None:
-        who = self.labelers.assign(len(items), self.active_labelers(), self.rng)
-        for item, labeler in zip(items, who):
-            self.labels[item] = self.ask(int(labeler), int(item))
-            self.labeler_of[item] = labeler
+        def keep(items, labels):
+            mean, scale = self.pool.standardizer
+            return apply_defence(self.cfg.defence, (self.data.pool_features[items] - mean) / scale, labels,
+                                 k=self.cfg.defence_k, n_classes=self.data.n_classes)
+        return keep
 
-    def labeled_mask(self) -> np.ndarray:
-        return self.labels >= 0
+    # ---- answering -------------------------------------------------------------------------
+    def ask(self, labeler: int, item: int, kind: str) -> int:
+        """One answer, bought and recorded as the web app records an annotation."""
+        st = self.state
+        nth = self.times_answered.get((labeler, item), 0)
+        self.times_answered[(labeler, item)] = nth + 1
+        first = kind == "first"
+        label = self.labelers.answer(labeler, item, int(self.data.pool_labels[item]), seed=self.seed, nth=nth,
+                                     first_label=first, given_before=len(st.first_labels.get(labeler, [])))
+        st.bought += 1
+        st.trust[labeler].labels_given += 1
+        st.answers.append((int(item), int(labeler), int(label)))
+        if first:
+            st.first_labels.setdefault(labeler, []).append((int(item), int(label)))
+            if st.trust[labeler].status is not Status.SUSPENDED:
+                st.labels[item], st.labeler_of[item] = label, labeler
+        return label
 
-    def weights(self, items: np.ndarray) -> np.ndarray:
-        who = self.labeler_of[items]
-        w = np.ones(len(items))
-        mask = who >= 0
-        w[mask] = [self._label_weight(int(i)) for i in who[mask]]
-        return w
+    def label_batch(self, items, assignees) -> None:
+        for item, who in zip(items, assignees):
+            if who is not None:
+                self.ask(int(who), int(item), "first")
 
-    def _label_weight(self, labeler: int) -> float:
-        state = self.trust[labeler]
-        if state.status is Status.SUSPENDED and scoring.systematic_confusion(
-                state, self.data.n_classes, self.cfg.trust) is not None:
-            return max(state.trust, 0.0)  # its doubted labels already left D (exclude_labels_of)
-        return state.weight
+    # ---- the loop --------------------------------------------------------------------------
+    def record(self, plan: engine.Plan, iteration: int) -> None:
+        st, m = self.state, plan.metric
+        self.history.append(IterationRecord(
+            iteration=iteration, labels_bought=st.bought, n_labeled=m["n_labeled"],
+            n_artificial=m["n_artificial"], test_accuracy=self.evaluate(plan.model),
+            secured_accuracy=float("nan") if m["secured_accuracy"] is None else m["secured_accuracy"],
+            check_triggered=m["check_triggered"], reannotated=m["reannotated"], discarded=m["discarded"],
+            min_perturbation=float("nan") if m["min_perturbation"] is None else m["min_perturbation"],
+            flagged=[i for i, t in st.trust.items() if t.status is Status.FLAGGED],
+            suspended=[i for i, t in st.trust.items() if t.status is Status.SUSPENDED]))
 
-    # ---- secured set ---------------------------------------------------------------------
-    def build_secured_set(self) -> None:
-        free = np.flatnonzero(~self.labeled_mask() & ~self.secured & ~self.discarded & ~self.quarantined)
-        k = min(self.cfg.secured_size, len(free), max(self.budget - self.bought, 0))
-        if k <= 0:
-            return
-        self.secured[:] = False
-        self.secured_labels = np.full(len(self.labels), -1)
-        for item in self.rng.choice(free, size=k, replace=False):
-            if self.cfg.secured_verification == "admin":
-                self.bought += 1
-                label = int(self.data.pool_labels[item])
-            else:
-                voters = self.labelers.assign_reannotation(-1, self.cfg.trust.h, self.active_labelers(), self.rng)
-                votes = [self.ask(v, int(item)) for v in voters]
-                outcome, label = scoring.resolve(votes[0], votes[1:])
-                if label is None:
-                    continue
-            self.secured[item] = True
-            self.secured_labels[item] = label
-
-    def secured_accuracy(self, model: LinearHead) -> float:
-        if not self.secured.any():
-            return float("nan")
-        idx = np.flatnonzero(self.secured)
-        return accuracy(model, self.data.pool_features[idx], self.secured_labels[idx])
-
-    # ---- training ------------------------------------------------------------------------
-    def train(self) -> LinearHead:
-        items = np.flatnonzero(self.labeled_mask())
-        if self.cfg.defence not in (None, "none") and len(items):
-            from .defences import apply_defence
-            mean, scale = self.standardizer
-            keep = apply_defence(self.cfg.defence, (self.data.pool_features[items] - mean) / scale,
-                                 self.labels[items], k=self.cfg.defence_k, n_classes=self.data.n_classes)
-            self.defence_dropped = int((~keep).sum())
-            items = items[keep]  # dropped items' artificial copies go too (below)
-        dropped = set() if self.cfg.defence in (None, "none") else set(
-            np.flatnonzero(self.labeled_mask()).tolist()) - set(items.tolist())
-        feats = [self.data.pool_features[items]]
-        labels = [self.labels[items]]
-        weights = [self.weights(items)]
-        for item, rows in self.artificial.items():
-            if self.labels[item] < 0 or item in dropped:
-                continue  # its source label was discarded, excluded or filtered by the defence
-            feats.append(rows)
-            labels.append(np.full(len(rows), self.labels[item]))
-            weights.append(np.full(len(rows), self.cfg.augment_weight * self.weights(np.array([item]))[0]))
-        return train_head(np.concatenate(feats), np.concatenate(labels), self.data.n_classes,
-                          sample_weight=np.concatenate(weights), standardizer=self.standardizer,
-                          config=self.cfg.head, seed=self.seed + len(self.history))
-
-    # ---- artificial data -----------------------------------------------------------------
-    def craft(self, model: LinearHead, items: np.ndarray) -> float:
-        """Add adversarial and noise copies of ``items``; return the smallest perturbation."""
-        if not self.cfg.augment or len(items) == 0:
-            return float("nan")
-        if self.cfg.augment_space == "pixel":
-            from .augment import craft_pixel_space
-            rows, l2 = craft_pixel_space(self.data, model, items, self.labels[items], self.cfg, self.rng)
-        else:
-            from .augment import craft_feature_space
-            rows, l2 = craft_feature_space(self.data.pool_features, self.standardizer, model, items,
-                                           self.labels[items], self.cfg, self.rng)
-        for item, r in zip(items, rows):
-            if len(r):
-                self.artificial[int(item)] = r
-        self.perturbations = {int(i): float(v) for i, v in zip(items, l2)}
-        finite = l2[np.isfinite(l2)]
-        return float(finite.min()) if len(finite) else float("inf")
-
-    # ---- re-annotation and trust ---------------------------------------------------------
-    def reannotate(self, items: np.ndarray, model: LinearHead, *, adaptive: bool = False) -> tuple[int, int]:
-        """Send items to h other labelers; resolve; update trust. Returns (done, discarded).
-
-        ``adaptive`` (audits): the first re-annotator who confirms the original label settles the
-        item (two independent labelers agree), so an audit of a correct label costs one label
-        instead of h; a disagreement goes on to all h votes as usual.
-        """
-        h = self.cfg.trust.h
-        done = discarded = 0
-        proba = model.predict_proba(self.data.pool_features[items]) if len(items) else None
-        for row, item in enumerate(items):
-            original = int(self.labeler_of[item])
-            if original < 0 or self.budget - self.bought < h:
-                continue
-            voters = self.labelers.assign_reannotation(original, h, self.active_labelers(), self.rng)
-            if len(voters) < h:
-                continue
-            votes: list[int] = []
-            for voter in voters:  # sequential: two different answers already mean "inconsistent"
-                votes.append(self.ask(voter, int(item)))
-                if len(set(votes)) > 1 or (adaptive and votes[0] == self.labels[item]):
-                    break
-            done += 1
-            outcome, keep = scoring.resolve(int(self.labels[item]), votes)
-            p_orig = float(proba[row, self.labels[item]])
-            p_cons = float(proba[row, keep]) if keep is not None else 0.0
-            state = scoring.apply_outcome(self.trust[original], outcome, prob_original=p_orig,
-                                          prob_consensus=p_cons, policy=self.cfg.trust,
-                                          original_label=int(self.labels[item]), consensus_label=keep)
-            if (state.status is Status.ACTIVE
-                    and scoring.systematic_confusion(state, self.data.n_classes, self.cfg.trust) is not None):
-                state.status = Status.FLAGGED  # a pattern, not one slip: send to review
-            if outcome is Outcome.INCONSISTENT:
-                self.labels[item] = -1
-                self.discarded[item] = True
-                discarded += 1
-            else:
-                self.labels[item] = keep
-                self.labeler_of[item] = -1  # verified by consensus: no longer one labeler's word
-        return done, discarded
-
-    def audit(self, batch: np.ndarray, previous: LinearHead) -> tuple[int, int]:
-        """Check the new labels against the previous model (ours); returns (re-annotated, discarded).
-
-        Labels the model confidently agrees with earn their labeler a little trust; a label it
-        contradicts at the labeler's audit threshold (:func:`trust.scoring.audit_threshold`) goes
-        to other labelers.
-        """
-        cfg = self.cfg
-        proba = previous.predict_proba(self.data.pool_features[batch])
-        top = proba.max(axis=1)
-        agrees = proba.argmax(axis=1) == self.labels[batch]
-        for item in batch[(top >= cfg.audit_confidence) & agrees]:
-            scoring.apply_confirmation(self.trust[int(self.labeler_of[item])], cfg.trust)
-        threshold = np.array([scoring.audit_threshold(
-            self.trust[int(self.labeler_of[item])], cfg.audit_confidence, cfg.audit_confidence_proven,
-            cfg.audit_proven_after) for item in batch])
-        suspicious = batch[(top >= threshold) & ~agrees]
-        if not len(suspicious):
-            return 0, 0
-        return self.reannotate(suspicious, previous, adaptive=cfg.adaptive_audit)
-
-    def review_flagged(self) -> None:
-        for ident, state in self.trust.items():
-            if state.status is Status.FLAGGED:
-                if scoring.review(state, self.cfg.trust, self.data.n_classes) is Status.SUSPENDED:
-                    self.exclude_labels_of(ident)
-            elif state.status is Status.SUSPENDED:
-                self.exclude_labels_of(ident)
-
-    def exclude_labels_of(self, labeler: int) -> None:
-        """A suspended labeler's unverified labels leave D; the items return to the pool.
-
-        When review found a systematic confusion (true c -> given c'), only its labels c' are
-        doubted (ours): its other labels agree with everyone else's and relabeling them would
-        only spend budget; they keep counting with the labeler's (low) trust as weight.
-        """
-        mine = self.labeler_of == labeler
-        pair = scoring.systematic_confusion(self.trust[labeler], self.data.n_classes, self.cfg.trust)
-        if pair is not None:
-            mine &= self.labels == pair[1]
-        self.labels[mine] = -1
-        self.labeler_of[mine] = -1
-
-    # ---- the loop ------------------------------------------------------------------------
     def evaluate(self, model: LinearHead) -> float:
         return accuracy(model, self.data.test_features, self.data.test_labels)
 
-    def record(self, model, it, s_acc, triggered, reann, disc, min_pert) -> float:
-        test_acc = self.evaluate(model)
-        self.history.append(IterationRecord(
-            iteration=it, labels_bought=self.bought, n_labeled=int(self.labeled_mask().sum()),
-            n_artificial=int(sum(len(r) for i, r in self.artificial.items() if self.labels[i] >= 0)),
-            test_accuracy=test_acc, secured_accuracy=s_acc, check_triggered=triggered,
-            reannotated=reann, discarded=disc, min_perturbation=min_pert,
-            flagged=[i for i, t in self.trust.items() if t.status is Status.FLAGGED],
-            suspended=[i for i, t in self.trust.items() if t.status is Status.SUSPENDED],
-        ))
-        return test_acc
-
     def run(self) -> RunResult:
-        cfg = self.cfg
-        if cfg.defence in POOL_DEFENCES:
-            mean, scale = self.standardizer
-            self.quarantined = quarantine(cfg.defence, (self.data.pool_features - mean) / scale)
-        if cfg.defenses:
-            self.build_secured_set()
-        pool_free = lambda: np.flatnonzero(  # noqa: E731
-            ~self.labeled_mask() & ~self.secured & ~self.discarded & ~self.quarantined)
-        first = self.rng.choice(pool_free(), size=min(cfg.initial_size, len(pool_free()),
-                                                      self.budget - self.bought), replace=False)
-        self.label_items(first)
-        model = self.train()
-        s_acc = self.secured_accuracy(model)
-        self.record(model, 0, s_acc, False, 0, 0, float("nan"))
-        target_at = self._target_reached()
-        stop = "target" if target_at is not None else ""
-        it = 0
-        while not stop:
-            it += 1
-            if self.bought >= self.budget:
-                stop = "budget"
-                break
-            if cfg.defenses and cfg.secured_refresh and it % cfg.secured_refresh == 0:
-                self.build_secured_set()
-            blocked = self.labeled_mask() | self.secured | self.discarded | self.quarantined
-            if hasattr(self.strategy, "labels_of_labeled"):
-                self.strategy.labels_of_labeled = self.labels
-            context = QueryContext(item_perturbations=self.perturbations, budget_left=self.budget - self.bought)
-            batch = self.strategy.query(self.data.pool_features, blocked, model, cfg.batch_size,
-                                        rng=self.rng, context=context)
-            if len(batch) == 0:
-                stop = "pool exhausted"
-                break
-            previous, prev_s_acc = model, s_acc
-            self.label_items(batch)
-            reann = disc = 0
-            if cfg.defenses and cfg.audit_confidence is not None:
-                reann, disc = self.audit(batch, previous)
-            min_pert = self.craft(previous, batch[self.labels[batch] >= 0])
-            model = self.train()
-            s_acc = self.secured_accuracy(model)
-            triggered = cfg.defenses and scoring.performance_dropped(s_acc, prev_s_acc, cfg.trust.epsilon)
-            if triggered:
-                todo = batch[(self.labels[batch] >= 0) & (self.labeler_of[batch] >= 0)]
-                r, d = self.reannotate(todo, model)
-                reann, disc = reann + r, disc + d
-            if cfg.defenses:
-                self.review_flagged()
-            if triggered or reann:
-                model = self.train()
-                s_acc = self.secured_accuracy(model)
-            self.record(model, it, s_acc, bool(triggered), reann, disc, min_pert)
+        st, n = self.state, len(self.data.pool_labels)
+        known = np.full(n, self.cfg.secured_verification == "admin")
+        sp = engine.start(self.ecfg, n, label_known=known, crowd=st.crowd)
+        st.secured[sp.secured] = True
+        st.bought += sp.admin_labels
+        for item in sp.secured:
+            if known[item]:
+                st.secured_labels[item] = self.data.pool_labels[item]
+        for item, voters in sp.secured_voters.items():
+            label = engine.secured_label([self.ask(v, item, "secured") for v in voters])
+            st.secured_labels[item] = -1 if label is None else label
+        self.label_batch(sp.initial, sp.assignees)
+        st.batch = np.asarray(sp.initial, dtype=np.int64)
+        previous, stop, model = None, "", None
+        while True:
+            iteration = st.iteration
+            plan = engine.step(self.ecfg, self.pool, st, previous_model=previous)
+            while not plan.closed:
+                for req in plan.requests:
+                    req.votes += [self.ask(v, req.item, "reannotation") for v in req.new_voters]
+                plan = engine.step(self.ecfg, self.pool, st, previous_model=previous)
+            self.record(plan, iteration)
+            self.filtered = int(plan.carry.get("filtered", 0))
+            model = previous = plan.model
             if self._target_reached() is not None:
                 stop = "target"
-            elif cfg.tau is not None and np.isfinite(min_pert) and min_pert > cfg.tau:
-                stop = "tau"
-        final = self.history[-1]
-        labeled = np.flatnonzero(self.labeled_mask())
+            elif plan.stop:
+                stop = plan.stop
+            if stop:
+                break
+            self.label_batch(plan.next_items, plan.assignees)
+        labeled = np.flatnonzero(st.labeled)
+        quarantined = (live.quarantined_items(self.ecfg, self.data.pool_features, cache_key=self.pool.cache_key)
+                       if self.ecfg.pool_defence != "none" else np.zeros(n, dtype=bool))
         return RunResult(
-            strategy=cfg.strategy, seed=self.seed, history=self.history,
-            target_accuracy=cfg.target_accuracy, labels_to_target=self._target_reached(),
+            strategy=self.cfg.strategy, seed=self.seed, history=self.history,
+            target_accuracy=self.cfg.target_accuracy, labels_to_target=self._target_reached(),
             stop_reason=stop, trust={i: {"trust": t.trust, "status": t.status.value,
                                          "labels_given": t.labels_given, "disagreements": t.disagreements,
-                                         "alerts": t.alerts} for i, t in self.trust.items()},
+                                         "alerts": t.alerts} for i, t in st.trust.items()},
             malicious=[lab.ident for lab in self.labelers.labelers if lab.malicious],
-            final_accuracy=final.test_accuracy,
-            label_accuracy=float((self.labels[labeled] == self.data.pool_labels[labeled]).mean()) if len(labeled) else float("nan"),
+            final_accuracy=self.history[-1].test_accuracy,
+            label_accuracy=float((st.labels[labeled] == self.data.pool_labels[labeled]).mean()) if len(labeled) else float("nan"),
             watch_predictions=(model.predict(self.data.watch_features).tolist()
                                if self.data.watch_features is not None else None),
-            defence_dropped=self.defence_dropped,
-            quarantined=np.flatnonzero(self.quarantined).tolist(),
+            defence_dropped=getattr(self, "filtered", 0),
+            quarantined=np.flatnonzero(quarantined).tolist(),
         )
 
     def _target_reached(self) -> int | None:

@@ -21,6 +21,27 @@ def annotation_triples(project) -> list[tuple[int, int, int]]:
             .values_list("assignment__item__index", "assignment__labeler_id", "label").order_by("id")]
 
 
+def pending_rounds(batch) -> list[tuple[int, int, int, list[int], list[int]]]:
+    """(item index, original labeler, original label, votes so far, labelers asked) of every
+    re-annotation round of ``batch`` still pending, by item index."""
+    out = []
+    for rnd in (ReannotationRound.objects.filter(batch=batch, outcome=ReannotationRound.Outcome.PENDING)
+                .select_related("item").order_by("item__index")):
+        asgs = list(rnd.assignments.order_by("id").values_list("labeler_id", "annotation__label", "annotation__id"))
+        votes = [label for _, label, aid in sorted(asgs, key=lambda r: (r[2] is None, r[2] or 0)) if label is not None]
+        asked = [int(u) for u, _, _ in asgs if u is not None]
+        out.append((int(rnd.item.index), int(rnd.original_labeler_id), int(rnd.original_label), votes, asked))
+    return out
+
+
+def round_verdicts(project) -> dict[tuple[int, int], int]:
+    """(labeler, item index) -> consensus label of every re-annotation round in ``project`` that
+    agreed or disagreed with the labeler's first label (the evidence of the trust rules)."""
+    return {(int(u), int(i)): int(c) for u, i, c in ReannotationRound.objects.filter(
+        project=project, outcome__in=[ReannotationRound.Outcome.AGREED, ReannotationRound.Outcome.DISAGREED])
+        .values_list("original_labeler_id", "item__index", "consensus_label")}
+
+
 def reported_pairs(project) -> set[tuple[int, int, int]]:
     """(labeler, true, given) systematic confusions already reported in ``project``."""
     return {(u, t, g) for u, t, g in TrustEvent.objects.filter(project=project, reason=TrustEvent.Reason.SYSTEMATIC)
@@ -107,7 +128,7 @@ FIRST_LABEL = Assignment.Kind.FIRST_LABEL
 
 def review_suggestion(user) -> tuple[str, str] | None:
     """The rule-based suggestion for a flagged or suspended labeler (None when active)."""
-    from . import scoring
+    from learner.trust import TrustPolicy, suggest_review
 
     p = LabelerProfile.objects.filter(user=user).first()
     if p is None or not (p.is_flagged or p.is_suspended):
@@ -116,4 +137,12 @@ def review_suggestion(user) -> tuple[str, str] | None:
     for est in ConfusionEstimate.objects.filter(labeler=user).select_related("project"):
         names = est.project.classes
         pairs += [(names[a], names[b]) for a, b in est.suspicious_pairs]
-    return scoring.suggest_review(p.labels_given, p.disagreements, pairs, scoring.TrustPolicy(), trust=p.trust)
+    verdicts = dict(ReannotationRound.objects.filter(
+        original_labeler=user, outcome__in=[ReannotationRound.Outcome.AGREED, ReannotationRound.Outcome.DISAGREED])
+        .values_list("item_id", "consensus_label"))
+    firsts = (Annotation.objects.filter(assignment__labeler=user, assignment__kind=Assignment.Kind.FIRST_LABEL,
+                                        discard__isnull=True).order_by("id")
+              .values_list("assignment__item_id", "label", "assignment__batch__project__classes"))
+    history = [(label, verdicts.get(item)) for item, label, _ in firsts]
+    n_classes = max((len(c) for _, _, c in firsts), default=2)
+    return suggest_review(history, n_classes, pairs, TrustPolicy())

@@ -14,7 +14,6 @@ from django.utils import timezone
 
 from labeling.models import Annotation, Assignment, Item, LabelerProfile, Project, QueryBatch
 
-from . import scoring
 from .models import ConfusionEstimate, DiscardedAnnotation, ReannotationRound, TrustEvent
 
 
@@ -92,9 +91,9 @@ def _locked_profile(user) -> LabelerProfile:
 
 
 def reinstate(*, labeler, actor, note: str = "", trust_floor: float | None = None) -> TrustEvent:
-    """Clear flagged and suspended. Trust is lifted to ``trust_floor`` (default: the default flag
-    threshold, 0.7) when below it, or the next trust update would flag the labeler again at once."""
-    floor = scoring.TrustPolicy().flag_below if trust_floor is None else float(trust_floor)
+    """Clear flagged and suspended. Trust (the weight of the labeler's labels) is lifted to
+    ``trust_floor`` (default 0.7) when below it: an admin who reinstates vouches for the labeler."""
+    floor = 0.7 if trust_floor is None else float(trust_floor)
     if not 0.0 <= floor <= 1.0:
         raise ReviewError("trust floor must lie in [0, 1]")
     with transaction.atomic():

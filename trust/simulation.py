@@ -78,7 +78,7 @@ def run(*, seed: int = 0, n_labelers: int = 11, n_malicious: int = 1, mapping: d
     """
     from django.contrib.auth import get_user_model
 
-    from labeling import importers, selectors, services
+    from labeling import importers, loop_step, selectors, services
     from labeling.models import LabelerProfile, Project
     from learner.data import load_digits
     from learner.oracles import LabelerPool
@@ -121,7 +121,7 @@ def run(*, seed: int = 0, n_labelers: int = 11, n_malicious: int = 1, mapping: d
                 result.stop = "stuck: nobody eligible for the remaining work"
                 break
             phase, iteration = batch.phase, batch.iteration
-            services.advance_loop(batch_id=batch.pk)
+            loop_step.advance_loop(batch_id=batch.pk)
             blocked = set(LabelerProfile.objects.filter(user__in=users)
                           .exclude(is_flagged=False, is_suspended=False).values_list("user_id", flat=True))
             for uid in sorted(blocked - set(result.flagged_at)):

@@ -81,29 +81,6 @@ def test_malicious_labeler_stands_out_and_defenses_clean_its_labels(binary):
     assert result.label_accuracy > undefended.label_accuracy
 
 
-def test_review_suspends_a_systematic_labeler_and_excludes_only_the_doubted_labels(binary):
-    from trust.scoring import Status
-
-    from learner.loop import _Run
-
-    labelers = LabelerPool.build(2, n_labelers=11, n_malicious=1, mapping={0: 1})
-    run = _Run(binary, LoopConfig(strategy="robust", budget=300), labelers, seed=0)
-    bad = labelers.labelers[-1].ident
-    items = np.arange(40)
-    run.labels[items] = np.where(np.arange(40) % 2 == 0, 1, 0)  # 20 labels "1", 20 labels "0"
-    run.labeler_of[items] = bad
-    state = run.trust[bad]
-    state.labels_given = 40
-    state.status = Status.FLAGGED
-    state.disagreements = 8
-    state.refuted_pairs[(0, 1)] = 8  # eight true-0 items it called 1
-    run.review_flagged()
-    assert state.status is Status.SUSPENDED
-    assert (run.labels[items[::2]] == -1).all()  # its "1" labels left the training set
-    assert (run.labels[items[1::2]] == 0).all()  # its other labels stay, weighted by trust
-    assert run.weights(items[1::2]).max() == pytest.approx(max(state.trust, 0.0))
-
-
 def test_feature_space_adversarial_copies_cross_the_boundary(binary):
     x, y = binary.pool_features, binary.pool_labels
     st = fit_standardizer(x)
@@ -128,66 +105,3 @@ def test_config_validation():
         LoopConfig(augment=("pgd",)).resolved()
     with pytest.raises(ValueError):
         LoopConfig(augment_space="latent").resolved()
-
-
-def _audit_run(data, adaptive: bool, malicious: int = 0):
-    from learner.loop import _Run
-
-    labelers = LabelerPool.build(10, error_rate=0.0, n_malicious=malicious, mapping={1: 7} if malicious else None)
-    run = _Run(data, LoopConfig(strategy="robust", adaptive_audit=adaptive), labelers, seed=0)
-    items = np.arange(30)
-    run.label_items(items)
-    model = run.train()
-    return run, items, model
-
-
-def test_adaptive_audit_settles_a_confirmed_label_with_one_vote(data):
-    # error-free honest labelers: every re-annotator confirms, so adaptive audits cost 1 label each
-    run, items, model = _audit_run(data, adaptive=True)
-    before = run.bought
-    done, discarded = run.reannotate(items, model, adaptive=True)
-    assert (done, discarded) == (30, 0) and run.bought - before == 30
-    full, items, model = _audit_run(data, adaptive=False)
-    before = full.bought
-    full.reannotate(items, model, adaptive=False)
-    assert full.bought - before == 30 * full.cfg.trust.h
-
-
-def test_adaptive_audit_still_takes_h_votes_against_a_wrong_label(data):
-    # the malicious labeler's 1 -> 7 labels are refuted by h honest votes and corrected
-    run, items, model = _audit_run(data, adaptive=True, malicious=1)
-    mal = 10  # LabelerPool.build: the last of the 11 labelers is the malicious one
-    ones = items[data.pool_labels[items] == 1]
-    assert len(ones) >= 2
-    run.labels[ones] = 7  # as if the malicious labeler had given them
-    run.labeler_of[ones] = mal
-    before = run.bought
-    run.reannotate(ones, model, adaptive=True)
-    assert run.bought - before == len(ones) * run.cfg.trust.h
-    assert (run.labels[ones] == 1).all()
-    assert run.trust[mal].disagreements == len(ones)
-
-
-def test_proven_labelers_are_audited_only_on_confident_contradictions(data):
-    """Contradicted labels of unproven labelers are all re-annotated; once a labeler is proven
-    (enough checked labels that held), only the model's confident contradictions are."""
-    from learner.loop import _Run
-
-    def audited(proven: float | None, checked: int) -> int:
-        labelers = LabelerPool.build(10, error_rate=0.0)
-        run = _Run(data, LoopConfig(strategy="robust", audit_confidence=0.5, audit_confidence_proven=proven,
-                                    audit_proven_after=10), labelers, seed=0)
-        run.label_items(np.arange(200))
-        model = run.train()
-        for state in run.trust.values():
-            state.checked = checked
-        batch = np.arange(200, 400)
-        run.label_items(batch)
-        wrong = batch[:60]
-        run.labels[wrong] = (run.labels[wrong] + 1) % 10  # contradictions of every strength
-        return run.audit(batch, model)[0]
-
-    unproven = audited(0.99, checked=0)
-    assert unproven == audited(None, checked=20)  # the distinction off: the same audits
-    proven = audited(0.99, checked=20)
-    assert 0 < proven < unproven

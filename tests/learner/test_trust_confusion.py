@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from learner.live import LiveConfig
-from trust import scoring
-from trust.confusion import dawid_skene, systematic_pairs
+from learner import trust as scoring
+from learner.confusion import dawid_skene, systematic_pairs
 
 
 def _crowd(n_items=300, k=3, honest=6, error=0.05, mapping=None, seed=0, votes_per_item=3):
@@ -87,11 +87,11 @@ def test_bad_input_is_refused():
 
 
 def test_trust_thresholds_are_validated_per_project():
-    cfg = LiveConfig.from_dict({"flag_below": 0.5, "suspend_below": 0.1, "alert_confidence": 0.95,
+    cfg = LiveConfig.from_dict({"flag_alpha": 0.01, "suspend_alpha": 0.001, "alert_confidence": 0.95,
                                 "trust_penalty": 0.3, "trust_reward": 0.02, "confusion_min_rate": None})
-    assert cfg.flag_below == 0.5 and cfg.confusion_min_rate is None
-    with pytest.raises(ValueError, match="suspend_below"):
-        LiveConfig.from_dict({"flag_below": 0.3, "suspend_below": 0.4})
+    assert cfg.flag_alpha == 0.01 and cfg.confusion_min_rate is None
+    with pytest.raises(ValueError, match="suspend_alpha"):
+        LiveConfig.from_dict({"flag_alpha": 0.001, "suspend_alpha": 0.01})
     with pytest.raises(ValueError, match="alert_confidence"):
         LiveConfig.from_dict({"alert_confidence": 1.5})
     with pytest.raises(ValueError, match="confusion_min_count"):
@@ -100,25 +100,31 @@ def test_trust_thresholds_are_validated_per_project():
         LiveConfig.from_dict({"audit_confidence_proven": 2})
     with pytest.raises(ValueError, match="pool_defence must be one of"):
         LiveConfig.from_dict({"pool_defence": "magic"})
+    with pytest.raises(ValueError, match="reannotation"):
+        LiveConfig.from_dict({"reannotation": "sometimes"})
     assert LiveConfig.from_dict({"pool_defence": "density", "audit_confidence_proven": None}).pool_defence == "density"
+    # a project stored by an earlier version keeps loading (retired trust thresholds are ignored)
+    assert LiveConfig.from_dict({"flag_below": 0.7, "suspend_below": 0.2}).flag_alpha == LiveConfig().flag_alpha
 
 
 def test_project_thresholds_reach_the_scoring_rules():
-    from labeling.services import _policy
+    from learner.engine import policy_of
 
-    policy = _policy(LiveConfig.from_dict({"flag_below": 0.95, "alert_confidence": 0.99, "trust_penalty": 0.5}))
-    assert (policy.flag_below, policy.alert_confidence, policy.penalty) == (0.95, 0.99, 0.5)
+    policy = policy_of(LiveConfig.from_dict({"flag_alpha": 0.02, "alert_confidence": 0.99, "trust_penalty": 0.5,
+                                             "trust_window": 7, "p1": 0.9}))
+    assert (policy.flag_alpha, policy.alert_confidence, policy.penalty, policy.window, policy.p_1) == (
+        0.02, 0.99, 0.5, 7, 0.9)
     state = scoring.LabelerTrust()
-    # p(consensus) 0.95 < 0.99: no alert, but the 0.5 x (1 - 0.05) loss drops trust below 0.95
+    # p(consensus) 0.95 < 0.99: no alert; the loss is 0.5 x (1 - 0.05)
     scoring.apply_outcome(state, scoring.Outcome.DISAGREED, prob_original=0.05, prob_consensus=0.95, policy=policy)
-    assert state.alerts == 0 and state.trust == pytest.approx(0.525) and state.status is scoring.Status.FLAGGED
+    assert state.alerts == 0 and state.trust == pytest.approx(0.525) and state.status is scoring.Status.ACTIVE
 
 
-def test_review_suggestion_follows_the_simulated_review_rules():
+def test_review_suggestion_follows_the_rules():
     policy = scoring.TrustPolicy()
-    assert scoring.suggest_review(30, 1, [], policy)[0] == "reinstate"  # 1 of 30: an honest slip
-    what, why = scoring.suggest_review(30, 9, [], policy)
+    slip = [(0, None)] * 29 + [(1, 0)]
+    assert scoring.suggest_review(slip, 3, [], policy)[0] == "reinstate"  # 1 of 30: an honest slip
+    what, why = scoring.suggest_review([(0, None)] * 21 + [(1, 0)] * 9, 3, [], policy)
     assert what == "suspend" and "implausible" in why
-    what, why = scoring.suggest_review(30, 1, [("1", "7")], policy)
+    what, why = scoring.suggest_review(slip, 3, [("1", "7")], policy)
     assert what == "suspend" and "1 -> 7" in why
-    assert scoring.suggest_review(30, 1, [], policy, trust=0.1)[0] == "suspend"

@@ -2,8 +2,8 @@ import math
 
 import pytest
 
-from trust.scoring import (LabelerTrust, Outcome, Status, TrustPolicy, apply_confirmation, apply_outcome,
-                           is_alert, performance_dropped, required_labelers, resolve, review, review_rejects,
+from learner.trust import (LabelerTrust, Outcome, Status, TrustPolicy, apply_confirmation, apply_outcome, assess,
+                           is_alert, performance_dropped, refutation_pvalue, required_labelers, resolve, resolve_votes,
                            trust_decrease)
 
 
@@ -33,13 +33,14 @@ def test_decrease_shrinks_as_the_model_believes_the_original_label():
     assert trust_decrease(1.0, 0.1) == 0.0
 
 
-def test_high_confidence_disagreement_flags_at_once():
+def test_one_high_confidence_disagreement_is_an_alert_not_a_flag():
     policy = TrustPolicy()
-    state = apply_outcome(LabelerTrust(), Outcome.DISAGREED, prob_original=0.02, prob_consensus=0.98, policy=policy)
-    assert state.status is Status.FLAGGED and state.alerts == 1
+    state = LabelerTrust()
+    assert apply_outcome(state, Outcome.DISAGREED, prob_original=0.02, prob_consensus=0.98, policy=policy) == "alert"
+    assert state.status is Status.ACTIVE and state.alerts == 1
     assert state.trust == pytest.approx(1 - 0.1 * 0.98)
-    mild = apply_outcome(LabelerTrust(), Outcome.DISAGREED, prob_original=0.45, prob_consensus=0.55, policy=policy)
-    assert mild.status is Status.ACTIVE and mild.alerts == 0
+    verdict = assess(state, [(1, 0)] + [(0, None)] * 19, 2, systematic=False, unchecked=5, policy=policy)
+    assert verdict.status is Status.ACTIVE  # one refuted label of 20: an honest slip
     assert is_alert(0.9) and not is_alert(0.89)
 
 
@@ -54,31 +55,58 @@ def test_agreement_and_confirmation_restore_trust_up_to_one():
 
 
 def test_inconsistent_blames_nobody():
-    state = apply_outcome(LabelerTrust(), Outcome.INCONSISTENT, prob_original=0.0, prob_consensus=0.0,
-                          policy=TrustPolicy())
+    state = LabelerTrust()
+    assert apply_outcome(state, Outcome.INCONSISTENT, prob_original=0.0, prob_consensus=0.0,
+                         policy=TrustPolicy()) is None
     assert state.trust == 1.0 and state.checked == 0
 
 
-def test_trust_below_threshold_suspends_and_weight_is_zero():
-    policy = TrustPolicy()
-    state = LabelerTrust(trust=0.25)
-    apply_outcome(state, Outcome.DISAGREED, prob_original=0.2, prob_consensus=0.8, policy=policy)
-    assert state.status is Status.SUSPENDED
-    assert state.weight == 0.0
+def test_suspended_weight_is_zero():
+    assert LabelerTrust(trust=0.8, status=Status.SUSPENDED).weight == 0.0
+    assert LabelerTrust(trust=0.8, status=Status.FLAGGED).weight == 0.8
 
 
-def test_review_separates_honest_from_malicious():
+def test_adaptive_rounds_settle_on_a_confirming_first_vote():
+    assert resolve_votes(1, [1], 3, adaptive=True) == (Outcome.AGREED, 1)
+    assert resolve_votes(1, [0], 3, adaptive=True) == (None, None)  # ask the others
+    assert resolve_votes(1, [0, 0, 0], 3, adaptive=True) == (Outcome.DISAGREED, 0)
+    assert resolve_votes(1, [0, 1], 3, adaptive=True) == (Outcome.INCONSISTENT, None)
+    assert resolve_votes(1, [1], 3, adaptive=False) == (None, None)
+    assert resolve_votes(1, [1, 1, 1], 3, adaptive=False) == (Outcome.AGREED, 1)
+
+
+def test_refuted_label_test_separates_honest_slips_from_a_mapping():
     policy = TrustPolicy()
-    assert not review_rejects(100, 5, policy)  # 5 % errors: an honest labeler
-    assert review_rejects(100, 20, policy)  # 20 %: not plausible
-    honest = LabelerTrust(status=Status.FLAGGED, labels_given=80, checked=4, disagreements=3)
-    assert review(honest, policy) is Status.ACTIVE
-    liar = LabelerTrust(status=Status.FLAGGED, labels_given=40, checked=12, disagreements=10)
-    assert review(liar, policy) is Status.SUSPENDED
+    honest = [(0, None)] * 90 + [(1, 0), (0, 1), (2, 1), (1, 2), (0, 2)]  # 5 % refuted, spread over classes
+    assert refutation_pvalue(honest, 3, policy) > policy.flag_alpha
+    mapper = [(0, None), (2, None), (7, 1), (0, None), (7, 1), (7, 1)]  # every label of true class 1 -> 7
+    assert refutation_pvalue(mapper, 10, policy) < policy.flag_alpha
+    assert refutation_pvalue(mapper + [(7, 1)] * 2, 10, policy) < policy.suspend_alpha
+    # a sleeper: 30 honest labels, then its recent window turns
+    sleeper = [(0, None)] * 30 + [(7, 1), (0, None), (7, 1), (7, 1), (2, None), (7, 1)]
+    assert refutation_pvalue(sleeper, 10, policy) < policy.flag_alpha
+
+
+def test_assess_flags_audits_then_suspends_or_reinstates():
+    policy = TrustPolicy()
+    state = LabelerTrust()
+    mapper = [(7, 1)] * 3 + [(0, None)] * 3
+    assert assess(state, mapper, 10, systematic=False, unchecked=3, policy=policy).status is Status.FLAGGED
+    state.status = Status.FLAGGED
+    # the audit is still running: stay flagged
+    assert assess(state, mapper, 10, systematic=False, unchecked=2, policy=policy).status is Status.FLAGGED
+    # the audit refuted more of its labels: suspended
+    worse = [(7, 1)] * 5 + [(0, 0)] * 3
+    assert assess(state, worse, 10, systematic=False, unchecked=0, policy=policy).status is Status.SUSPENDED
+    # the audit found nothing more: reinstated by the rules
+    assert assess(state, mapper, 10, systematic=False, unchecked=0, policy=policy).status is Status.ACTIVE
+    # a systematic pair from Dawid-Skene flags as well
+    assert assess(LabelerTrust(), [(0, None)] * 5, 3, systematic=True, unchecked=5,
+                  policy=policy).status is Status.FLAGGED
 
 
 def test_audit_threshold_rises_only_for_proven_labelers():
-    from trust.scoring import LabelerTrust, Status, audit_threshold
+    from learner.trust import LabelerTrust, Status, audit_threshold
 
     new = LabelerTrust()
     assert audit_threshold(new, 0.5, 0.9, proven_after=10) == 0.5  # nothing checked yet

@@ -25,7 +25,7 @@ from django.db import OperationalError, connection, transaction
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from labeling import services
+from labeling import loop_step, services
 from labeling.models import Annotation, Assignment, IterationMetric, Project, QueryBatch
 from tests.conftest import REPO_ROOT
 from tests.web.conftest import WorkerProcess, database_url_for_tests, wait_until
@@ -315,7 +315,7 @@ def test_sweeper_resends_only_lost_loop_tasks(labeling_dirs, annotators, setting
 
     # the task runs: the batch closes and nothing is left to sweep
     monkeypatch.undo()
-    assert services.advance_loop(batch_id=batch0.pk).startswith("opened batch 1")
+    assert loop_step.advance_loop(batch_id=batch0.pk).startswith("opened batch 1")
     _age(project, 120)
     with django_capture_on_commit_callbacks(execute=True):
         assert services.sweep_stalled_loops() == []

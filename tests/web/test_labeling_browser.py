@@ -11,7 +11,7 @@ import shutil
 
 import pytest
 
-from labeling import services
+from labeling import loop_step, services
 from labeling.models import Assignment, Project, QueryBatch
 from tests.web.factories import PASSWORD, AnnotatorFactory
 from tests.web.labeling_support import digits_project, labeling_dirs, poll_js  # noqa: F401
@@ -101,7 +101,7 @@ def test_annotator_labels_a_batch_with_the_keyboard_and_the_next_batch_appears(
     assert sent == [("prepare_features", (project.pk,)), ("process_batch", (batch0.pk,))]
 
     # the "worker": run the loop task in-process; the page's status polling picks up the new batch
-    assert services.advance_loop(batch_id=batch0.pk).startswith("opened batch 1")
+    assert loop_step.advance_loop(batch_id=batch0.pk).startswith("opened batch 1")
     page.wait_for_selector("#work:not([hidden])", timeout=15_000)
     nxt = shown()
     assert nxt.batch.iteration == 1 and nxt.status == "open"

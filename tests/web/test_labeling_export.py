@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from labeling import services
+from labeling import loop_step, services
 from labeling.models import Assignment, QueryBatch
 from tests.web.labeling_support import annotators, answer_open, digits_project, labeling_dirs, staff  # noqa: F401
 
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.django_db
 def project(labeling_dirs, annotators):
     project = digits_project(config={"strategy": "random", "defenses": False})
     answer_open(project)
-    services.advance_loop(batch_id=QueryBatch.objects.get(project=project, iteration=0).pk)
+    loop_step.advance_loop(batch_id=QueryBatch.objects.get(project=project, iteration=0).pk)
     return project
 
 

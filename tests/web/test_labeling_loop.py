@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 from django.db import IntegrityError, transaction
 
-from labeling import features, selectors, services, tasks
+from labeling import features, loop_step, selectors, services, tasks
 from labeling.models import Annotation, Assignment, IterationMetric, LabelerProfile, Project, QueryBatch
 from tests.web.factories import AnnotatorFactory, AssignmentFactory, ItemFactory, QueryBatchFactory
 from tests.web.labeling_support import annotators, answer_open, digits_project, labeling_dirs, staff  # noqa: F401
@@ -34,7 +34,7 @@ def test_one_iteration_trains_records_and_opens_the_next_batch(project):
     project.refresh_from_db()
     assert project.state == Project.State.UPDATING
     batch0 = QueryBatch.objects.get(project=project, iteration=0)
-    outcome = services.advance_loop(batch_id=batch0.pk)
+    outcome = loop_step.advance_loop(batch_id=batch0.pk)
     assert outcome.startswith("opened batch 1")
     project.refresh_from_db()
     batch0.refresh_from_db()
@@ -64,21 +64,20 @@ def test_two_workers_racing_on_one_batch_open_one_batch(project):
     """Both take a snapshot before either writes (a redelivery while the first still runs)."""
     answer_open(project)
     batch0 = QueryBatch.objects.get(project=project, iteration=0)
-    snap_a = services._take_snapshot(batch0.pk)
-    snap_b = services._take_snapshot(batch0.pk)
-    feats, path = features.features_for(project)
-    plan_a = services._plan_after_labeling(snap_a, feats, path)
-    plan_b = services._plan_after_labeling(snap_b, feats, path)
+    snap_a = loop_step._take_snapshot(batch0.pk)
+    snap_b = loop_step._take_snapshot(batch0.pk)
+    plan_a = loop_step._plan(snap_a)
+    plan_b = loop_step._plan(snap_b)
     assert plan_a.next_items == plan_b.next_items  # deterministic
-    assert services._apply_plan(snap_a, plan_a).startswith("opened")
-    assert services._apply_plan(snap_b, plan_b).startswith("noop")
+    assert loop_step._persist(snap_a, plan_a).startswith("opened")
+    assert loop_step._persist(snap_b, plan_b).startswith("noop")
     assert QueryBatch.objects.filter(project=project).count() == 2
 
 
 def test_task_on_an_incomplete_batch_is_a_noop(project):
     batch0 = QueryBatch.objects.get(project=project, iteration=0)
-    assert services.advance_loop(batch_id=batch0.pk) == "noop: batch not complete"
-    assert services.advance_loop(batch_id=999999) == "noop: no such batch"
+    assert loop_step.advance_loop(batch_id=batch0.pk) == "noop: batch not complete"
+    assert loop_step.advance_loop(batch_id=999999) == "noop: no such batch"
 
 
 def test_undo_during_the_grace_period_cancels_the_update(project):
@@ -86,19 +85,20 @@ def test_undo_during_the_grace_period_cancels_the_update(project):
     last = Assignment.objects.filter(batch__project=project).order_by("-completed_at").first()
     services.undo(user=last.labeler, assignment_id=last.pk)
     batch0 = QueryBatch.objects.get(project=project, iteration=0)
-    assert services.advance_loop(batch_id=batch0.pk) == "noop: batch not complete"
+    assert loop_step.advance_loop(batch_id=batch0.pk) == "noop: batch not complete"
     project.refresh_from_db()
     assert project.state == Project.State.LABELING
 
 
 def test_suspicious_labels_go_to_other_labelers_then_resolve(project, annotators):
-    """ann_a answers wrongly; the model disagrees; h=2 others re-annotate; ann_a loses trust."""
+    """ann_a answers wrongly; the model disagrees; one other labeler re-annotates first (adaptive
+    rounds), a second one where the first disagreed (h = 2); ann_a loses trust."""
     a = annotators[0]
     answer_open(project)  # iteration 0: no previous model, so no audit
-    services.advance_loop(batch_id=QueryBatch.objects.get(project=project, iteration=0).pk)
+    loop_step.advance_loop(batch_id=QueryBatch.objects.get(project=project, iteration=0).pk)
     answer_open(project, wrong_for=("ann_a",))
     batch1 = QueryBatch.objects.get(project=project, iteration=1)
-    outcome = services.advance_loop(batch_id=batch1.pk)
+    outcome = loop_step.advance_loop(batch_id=batch1.pk)
     batch1.refresh_from_db()
     re = Assignment.objects.filter(batch=batch1, kind="reannotation")
     assert outcome.startswith("reannotation") and batch1.phase == "reannotation" and re.exists()
@@ -106,13 +106,20 @@ def test_suspicious_labels_go_to_other_labelers_then_resolve(project, annotators
         assert asg.labeler_id != asg.original_labeler_id
     assert re.filter(original_labeler=a).exists()  # ann_a's wrong labels (F_0 may also doubt honest ones)
     for item in re.values_list("item", flat=True).distinct():
-        assert re.filter(item=item).values("labeler").distinct().count() == 2  # h = 2 distinct others
+        assert re.filter(item=item).count() == 1  # adaptive: one re-annotator first
     project.refresh_from_db()
     assert project.state == Project.State.LABELING and batch1.frozen_at is None
-    # the re-annotators answer truthfully: consistent disagreement with ann_a
+    # the re-annotators answer truthfully: ann_a's labels get a second voter, then resolve
     answer_open(project)
-    outcome = services.advance_loop(batch_id=batch1.pk)
-    assert outcome.startswith("opened batch 2")
+    outcome = loop_step.advance_loop(batch_id=batch1.pk)
+    rounds = 1
+    while outcome.startswith("reannotation"):
+        rounds += 1
+        answer_open(project)
+        outcome = loop_step.advance_loop(batch_id=batch1.pk)
+    assert outcome.startswith("opened batch 2") and rounds >= 2
+    for item in re.filter(original_labeler=a).values_list("item", flat=True).distinct():
+        assert re.filter(item=item).values("labeler").distinct().count() == 2  # h = 2 distinct others
     metric = IterationMetric.objects.get(project=project, iteration=1)
     assert metric.reannotated == re.values("item").distinct().count()
     profile = LabelerProfile.objects.get(user=a)
@@ -173,9 +180,9 @@ def test_paused_work_is_claimed_by_the_next_eligible_labeler(project, annotators
 def test_budget_stops_the_project(labeling_dirs, annotators):
     project = digits_project(name="small", config={"budget": 18, "secured_size": 6, "initial_size": 6})
     answer_open(project)
-    services.advance_loop(batch_id=QueryBatch.objects.get(project=project, iteration=0).pk)
+    loop_step.advance_loop(batch_id=QueryBatch.objects.get(project=project, iteration=0).pk)
     answer_open(project)
-    outcome = services.advance_loop(batch_id=QueryBatch.objects.get(project=project, iteration=1).pk)
+    outcome = loop_step.advance_loop(batch_id=QueryBatch.objects.get(project=project, iteration=1).pk)
     project.refresh_from_db()
     assert outcome == "finished: budget" and project.state == "finished" and project.stop_reason == "budget"
     assert selectors.labels_bought(project) <= 18
@@ -261,7 +268,7 @@ def test_a_batch_whose_items_were_all_skipped_still_moves_on(project):
         services.skip_assignment(user=asg.labeler, assignment_id=asg.pk)
     batch0 = QueryBatch.objects.get(project=project, iteration=0)
     skipped = set(batch0.assignments.values_list("item_id", flat=True))
-    assert services.advance_loop(batch_id=batch0.pk).startswith("opened batch 1")
+    assert loop_step.advance_loop(batch_id=batch0.pk).startswith("opened batch 1")
     assert IterationMetric.objects.get(project=project, iteration=0).n_labeled == 0
     # skipped items went back to the pool: they may be queried again
     assert selectors.pool_labels(project).blocked.sum() == 6  # only the secured set is blocked
@@ -290,7 +297,7 @@ def test_density_pool_defence_keeps_a_collided_cluster_out_of_every_batch(labeli
     project.refresh_from_db()
     answer_open(project)
     batch0 = QueryBatch.objects.get(project=project, iteration=0)
-    assert services.advance_loop(batch_id=batch0.pk).startswith("opened batch 1")
+    assert loop_step.advance_loop(batch_id=batch0.pk).startswith("opened batch 1")
     batch1 = QueryBatch.objects.get(project=project, iteration=1)
     chosen_copies = batch1.assignments.filter(item__source__startswith="copy-").count()
     unlabeled_copies = 25 - batch0.assignments.filter(item__source__startswith="copy-").count() - \

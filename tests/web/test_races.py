@@ -16,7 +16,7 @@ import pytest
 from django.db import IntegrityError, connection, transaction
 from rest_framework.test import APIClient
 
-from labeling import services, tasks
+from labeling import loop_step, services, tasks
 from labeling.models import Annotation, Assignment, IterationMetric, Item, QueryBatch
 from tests.web.factories import AnnotatorFactory
 from tests.web.labeling_support import digits_project, labeling_dirs  # noqa: F401
@@ -161,7 +161,7 @@ def test_loop_task_twice_at_once_makes_one_next_batch(pg, labeling_dirs, no_brok
     for asg in Assignment.objects.filter(batch=batch0, status="open").select_related("item"):
         services.submit_annotation(user=by_id[asg.labeler_id], assignment_id=asg.pk, label=asg.item.ground_truth)
     assert no_broker == [batch0.pk]
-    outcomes = run_together([lambda r: services.advance_loop(batch_id=batch0.pk)] * 2)
+    outcomes = run_together([lambda r: loop_step.advance_loop(batch_id=batch0.pk)] * 2)
     outcomes = sorted(str(o[0]) for o in outcomes)
     assert sum(not o.startswith("noop") for o in outcomes) == 1, outcomes
     assert QueryBatch.objects.filter(project=project).count() == 2

@@ -21,10 +21,10 @@ def _disputed_project(annotators):
     """ann_a labels batch 1 wrongly; the audit sends its labels to the 2 others, who answer truthfully."""
     project = digits_project()
     answer_open(project)
-    services.advance_loop(batch_id=QueryBatch.objects.get(project=project, iteration=0).pk)
+    loop_step.advance_loop(batch_id=QueryBatch.objects.get(project=project, iteration=0).pk)
     answer_open(project, wrong_for=("ann_a",))
     batch1 = QueryBatch.objects.get(project=project, iteration=1)
-    assert services.advance_loop(batch_id=batch1.pk).startswith("reannotation")
+    assert loop_step.advance_loop(batch_id=batch1.pk).startswith("reannotation")
     return project, batch1
 
 
@@ -42,7 +42,7 @@ def test_rounds_open_with_the_assignments_and_resolve_with_the_outcome(labeling_
         assert rnd.original_annotation.assignment.labeler_id == rnd.original_labeler_id
         assert rnd.original_label == rnd.original_annotation.label
     answer_open(project)
-    assert services.advance_loop(batch_id=batch1.pk).startswith("opened batch 2")
+    assert loop_step.advance_loop(batch_id=batch1.pk).startswith("opened batch 2")
     mine = ReannotationRound.objects.filter(batch=batch1, original_labeler=a)
     assert mine.exists()
     for rnd in mine:
@@ -69,11 +69,11 @@ def test_rounds_open_with_the_assignments_and_resolve_with_the_outcome(labeling_
 def test_confirmations_are_recorded_only_when_trust_moves(labeling_dirs, annotators):
     project = digits_project()
     answer_open(project)
-    services.advance_loop(batch_id=QueryBatch.objects.get(project=project, iteration=0).pk)
+    loop_step.advance_loop(batch_id=QueryBatch.objects.get(project=project, iteration=0).pk)
     assert not TrustEvent.objects.exists()  # no previous model at iteration 0, nothing to confirm
     LabelerProfile.objects.filter(user__in=annotators).update(trust=0.9)
     answer_open(project)
-    services.advance_loop(batch_id=QueryBatch.objects.get(project=project, iteration=1).pk)
+    loop_step.advance_loop(batch_id=QueryBatch.objects.get(project=project, iteration=1).pk)
     confirmed = TrustEvent.objects.filter(reason="confirmed")
     for e in confirmed:
         assert e.delta > 0 and e.model_confidence >= 0.5 and e.original_label == e.item.ground_truth
@@ -111,7 +111,7 @@ def test_discard_since_a_date_requeues_items_in_the_open_batch(labeling_dirs, an
     a = annotators[0]
     project = digits_project()
     answer_open(project)
-    services.advance_loop(batch_id=QueryBatch.objects.get(project=project, iteration=0).pk)
+    loop_step.advance_loop(batch_id=QueryBatch.objects.get(project=project, iteration=0).pk)
     before = selectors.pool_labels(project)
     mine = list(Annotation.objects.filter(assignment__labeler=a, assignment__kind="first_label")
                 .values_list("assignment__item__index", flat=True))
@@ -174,7 +174,7 @@ def test_staff_pages_show_ranking_confusion_and_disputed_items(labeling_dirs, an
     a = annotators[0]
     project, batch1 = _disputed_project(annotators)
     answer_open(project)
-    services.advance_loop(batch_id=batch1.pk)
+    loop_step.advance_loop(batch_id=batch1.pk)
     services.set_labeler_status(user=a, flagged=True)
     client = Client()
     client.force_login(staff)

@@ -20,7 +20,7 @@ from learner.experiments import (SCENARIOS, ExperimentSpec, attack_success, cont
 from learner.heads import HeadConfig
 from learner.loop import ATTACKS, LoopConfig
 from learner.strategies import STRATEGIES
-from trust.scoring import TrustPolicy
+from learner.trust import TrustPolicy
 
 
 def _csv(value: str) -> tuple[str, ...]:
@@ -74,16 +74,15 @@ class Command(BaseCommand):
         lp.add_argument("--defenses", choices=["auto", "on", "off"], default="auto",
                         help="secured set + re-annotation + trust (auto: robust only)")
         lp.add_argument("--secured-size", type=int, default=50)
-        lp.add_argument("--secured-refresh", type=int, default=None, help="q (default: never)")
         lp.add_argument("--secured-verification", choices=["admin", "consensus"], default="admin")
         lp.add_argument("--epsilon", type=float, default=0.05)
         lp.add_argument("--p-h", type=float, default=0.9995)
         lp.add_argument("--p1", type=float, default=0.9391)
         lp.add_argument("--audit-confidence", type=float, default=LoopConfig.audit_confidence,
                         help="re-annotate labels the model contradicts with this confidence; <=0 disables")
-        lp.add_argument("--audit-votes", choices=["adaptive", "full"], default="adaptive",
-                        help="adaptive: an audit stops at the first re-annotator who confirms the label; "
-                             "full: always h votes")
+        lp.add_argument("--reannotation", choices=["adaptive", "parallel"], default="adaptive",
+                        help="adaptive: a round asks one re-annotator first and the other h-1 only when that "
+                             "one disagrees; parallel: h at once (both run live too)")
         lp.add_argument("--augment", default="auto", help="cw,deepfool,noise | none | auto (robust only)")
         lp.add_argument("--augment-space", choices=["feature", "pixel"], default="feature")
         lp.add_argument("--attack-impl", choices=["fast", "art"], default="fast")
@@ -127,10 +126,10 @@ class Command(BaseCommand):
             loop = LoopConfig(
                 initial_size=o["initial"], batch_size=o["batch"], budget=o["budget"], tau=o["tau"],
                 defenses={"auto": None, "on": True, "off": False}[o["defenses"]],
-                secured_size=o["secured_size"], secured_refresh=o["secured_refresh"],
+                secured_size=o["secured_size"],
                 secured_verification=o["secured_verification"],
                 audit_confidence=o["audit_confidence"] if o["audit_confidence"] > 0 else None,
-                adaptive_audit=o["audit_votes"] == "adaptive",
+                reannotation=o["reannotation"],
                 augment=augment, augment_space=o["augment_space"], attack_impl=o["attack_impl"],
                 noise_variance=o["noise_variance"], augment_weight=o["augment_weight"], n_clusters=o["n_clusters"],
                 candidate_factor=o["candidate_factor"], head=HeadConfig(epochs=o["head_epochs"]), trust=trust,

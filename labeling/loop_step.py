@@ -1,0 +1,254 @@
+"""The web app's driver of the loop engine: one step of :func:`learner.engine.step` on database rows.
+
+:func:`advance_loop` (the Celery task's body) runs in three parts so the heavy part holds no lock:
+
+1. a short transaction checks the batch is complete, freezes it (undo is refused from then on) and
+   reads the engine's state (:func:`engine_state`);
+2. the engine step runs on arrays (training, the checks, crafting, trust, the next query),
+   deterministic for the project's seed and iteration;
+3. a short transaction re-checks that nobody processed the batch meanwhile (same phase, not
+   closed) and persists the plan (:func:`_persist`). A redelivered or duplicated task therefore
+   finds the batch closed (or in the next phase) and does nothing; ``unique (project,
+   iteration)`` backs this up.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from django.db import transaction
+from django.utils import timezone
+
+from learner import engine, live
+from learner.trust import LabelerTrust, Status
+
+from . import features as feature_cache
+from . import selectors
+from .models import Annotation, Assignment, IterationMetric, LabelerProfile, Project, QueryBatch
+from .services import Conflict, _assign_first_labels, _transition, release_open_work
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Snapshot:
+    project: Project
+    batch: QueryBatch
+    cfg: live.LiveConfig
+    state: engine.EngineState
+    pool: selectors.PoolLabels
+
+
+def _trust_of(profile: LabelerProfile | None) -> LabelerTrust:
+    if profile is None:
+        return LabelerTrust()
+    status = (Status.SUSPENDED if profile.is_suspended else Status.FLAGGED if profile.is_flagged else Status.ACTIVE)
+    return LabelerTrust(trust=profile.trust, status=status, labels_given=profile.labels_given,
+                        checked=profile.checked, disagreements=profile.disagreements, alerts=profile.alerts)
+
+
+def engine_state(project: Project, batch: QueryBatch) -> tuple[engine.EngineState, selectors.PoolLabels]:
+    """The engine's state of ``project`` with ``batch`` open, read from the database."""
+    from trust import selectors as trust_selectors
+
+    pool = selectors.pool_labels(project)
+    firsts = (Annotation.objects.filter(assignment__batch__project=project, discard__isnull=True,
+                                        assignment__kind=Assignment.Kind.FIRST_LABEL)
+              .values_list("assignment__labeler_id", "assignment__item__index", "label").order_by("id"))
+    first_labels: dict[int, list[tuple[int, int]]] = {}
+    for uid, index, label in firsts:
+        first_labels.setdefault(int(uid), []).append((int(index), int(label)))
+    crowd = [int(u) for u in selectors.annotators().order_by("id").values_list("id", flat=True)]
+    people = set(crowd) | set(first_labels) | {int(u) for u in pool.labeler_of if u >= 0}
+    profiles = {p.user_id: p for p in LabelerProfile.objects.filter(user_id__in=people)}
+    trust = {uid: _trust_of(profiles.get(uid)) for uid in sorted(people)}
+    requests = {}
+    for item, original, label, votes, asked in trust_selectors.pending_rounds(batch):
+        requests[item] = engine.Request(item=item, original=original, label=label, votes=votes, asked=asked)
+    batch_items = np.array(sorted(Assignment.objects.filter(batch=batch, kind=Assignment.Kind.FIRST_LABEL,
+                                                            status=Assignment.Status.DONE)
+                                  .values_list("item__index", flat=True)), dtype=np.int64)
+    prev = IterationMetric.objects.filter(project=project, iteration=batch.iteration - 1).first()
+    carry = dict(batch.loop_state or {})
+    n = pool.n
+    state = engine.EngineState(
+        labels=pool.labels.copy(), labeler_of=pool.labeler_of.copy(), discarded=pool.discarded.copy(),
+        secured=pool.secured_items.copy(), secured_labels=np.where(pool.secured, pool.secured_labels, -1),
+        trust=trust, crowd=crowd, iteration=batch.iteration,
+        phase=engine.REANNOTATION if batch.phase == QueryBatch.Phase.REANNOTATION else engine.LABELING,
+        batch=batch_items, requests=requests, bought=selectors.labels_bought(project),
+        answers=trust_selectors.annotation_triples(project), first_labels=first_labels,
+        verdicts=trust_selectors.round_verdicts(project),
+        artificial=live.load_artificial(feature_cache.artificial_path(project, k) for k in range(batch.iteration + 1)),
+        perturbations={int(k): (math.inf if v is None else float(v)) for k, v in (carry.get("perturbations") or {}).items()},
+        previous_secured_accuracy=prev.secured_accuracy if prev else None,
+        reported_pairs=trust_selectors.reported_pairs(project), carry=carry)
+    assert len(state.labels) == n
+    return state, pool
+
+
+def _take_snapshot(batch_id: int) -> _Snapshot | str:
+    with transaction.atomic():
+        batch = QueryBatch.objects.filter(pk=batch_id).first()
+        if batch is None:
+            return "noop: no such batch"
+        project = Project.objects.select_for_update().get(pk=batch.project_id)
+        batch = QueryBatch.objects.select_for_update().get(pk=batch_id)
+        if batch.closed_at is not None:
+            return "noop: batch already closed"
+        if project.state == Project.State.FINISHED:
+            return "noop: project finished"
+        if not selectors.batch_is_complete(batch):
+            if project.state == Project.State.UPDATING:  # an answer was undone during the grace period
+                _transition(project, Project.State.LABELING)
+                project.save(update_fields=["state", "updated_at"])
+            return "noop: batch not complete"
+        if project.state != Project.State.UPDATING:
+            _transition(project, Project.State.UPDATING)
+            project.save(update_fields=["state", "updated_at"])
+        if batch.frozen_at is None:
+            batch.frozen_at = timezone.now()
+            batch.save(update_fields=["frozen_at"])
+        state, pool = engine_state(project, batch)
+        return _Snapshot(project=project, batch=batch, cfg=project.live_config, state=state, pool=pool)
+
+
+def _previous_model(snap: _Snapshot, pool: engine.Pool):
+    """F_{i-1}: saved by the previous iteration; retrained without this batch if the file is gone."""
+    i = snap.batch.iteration
+    if i == 0:
+        return None
+    model = live.load_model(feature_cache.model_path(snap.project, i - 1))
+    if model is None:
+        log.warning("project %s: model of iteration %s missing from the cache; retraining it", snap.project.pk, i - 1)
+        labels = snap.state.labels.copy()
+        labels[snap.state.batch] = -1
+        if (labels >= 0).any():
+            model = live.train_model(pool.features, labels, snap.state.weights(), pool.n_classes,
+                                     standardizer=pool.standardizer, seed=snap.cfg.seed + i - 1)
+    return model
+
+
+def advance_loop(*, batch_id: int) -> str:
+    """Process a complete batch: one engine step, persisted. Idempotent.
+
+    Returns a short description of what happened (for logs and tests).
+    """
+    snap = _take_snapshot(batch_id)
+    if isinstance(snap, str):
+        return snap
+    return _persist(snap, _plan(snap))
+
+
+def _plan(snap: _Snapshot) -> engine.Plan:
+    """The heavy part, no lock held: the engine step, the model and crafted rows saved to the cache."""
+    features, features_file = feature_cache.features_for(snap.project)
+    pool = engine.Pool(features=features, n_classes=snap.project.n_classes, cache_key=str(features_file))
+    previous = _previous_model(snap, pool)
+    plan = engine.step(snap.cfg, pool, snap.state, previous_model=previous)
+    i = snap.batch.iteration
+    if snap.batch.phase == QueryBatch.Phase.LABELING:
+        live.save_artificial(feature_cache.artificial_path(snap.project, i), plan.artificial)
+    if plan.closed:
+        live.save_model(feature_cache.model_path(snap.project, i), plan.model)
+        truth = (snap.pool.ground_truth >= 0) & ~snap.pool.secured_items
+        plan.metric["ground_truth_accuracy"] = live.accuracy_on(plan.model, features, snap.pool.ground_truth, truth)
+    return plan
+
+
+def record_loop_error(*, batch_id: int, error: str) -> None:
+    """Keep the loop task's last failure on the project (shown on the staff page)."""
+    Project.objects.filter(batches__pk=batch_id).update(loop_error=error[:5000])
+
+
+def _persist(snap: _Snapshot, plan: engine.Plan) -> str:
+    from trust import services as trust_services
+
+    with transaction.atomic():
+        project = Project.objects.select_for_update().get(pk=snap.project.pk)
+        project.loop_error = ""
+        batch = QueryBatch.objects.select_for_update().get(pk=snap.batch.pk)
+        if batch.closed_at is not None or batch.phase != snap.batch.phase:
+            return "noop: processed meanwhile"
+        if not selectors.batch_is_complete(batch):
+            return "noop: batch changed meanwhile"
+        newly_blocked = _save_trust(plan, project=project)
+        for uid in sorted(newly_blocked):  # their open work elsewhere goes to others
+            transaction.on_commit(lambda uid=uid: _release_after_commit(uid))
+        if plan.rounds:
+            trust_services.resolve_rounds(batch=batch, rounds=plan.rounds)
+        if plan.confusion:
+            trust_services.save_confusion(project=project, estimates=plan.confusion)
+        if plan.requests:
+            created = _open_reannotation(batch, plan.requests)
+            batch.phase, batch.loop_state = QueryBatch.Phase.REANNOTATION, plan.carry
+            batch.frozen_at = None  # its new assignments may be answered (and undone) again
+            batch.save(update_fields=["phase", "loop_state", "frozen_at"])
+            _transition(project, Project.State.LABELING)
+            project.save(update_fields=["state", "loop_error", "updated_at"])
+            return f"reannotation: {created} assignments for {len(plan.requests)} items"
+        IterationMetric.objects.get_or_create(project=project, iteration=batch.iteration,
+                                              defaults={**plan.metric, "started_at": batch.opened_at})
+        batch.phase, batch.closed_at, batch.loop_state = QueryBatch.Phase.CLOSED, timezone.now(), plan.carry
+        batch.save(update_fields=["phase", "closed_at", "loop_state"])
+        if plan.stop:
+            _transition(project, Project.State.FINISHED)
+            project.stop_reason = plan.stop
+            project.save(update_fields=["state", "stop_reason", "loop_error", "updated_at"])
+            return f"finished: {plan.stop}"
+        nxt = QueryBatch.objects.create(project=project, iteration=batch.iteration + 1, strategy=snap.cfg.strategy)
+        items = {i.index: i for i in project.items.filter(index__in=plan.next_items)}
+        _assign_first_labels(nxt, [items[k] for k in plan.next_items], plan.assignees)
+        project.iteration = nxt.iteration
+        _transition(project, Project.State.LABELING)
+        project.save(update_fields=["state", "iteration", "loop_error", "updated_at"])
+        return f"opened batch {nxt.iteration} with {len(plan.next_items)} items"
+
+
+def _release_after_commit(uid: int) -> None:
+    from django.contrib.auth import get_user_model
+
+    user = get_user_model().objects.filter(pk=uid).first()
+    if user is not None:
+        release_open_work(user=user)
+
+
+def _save_trust(plan: engine.Plan, *, project: Project) -> set[int]:
+    """Write the plan's trust states and history; returns the labelers flagged or suspended just now."""
+    from trust import services as trust_services
+
+    newly_blocked = set()
+    for uid, st in sorted(plan.trust.items()):
+        profile, _ = LabelerProfile.objects.select_for_update().get_or_create(user_id=uid)
+        was_blocked = profile.is_suspended or profile.is_flagged
+        profile.trust = min(max(float(st.trust), 0.0), 1.0)
+        profile.checked, profile.disagreements, profile.alerts = st.checked, st.disagreements, st.alerts
+        profile.is_suspended = st.status is Status.SUSPENDED
+        profile.is_flagged = st.status is Status.FLAGGED
+        profile.save()
+        if not was_blocked and (profile.is_suspended or profile.is_flagged):
+            newly_blocked.add(uid)
+    if plan.events:
+        trust_services.record_events(project=project, events=plan.events)
+    return newly_blocked
+
+
+def _open_reannotation(batch: QueryBatch, requests: list[engine.Request]) -> int:
+    """The plan's new voters of each round, never the original labeler (the DB refuses that too)."""
+    from trust import services as trust_services
+
+    items = {i.index: i for i in batch.project.items.filter(index__in=[r.item for r in requests])}
+    created = 0
+    for req in requests:
+        made = [Assignment.objects.create(item=items[req.item], batch=batch, labeler_id=voter,
+                                          original_labeler_id=req.original, kind=Assignment.Kind.REANNOTATION)
+                for voter in req.new_voters]
+        created += len(made)
+        trust_services.open_round(batch=batch, item=items[req.item], original_labeler_id=req.original,
+                                  assignments=made)
+    return created
+
+
+__all__ = ["advance_loop", "engine_state", "record_loop_error", "Conflict"]

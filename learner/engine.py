@@ -1,0 +1,507 @@
+"""The robust loop's one engine: a step takes the label state and returns a plan (no ORM, no Celery).
+
+Two drivers run it. ``learner.loop`` (``manage.py simulate`` and ``reproduce_paper``) keeps an
+:class:`EngineState` in memory and answers the plan's requests with simulated labelers; the web
+app (``labeling/loop.py``) rebuilds the state from the database, runs the same step and persists
+the plan in one transaction. A parity test drives both with the same labelers and seeds.
+
+One iteration (paper Fig. 2, our choices marked in ``docs/method.md``):
+
+1. :func:`start`: the secured set S (its own seeded stream, drawn for every strategy so that all
+   strategies start from the same initial labels) and the random initial batch.
+2. After a batch's first labels (:func:`step`, phase "labeling"): audit the labels the previous
+   model F_{i-1} contradicts (ours), craft adversarial and noise copies of the batch, train F_i on
+   D plus the copies with every label weighted by its labeler's trust, and run the secured-set
+   check: accuracy on S down by more than epsilon sends the whole batch to re-annotation.
+3. Re-annotation requests (``plan.requests``) go to distinct other labelers. With
+   ``reannotation="adaptive"`` a round asks one labeler first and the others only when that one
+   disagrees; ``"parallel"`` asks ``h`` at once. :func:`step` in phase "reannotation" resolves
+   the votes (or asks for the rest), updates trust and retrains.
+4. Finish: Dawid-Skene confusion check, each labeler's status from the evidence
+   (:func:`learner.trust.assess`): a newly flagged labeler's unchecked labels are re-annotated
+   (a targeted audit, back to 3); a suspended labeler's unverified labels leave D. Then the stop
+   rules (budget, target on S, tau, pool exhausted) and the next batch with its assignees.
+"""
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from . import live
+from .trust import (LabelerTrust, Outcome, Status, TrustPolicy, apply_confirmation, apply_outcome, assess,
+                    audit_threshold, resolve, resolve_votes)
+
+LABELING, REANNOTATION = "labeling", "reannotation"
+
+
+def seed_of(cfg: live.LiveConfig, *parts: int) -> int:
+    """A seed derived from the project's seed and e.g. (iteration, purpose): same inputs, same draw."""
+    return int(live.rng_for(cfg.seed, *parts).integers(2**31))
+
+
+def policy_of(cfg: live.LiveConfig) -> TrustPolicy:
+    """The project's trust thresholds as a :class:`learner.trust.TrustPolicy`."""
+    return TrustPolicy(epsilon=cfg.epsilon, penalty=cfg.trust_penalty, reward=cfg.trust_reward,
+                       alert_confidence=cfg.alert_confidence, flag_alpha=cfg.flag_alpha,
+                       suspend_alpha=cfg.suspend_alpha, window=cfg.trust_window, p_1=cfg.p1)
+
+
+@dataclass
+class Pool:
+    """What the engine reads of the data: features (frozen backbone) and optional hooks.
+
+    ``crafter(model, items, labels, seed) -> ({item: rows}, {item: L2})`` replaces the
+    feature-space crafting (the simulator's pixel space); ``train_filter(items, labels) -> keep``
+    filters the training set before each training (the dknn defence).
+    """
+
+    features: np.ndarray
+    n_classes: int
+    standardizer: tuple | None = None
+    cache_key: str | None = None
+    crafter: Callable | None = None
+    train_filter: Callable | None = None
+    head: object | None = None  # learner.heads.HeadConfig (None: the default)
+
+    def __post_init__(self):
+        if self.standardizer is None:
+            from .heads import fit_standardizer
+            self.standardizer = fit_standardizer(self.features)
+
+
+@dataclass
+class Request:
+    """An open re-annotation round of one item's first label."""
+
+    item: int
+    original: int  # the labeler whose first label is under review
+    label: int  # that label
+    reason: str = "audit"  # "audit" | "check" | "flag"
+    votes: list[int] = field(default_factory=list)  # answers so far
+    asked: list[int] = field(default_factory=list)  # labelers asked so far (never asked twice)
+    new_voters: list[int] = field(default_factory=list)  # asked in this plan (the driver assigns them)
+
+
+@dataclass
+class EngineState:
+    """The label state of a project's pool between steps (index = item index)."""
+
+    labels: np.ndarray  # resolved label per item (-1: none, discarded, or excluded)
+    labeler_of: np.ndarray  # whose word the label is (-1: verified by others, or no label)
+    discarded: np.ndarray
+    secured: np.ndarray  # items of S: never queried, never trained on
+    secured_labels: np.ndarray  # verified labels of S (-1 unknown)
+    trust: dict[int, LabelerTrust]
+    crowd: list[int]  # labelers who may get work (status permitting), in a stable order
+    iteration: int = 0
+    phase: str = LABELING
+    batch: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))  # first-labeled items
+    requests: dict[int, Request] = field(default_factory=dict)
+    bought: int = 0
+    answers: list[tuple[int, int, int]] = field(default_factory=list)  # (item, labeler, label), Dawid-Skene input
+    first_labels: dict[int, list[tuple[int, int]]] = field(default_factory=dict)  # labeler -> [(item, label)] in order
+    verdicts: dict[tuple[int, int], int] = field(default_factory=dict)  # (labeler, item) -> consensus of its round
+    artificial: dict[int, np.ndarray] = field(default_factory=dict)
+    perturbations: dict[int, float] = field(default_factory=dict)
+    previous_secured_accuracy: float | None = None
+    reported_pairs: set[tuple[int, int, int]] = field(default_factory=set)  # (labeler, true, given)
+    carry: dict = field(default_factory=dict)  # step results kept between the phases of one iteration
+
+    @property
+    def labeled(self) -> np.ndarray:
+        return self.labels >= 0
+
+    def weights(self) -> np.ndarray:
+        """Weight of each label: its labeler's trust weight; verified labels 1."""
+        w = np.where(self.labels >= 0, 1.0, 0.0)
+        for uid in np.unique(self.labeler_of[self.labeler_of >= 0]):
+            state = self.trust.get(int(uid))
+            w[self.labeler_of == uid] = state.weight if state is not None else 1.0
+        return w
+
+    def eligible(self) -> list[int]:
+        """Labelers who may get new work: active ones, else (everyone flagged) the non-suspended."""
+        status = lambda u: self.trust.get(u, LabelerTrust()).status  # noqa: E731
+        active = [u for u in self.crowd if status(u) is Status.ACTIVE]
+        return active or [u for u in self.crowd if status(u) is not Status.SUSPENDED]
+
+    def history(self, uid: int) -> list[tuple[int, int | None]]:
+        """(given label, consensus of others or None) of each first label of ``uid``, in order."""
+        return [(label, self.verdicts.get((uid, item))) for item, label in self.first_labels.get(uid, [])]
+
+
+@dataclass
+class StartPlan:
+    secured: np.ndarray  # items of S
+    secured_voters: dict[int, list[int]]  # S items without a known label -> h labelers each
+    initial: np.ndarray  # the random first batch
+    assignees: list[int | None]  # one per initial item
+    admin_labels: int  # S items whose label is known (bought once each)
+
+
+@dataclass
+class Plan:
+    """Everything one step decided; the web driver persists it, the simulator reads it."""
+
+    phase: str  # what the batch waits for next: REANNOTATION (requests) or "closed"
+    requests: list[Request] = field(default_factory=list)  # rounds that need the new voters' answers
+    trust: dict[int, LabelerTrust] = field(default_factory=dict)  # changed trust states
+    events: list[dict] = field(default_factory=list)  # trust history rows, in order
+    rounds: list[dict] = field(default_factory=list)  # resolved rounds
+    confusion: dict[int, dict] = field(default_factory=dict)  # labeler -> Dawid-Skene estimate
+    artificial: dict[int, np.ndarray] = field(default_factory=dict)  # this iteration's crafted rows
+    model: object | None = None  # F_i (saved when the iteration closes)
+    metric: dict = field(default_factory=dict)
+    carry: dict = field(default_factory=dict)
+    stop: str = ""
+    next_items: list[int] = field(default_factory=list)
+    assignees: list[int | None] = field(default_factory=list)
+
+    @property
+    def closed(self) -> bool:
+        return self.phase == "closed"
+
+
+# --------------------------------------------------------------------------------------
+# Start
+# --------------------------------------------------------------------------------------
+
+
+def start(cfg: live.LiveConfig, n: int, *, label_known: np.ndarray, crowd: list[int]) -> StartPlan:
+    """S and the random initial batch. S is drawn for every strategy (same initial labels);
+    without the defences it is not bought and its items stay in the pool."""
+    indices = np.arange(n)
+    drawn = live.random_items(indices, min(cfg.secured_size, max(n - 1, 0)), seed_of(cfg, 0, 1))
+    secured = drawn if cfg.defenses_on else np.empty(0, dtype=np.int64)
+    known = np.asarray(label_known, dtype=bool)
+    admin = int(known[secured].sum()) if len(secured) else 0
+    consensus = [int(i) for i in secured if not known[i]]
+    budget_left = (cfg.budget if cfg.budget is not None else 10**12) - admin - cfg.h * len(consensus)
+    initial = live.random_items(np.setdiff1d(indices, drawn), min(cfg.initial_size, max(budget_left, 0)),
+                                seed_of(cfg, 0, 2))
+    eligible = list(crowd)
+    assignees = live.spread(len(initial), eligible, {}, seed=cfg.seed)
+    load = Counter(a for a in assignees if a is not None)
+    voters = {}
+    for item in consensus:
+        voters[item] = live.choose_distinct(cfg.h, eligible, load=load, seed=cfg.seed + item)
+        load.update(voters[item])
+    return StartPlan(secured=secured, secured_voters=voters, initial=initial, assignees=assignees,
+                     admin_labels=admin)
+
+
+def secured_label(votes: list[int]) -> int | None:
+    """The verified label of an S item labeled by h labelers (None when they disagree)."""
+    if not votes:
+        return None
+    _, keep = resolve(votes[0], votes[1:])
+    return keep
+
+
+# --------------------------------------------------------------------------------------
+# One step
+# --------------------------------------------------------------------------------------
+
+
+def step(cfg: live.LiveConfig, pool: Pool, state: EngineState, *, previous_model) -> Plan:
+    """Advance the open batch by one step and update ``state`` to what the plan describes.
+
+    ``previous_model`` is F_{i-1} (None at iteration 0). Deterministic for a given state and
+    ``cfg.seed``, so a redelivered task or another driver computes the same plan.
+    """
+    plan = Plan(phase=REANNOTATION)
+    if state.phase == LABELING:
+        model = _after_labeling(cfg, pool, state, previous_model, plan)
+    else:
+        model = _after_reannotation(cfg, pool, state, previous_model, plan)
+    if plan.requests:
+        return _wait_for_votes(state, plan)
+    _finish(cfg, pool, state, previous_model, model, plan)
+    if plan.requests:
+        return _wait_for_votes(state, plan)
+    return plan
+
+
+def _wait_for_votes(state: EngineState, plan: Plan) -> Plan:
+    state.phase = REANNOTATION
+    plan.phase = REANNOTATION
+    plan.carry = dict(state.carry)
+    return plan
+
+
+def _train(cfg: live.LiveConfig, pool: Pool, state: EngineState):
+    labels = state.labels.copy()
+    if pool.train_filter is not None:
+        items = np.flatnonzero(labels >= 0)
+        if len(items):
+            keep = pool.train_filter(items, labels[items])
+            labels[items[~keep]] = -1  # their artificial copies go too (train_model skips them)
+            state.carry["filtered"] = int((~keep).sum())
+    return live.train_model(pool.features, labels, state.weights(), pool.n_classes, artificial=state.artificial,
+                            augment_weight=cfg.augment_weight, standardizer=pool.standardizer,
+                            seed=cfg.seed + state.iteration, head=pool.head)
+
+
+def _event(plan: Plan, uid: int, reason: str, before: float, state: LabelerTrust, *, item: int | None = None,
+           confidence: float | None = None, original: int | None = None, consensus: int | None = None,
+           note: str = "") -> None:
+    plan.events.append({"labeler": int(uid), "reason": reason, "item_index": item, "delta": state.trust - before,
+                        "trust_after": state.trust, "model_confidence": confidence, "original_label": original,
+                        "consensus_label": consensus, "note": note})
+
+
+def _after_labeling(cfg, pool: Pool, state: EngineState, previous, plan: Plan):
+    """Audit, craft, train, secured-set check; re-annotation requests go into ``plan``."""
+    labeled_now = state.batch[state.labels[state.batch] >= 0] if len(state.batch) else state.batch
+    policy = policy_of(cfg)
+    suspicious = np.empty(0, dtype=np.int64)
+    if cfg.defenses_on and previous is not None and cfg.audit_confidence is not None and len(labeled_now):
+        who = state.labeler_of[labeled_now]
+        contra = np.array([audit_threshold(state.trust[int(u)], cfg.audit_confidence, cfg.audit_confidence_proven,
+                                           cfg.audit_proven_after) if int(u) in state.trust else cfg.audit_confidence
+                           for u in who], dtype=float)
+        confirmed, suspicious = live.audit(previous, pool.features, labeled_now, state.labels, cfg.audit_confidence,
+                                           contradiction_confidence=contra)
+        proba = live.class_probabilities(previous, pool.features, confirmed)
+        for item in confirmed:
+            uid = int(state.labeler_of[item])
+            if uid < 0 or uid not in state.trust:
+                continue
+            before = state.trust[uid].trust
+            apply_confirmation(state.trust[uid], policy)
+            plan.trust[uid] = state.trust[uid]
+            if state.trust[uid].trust != before:  # capped at 1: no change, no event
+                label = int(state.labels[item])
+                _event(plan, uid, "confirmed", before, state.trust[uid], item=int(item),
+                       confidence=float(proba[int(item)][label]), original=label, consensus=label)
+    if pool.crafter is not None and previous is not None and cfg.augmentations and len(labeled_now):
+        rows, perts = pool.crafter(previous, labeled_now, state.labels[labeled_now], seed_of(cfg, state.iteration, 3))
+    else:
+        rows, perts = live.craft(pool.features, pool.standardizer, previous, labeled_now, state.labels, cfg,
+                                 seed=seed_of(cfg, state.iteration, 3))
+    plan.artificial = rows
+    state.artificial.update(rows)
+    state.perturbations = dict(perts)
+    model = _train(cfg, pool, state)
+    s_acc = live.accuracy_on(model, pool.features, state.secured_labels, state.secured_labels >= 0)
+    triggered = cfg.defenses_on and live.performance_dropped(s_acc, state.previous_secured_accuracy, cfg.epsilon)
+    todo = {int(x): "audit" for x in suspicious}
+    if triggered:
+        todo.update({int(x): "check" for x in labeled_now if state.labeler_of[x] >= 0 and int(x) not in todo})
+    state.carry = {"secured_accuracy_before_check": s_acc, "check_triggered": bool(triggered),
+                   "audited": int(len(suspicious)), "reannotated": 0, "discarded": 0,
+                   "perturbations": {str(k): (v if math.isfinite(v) else None) for k, v in perts.items()}}
+    if cfg.defenses_on:
+        _request(cfg, state, plan, [(item, todo[item]) for item in sorted(todo)])
+    return model
+
+
+def _request(cfg, state: EngineState, plan: Plan, todo: list[tuple[int, str]]) -> None:
+    """Open rounds for ``todo`` items (their standing first labels), budget permitting."""
+    eligible = state.eligible()
+    left = _budget_left(cfg, state) - sum(cfg.h - len(r.votes) for r in state.requests.values())
+    first = 1 if cfg.reannotation == "adaptive" else cfg.h
+    load: Counter = Counter()
+    for item, reason in todo:
+        original = int(state.labeler_of[item])
+        if original < 0 or item in state.requests or left < cfg.h:
+            continue
+        voters = live.choose_distinct(first, eligible, exclude={original}, load=load, seed=cfg.seed + item)
+        if not voters:
+            continue
+        req = Request(item=item, original=original, label=int(state.labels[item]), reason=reason,
+                      asked=list(voters), new_voters=list(voters))
+        load.update(voters)
+        state.requests[item] = req
+        plan.requests.append(req)
+        left -= cfg.h
+
+
+def _budget_left(cfg, state: EngineState) -> int:
+    return (cfg.budget - state.bought) if cfg.budget is not None else 10**12
+
+
+def _after_reannotation(cfg, pool: Pool, state: EngineState, previous, plan: Plan):
+    """Resolve the rounds whose votes are in (or ask for the rest), update trust, retrain."""
+    policy = policy_of(cfg)
+    eligible = state.eligible()
+    adaptive = cfg.reannotation == "adaptive"
+    load: Counter = Counter()
+    done: list[tuple[Request, Outcome, int | None]] = []
+    for item in sorted(state.requests):
+        req = state.requests[item]
+        req.new_voters = []
+        outcome, keep = resolve_votes(req.label, req.votes, cfg.h, adaptive=adaptive)
+        if outcome is None:
+            need = cfg.h - len(req.votes)
+            more = live.choose_distinct(need, eligible, exclude={req.original, *req.asked}, load=load,
+                                        seed=cfg.seed + item + 7919 * len(req.asked))
+            if more:
+                req.asked += more
+                req.new_voters = list(more)
+                load.update(more)
+                plan.requests.append(req)
+                continue
+            if not req.votes:  # nobody could answer: the label stands as it was
+                del state.requests[item]
+                continue
+            outcome, keep = resolve(req.label, req.votes)  # fewer than h labelers exist
+        done.append((req, outcome, keep))
+    if plan.requests:  # the remaining rounds wait until every open one has its votes
+        return None
+    reference = previous if previous is not None else _train(cfg, pool, state)  # iteration 0: F_0
+    proba = live.class_probabilities(reference, pool.features, [r.item for r, _, _ in done])
+    discarded = 0
+    for req, outcome, keep in done:
+        del state.requests[req.item]
+        p = proba.get(req.item)
+        p_orig = float(p[req.label]) if p is not None else None
+        p_cons = float(p[keep]) if p is not None and keep is not None else None
+        plan.rounds.append({"item_index": req.item, "outcome": outcome.value, "consensus_label": keep,
+                            "prob_original": p_orig, "prob_consensus": p_cons})
+        if outcome is Outcome.INCONSISTENT:
+            state.labels[req.item], state.labeler_of[req.item] = -1, -1
+            state.discarded[req.item] = True
+            discarded += 1
+        else:
+            state.labels[req.item], state.labeler_of[req.item] = keep, -1
+            state.verdicts[(req.original, req.item)] = int(keep)
+        trust = state.trust.get(req.original)
+        if trust is None:
+            continue
+        before = trust.trust
+        reason = apply_outcome(trust, outcome, prob_original=p_orig if p_orig is not None else 0.5,
+                               prob_consensus=p_cons if p_cons is not None else 0.0, policy=policy)
+        plan.trust[req.original] = trust
+        if reason is not None:
+            _event(plan, req.original, reason, before, trust, item=req.item, confidence=p_cons,
+                   original=req.label, consensus=keep)
+    state.carry["reannotated"] = int(state.carry.get("reannotated", 0)) + len(done)
+    state.carry["discarded"] = int(state.carry.get("discarded", 0)) + discarded
+    return _train(cfg, pool, state)
+
+
+def _confusion(cfg, pool: Pool, state: EngineState, model, plan: Plan) -> set[int]:
+    """Dawid-Skene confusion matrices (the model joins as one more labeler); returns the labelers
+    with a systematic (true, given) mapping not reported before."""
+    from .confusion import dawid_skene, systematic_pairs
+
+    if cfg.confusion_min_rate is None or not cfg.defenses_on or not state.answers or model is None:
+        return set()
+    items = [a[0] for a in state.answers]
+    workers = [a[1] for a in state.answers]
+    labels = [a[2] for a in state.answers]
+    seen = np.array(sorted(set(items)), dtype=np.int64)
+    predicted = model.predict(pool.features[seen])
+    ds = dawid_skene(items + seen.tolist(), workers + ["model"] * len(seen), labels + [int(x) for x in predicted],
+                     pool.n_classes)
+    n_given = Counter(workers)
+    hits = set()
+    for uid in ds.workers:
+        if uid == "model":
+            continue
+        conf, counts = ds.of(uid)
+        pairs = systematic_pairs(conf, counts, min_rate=cfg.confusion_min_rate, min_count=cfg.confusion_min_count)
+        plan.confusion[int(uid)] = {"matrix": conf.round(4).tolist(), "counts": counts.round(3).tolist(),
+                                    "n_labels": int(n_given[uid]), "pairs": [list(p) for p in pairs]}
+        new = [p for p in pairs if (int(uid), *p) not in state.reported_pairs]
+        trust = state.trust.get(int(uid))
+        if not new or trust is None or trust.status is not Status.ACTIVE:
+            continue
+        hits.add(int(uid))
+        for true_c, given_c in new:  # one event per pair: the web driver reads reported pairs back from them
+            state.reported_pairs.add((int(uid), int(true_c), int(given_c)))
+            _event(plan, int(uid), "systematic_confusion", trust.trust, trust, original=int(given_c),
+                   consensus=int(true_c), confidence=float(conf[true_c, given_c]),
+                   note=f"{true_c} -> {given_c}: rate {conf[true_c, given_c]:.2f} over "
+                        f"{counts[true_c, given_c]:.1f} labels")
+    return hits
+
+
+def _assess_everyone(cfg, state: EngineState, n_classes: int, systematic: set[int],
+                     plan: Plan) -> tuple[list[int], list[int]]:
+    """Apply :func:`learner.trust.assess` to every labeler; returns (newly flagged, newly suspended)."""
+    policy = policy_of(cfg)
+    flagged, suspended = [], []
+    if not cfg.defenses_on:
+        return flagged, suspended
+    pending = {r.original for r in state.requests.values()}
+    for uid in sorted(state.trust):
+        trust = state.trust[uid]
+        unchecked = int((state.labeler_of == uid).sum()) if uid not in pending else 1
+        verdict = assess(trust, state.history(uid), n_classes, systematic=uid in systematic,
+                         unchecked=unchecked, policy=policy)
+        if verdict.status is trust.status:
+            continue
+        before, trust.status = trust.status, verdict.status
+        plan.trust[uid] = trust
+        reason = {Status.FLAGGED: "flagged", Status.SUSPENDED: "suspended", Status.ACTIVE: "reinstated"}[verdict.status]
+        _event(plan, uid, reason, trust.trust, trust, note=verdict.reason)
+        if verdict.status is Status.FLAGGED:
+            flagged.append(uid)
+        elif verdict.status is Status.SUSPENDED:
+            suspended.append(uid)
+    return flagged, suspended
+
+
+def _finish(cfg, pool: Pool, state: EngineState, previous, model, plan: Plan) -> None:
+    """Trust verdicts, then the metric, the stop rules and the next batch."""
+    systematic = _confusion(cfg, pool, state, model, plan)
+    flagged, suspended = _assess_everyone(cfg, state, pool.n_classes, systematic, plan)
+    for uid in suspended:  # their unverified labels leave D; the items return to the pool
+        mine = state.labeler_of == uid
+        state.labels[mine], state.labeler_of[mine] = -1, -1
+    if flagged:  # a targeted audit of every label that stands on their word alone
+        todo = [(int(i), "flag") for uid in flagged for i in np.flatnonzero(state.labeler_of == uid)
+                if not state.secured[i]]
+        _request(cfg, state, plan, todo)
+        if plan.requests:
+            return
+    if suspended:
+        model = _train(cfg, pool, state)
+    s_acc = live.accuracy_on(model, pool.features, state.secured_labels, state.secured_labels >= 0)
+    plan.model = model
+    min_pert = live.min_perturbation(state.perturbations)
+    carry = state.carry
+    plan.metric = {
+        "labels_bought": state.bought, "n_labeled": int(state.labeled.sum()),
+        "n_artificial": int(sum(len(r) for k, r in state.artificial.items() if state.labels[k] >= 0)),
+        "secured_accuracy": s_acc, "check_triggered": bool(carry.get("check_triggered", False)),
+        "reannotated": int(carry.get("reannotated", 0)), "discarded": int(carry.get("discarded", 0)),
+        "min_perturbation": min_pert,
+    }
+    plan.carry = dict(carry)
+    plan.phase = "closed"
+    budget_left = _budget_left(cfg, state)
+    if budget_left <= 0:
+        plan.stop = "budget"
+    elif cfg.target is not None and s_acc is not None and s_acc >= cfg.target - 1e-12:
+        plan.stop = "target"
+    elif cfg.tau is not None and min_pert is not None and min_pert > cfg.tau:
+        plan.stop = "tau"
+    if not plan.stop:
+        k = min(cfg.batch_size, budget_left)
+        blocked = state.labeled | state.secured | state.discarded
+        chosen = live.select_batch(cfg, pool.features, blocked, state.labels, model, k,
+                                   perturbations=state.perturbations, seed=seed_of(cfg, state.iteration + 1, 4),
+                                   cache_key=pool.cache_key)
+        plan.next_items = [int(x) for x in chosen]
+        if not plan.next_items:
+            plan.stop = "pool exhausted"
+        else:
+            plan.assignees = live.spread(len(plan.next_items), state.eligible(), {},
+                                         seed=cfg.seed + state.iteration + 1)
+    # the state after the step: the iteration is closed
+    state.previous_secured_accuracy = s_acc
+    state.phase = LABELING
+    state.carry = {}
+    state.batch = np.asarray(plan.next_items, dtype=np.int64)
+    state.iteration += 1
+
+
+__all__ = ["EngineState", "Plan", "Pool", "Request", "StartPlan", "start", "step", "secured_label", "seed_of",
+           "policy_of", "LABELING", "REANNOTATION"]

@@ -1,0 +1,265 @@
+"""Trust math: pure functions, no ORM (the loop engine's; the trust app's models and review pages
+build on it).
+
+Rules (from the paper, with our choices marked):
+
+* ``h = ceil(log(1 - P_h) / log(1 - P_1))`` independent labelers re-annotate an item.
+* Performance check: re-annotate the new batch when ``acc(F_i, S) < acc(F_{i-1}, S) - epsilon``.
+* Re-annotation outcome: the h answers disagree among themselves -> the item is discarded;
+  they agree with the original -> the original labeler gains ``reward``; they agree on another
+  class -> the original labeler loses ``a = penalty * (1 - p_F(original label))`` (ours: the
+  less the model believes the original label, the larger the loss; "a inversely related to the
+  model's confidence in that (mis)classification"), and when the model gives the consensus class
+  at least ``alert_confidence`` the disagreement is an *alert*.
+* Labels the model confidently agree with when they arrive also earn ``reward`` (ours). Trust is
+  the weight of a labeler's labels in training; it does not decide who is flagged.
+* Flag and suspend (ours, :func:`assess`): evidence, not single slips. A labeler's first labels,
+  in the order given, are marked refuted when a consensus of others overturned them. Under the
+  honest hypothesis each label is refuted with probability at most ``1 - P_1`` (an honest
+  labeler's error rate), so the refuted count among the last ``window`` labels (and among all)
+  is at most Binomial(n, 1 - P_1). A p-value below ``flag_alpha``, or a systematic class mapping
+  found by Dawid-Skene (:mod:`learner.confusion`), *flags* the labeler: no new work, and every
+  label of theirs that nobody checked yet goes to ``h`` others (a targeted audit). Below
+  ``suspend_alpha`` the labeler is *suspended*: their unverified labels leave the training set.
+  A flagged labeler whose audit is done without the evidence reaching ``suspend_alpha`` is
+  reinstated by the rules themselves (admins can still suspend or reinstate by hand); one who
+  goes on giving refuted labels is flagged again, audited again, and the evidence grows.
+"""
+from __future__ import annotations
+
+import enum
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.stats import binom
+
+
+class Status(str, enum.Enum):
+    ACTIVE = "active"
+    FLAGGED = "flagged"
+    SUSPENDED = "suspended"
+
+
+class Outcome(str, enum.Enum):
+    AGREED = "agreed"  # consensus equals the original label
+    DISAGREED = "disagreed"  # consistent consensus on another label
+    INCONSISTENT = "inconsistent"  # the re-annotators disagree: discard the item
+
+
+@dataclass(frozen=True)
+class TrustPolicy:
+    """Thresholds of the trust rules (configurable per project)."""
+
+    p_h: float = 0.9995
+    p_1: float = 0.9391
+    epsilon: float = 0.05
+    penalty: float = 0.1
+    reward: float = 0.01
+    alert_confidence: float = 0.9  # a disagreement the model is this sure of is recorded as an alert
+    flag_alpha: float = 0.005  # flag when the refuted labels are this improbable for an honest labeler
+    suspend_alpha: float = 1e-4  # suspend when they are this improbable
+    window: int = 20  # the most recent first labels tested besides all of them (catches sleepers)
+
+    @property
+    def h(self) -> int:
+        return required_labelers(self.p_h, self.p_1)
+
+
+def required_labelers(p_h: float = 0.9995, p_1: float = 0.9391) -> int:
+    """Independent labelers needed so that at least one is right with probability ``p_h``.
+
+    >>> required_labelers(0.9995, 0.9391)
+    3
+    """
+    if not (0 < p_1 < 1) or not (0 < p_h < 1):
+        raise ValueError("p_h and p_1 must lie strictly between 0 and 1")
+    return max(1, math.ceil(math.log(1 - p_h) / math.log(1 - p_1) - 1e-12))
+
+
+def performance_dropped(acc_new: float, acc_previous: float | None, epsilon: float) -> bool:
+    """The paper's check: did accuracy on the secured set fall by more than ``epsilon``?"""
+    if acc_previous is None or math.isnan(acc_previous) or math.isnan(acc_new):
+        return False
+    return acc_new < acc_previous - epsilon
+
+
+def resolve(original_label: int, reannotations: list[int]) -> tuple[Outcome, int | None]:
+    """Outcome of a re-annotation round and the label to keep (None: discard the item)."""
+    if not reannotations:
+        return Outcome.AGREED, int(original_label)
+    counts = Counter(int(x) for x in reannotations)
+    if len(counts) > 1:
+        return Outcome.INCONSISTENT, None
+    consensus = next(iter(counts))
+    if consensus == int(original_label):
+        return Outcome.AGREED, consensus
+    return Outcome.DISAGREED, consensus
+
+
+def trust_decrease(prob_original_label: float, penalty: float = 0.2) -> float:
+    """``a``: how much a consistent disagreement costs the original labeler."""
+    p = min(max(float(prob_original_label), 0.0), 1.0)
+    return penalty * (1.0 - p)
+
+
+def is_alert(prob_consensus_label: float, alert_confidence: float = 0.9) -> bool:
+    """A high-confidence disagreement: the model is sure of the consensus class."""
+    return float(prob_consensus_label) >= alert_confidence
+
+
+
+def resolve_votes(original_label: int, votes: list[int], h: int, *, adaptive: bool) -> tuple[Outcome | None, int | None]:
+    """Outcome of a re-annotation round so far; ``(None, None)`` while more votes are needed.
+
+    Two different votes make the item inconsistent at once. ``adaptive``: a first vote that
+    confirms the original label settles it (two independent labelers agree; ours, it makes an
+    audit of a correct label cost one label instead of ``h``). Otherwise the round needs ``h``
+    votes that all agree.
+    """
+    votes = [int(v) for v in votes]
+    if len(set(votes)) > 1:
+        return Outcome.INCONSISTENT, None
+    if votes and adaptive and votes[0] == int(original_label):
+        return Outcome.AGREED, int(original_label)
+    if len(votes) >= h:
+        return resolve(original_label, votes)
+    return None, None
+
+
+@dataclass
+class LabelerTrust:
+    """Trust bookkeeping of one labeler."""
+
+    trust: float = 1.0
+    status: Status = Status.ACTIVE
+    labels_given: int = 0  # every label this labeler gave
+    checked: int = 0  # labels confirmed or refuted by re-annotation
+    disagreements: int = 0
+    alerts: int = 0
+
+    @property
+    def weight(self) -> float:
+        """Weight of this labeler's labels in training."""
+        return 0.0 if self.status is Status.SUSPENDED else max(self.trust, 0.0)
+
+
+def apply_outcome(state: LabelerTrust, outcome: Outcome, *, prob_original: float,
+                  prob_consensus: float, policy: TrustPolicy) -> str | None:
+    """Update ``state``'s trust in place after one re-annotation round of one of its labels.
+
+    Returns the reason recorded ("agreed", "disagreement" or "alert"; None for an inconsistent
+    round, which blames nobody). The status is left to :func:`assess`.
+    """
+    if outcome is Outcome.INCONSISTENT:
+        return None
+    state.checked += 1
+    if outcome is Outcome.AGREED:
+        state.trust += min(policy.reward, 1.0 - state.trust)
+        return "agreed"
+    state.trust = max(0.0, state.trust - trust_decrease(prob_original, policy.penalty))
+    state.disagreements += 1
+    alert = is_alert(prob_consensus, policy.alert_confidence)
+    state.alerts += int(alert)
+    return "alert" if alert else "disagreement"
+
+
+def apply_confirmation(state: LabelerTrust, policy: TrustPolicy) -> LabelerTrust:
+    """A label the model confidently agreed with when it was given: a small trust gain (ours)."""
+    state.trust += min(policy.reward, 1.0 - state.trust)
+    return state
+
+
+def audit_threshold(state: LabelerTrust, confidence: float, proven_confidence: float | None = None,
+                    proven_after: int = 10) -> float:
+    """Model confidence above which a label the model contradicts is re-annotated (ours).
+
+    Every labeler starts at ``confidence``: any contradiction is checked, which is what exposes a
+    malicious labeler within a few batches. Once ``proven_after`` of a labeler's labels were
+    checked by re-annotation and most of them (more than half) held, the labeler is *proven* and
+    only ``proven_confidence`` contradictions are checked: near the decision boundary, where
+    active learning queries, the model is as often wrong as the labeler, and re-buying those
+    labels is what made audits the largest cost in the benign scenario. A labeler whose checked
+    labels were mostly refuted never becomes proven.
+    """
+    if (proven_confidence is None or state.status is not Status.ACTIVE or state.checked < proven_after
+            or 2 * state.disagreements >= state.checked):
+        return confidence
+    return max(confidence, proven_confidence)
+
+
+def refutation_pvalue(history: list[tuple[int, int | None]], n_classes: int, policy: TrustPolicy) -> float:
+    """How improbable a labeler's refuted first labels are for an honest labeler.
+
+    ``history``: one ``(given label, consensus label or None)`` per first label, in the order
+    given; a consensus that differs from the given label means the label was refuted. An honest
+    labeler's label of an item of class a is refuted with probability at most ``1 - P_1``. The
+    true class of a label nobody refuted is taken to be the given one, so among the labels of
+    true class a (refuted ones by their consensus) the refuted count is at most Binomial(n_a,
+    1 - P_1), and over all classes together likewise. The smallest one-sided p-value (per class
+    times K, Bonferroni) over the last ``window`` labels (a sleeper's recent turn) and over all.
+    A mapping a -> b is caught by its class a: every label of true class a is refuted.
+    """
+    honest_error = 1.0 - policy.p_1
+    best = 1.0
+    for part in (history[-policy.window:], history):
+        true = np.array([g if c is None else c for g, c in part], dtype=np.int64)
+        refuted = np.array([c is not None and c != g for g, c in part], dtype=bool)
+        k, n = int(refuted.sum()), len(part)
+        if not k:
+            continue
+        best = min(best, float(binom.sf(k - 1, n, honest_error)))
+        for a in np.unique(true[refuted]):
+            in_a = true == a
+            ka = int((refuted & in_a).sum())
+            best = min(best, n_classes * float(binom.sf(ka - 1, int(in_a.sum()), honest_error)))
+    return best
+
+
+@dataclass(frozen=True)
+class Assessment:
+    """What the rules conclude about one labeler (:func:`assess`)."""
+
+    status: Status
+    reason: str  # "" when nothing changed
+    pvalue: float
+
+
+def assess(state: LabelerTrust, history: list[tuple[int, int | None]], n_classes: int, *, systematic: bool,
+           unchecked: int, policy: TrustPolicy) -> Assessment:
+    """The labeler's status after this step's evidence (see the module docstring).
+
+    Parameters
+    ----------
+    state : current status and counters
+    history : per first label in order, (given label, consensus label or None); see
+        :func:`refutation_pvalue`
+    systematic : Dawid-Skene found a (true, given) mapping not reported before
+    unchecked : this labeler's labels still standing on their word alone (the targeted audit's work)
+    """
+    p = refutation_pvalue(history, n_classes, policy)
+    if state.status is Status.SUSPENDED:
+        return Assessment(Status.SUSPENDED, "", p)
+    if p < policy.suspend_alpha:
+        return Assessment(Status.SUSPENDED, f"refuted labels p = {p:.1e} < {policy.suspend_alpha:g}", p)
+    if state.status is Status.ACTIVE and (p < policy.flag_alpha or systematic):
+        why = "systematic confusion" if systematic else f"refuted labels p = {p:.1e} < {policy.flag_alpha:g}"
+        return Assessment(Status.FLAGGED, why, p)
+    if state.status is Status.FLAGGED and unchecked == 0 and not systematic:
+        return Assessment(Status.ACTIVE, f"audit done; refuted labels p = {p:.1e} >= {policy.suspend_alpha:g}", p)
+    return Assessment(state.status, "", p)
+
+
+def suggest_review(history: list[tuple[int, int | None]], n_classes: int, systematic: list | tuple,
+                   policy: TrustPolicy) -> tuple[str, str]:
+    """What the rules suggest to an admin reviewing a flagged labeler: ``("suspend" | "reinstate", why)``."""
+    p = refutation_pvalue(history, n_classes, policy)
+    k, n = sum(1 for g, c in history if c is not None and c != g), len(history)
+    if systematic:
+        return "suspend", "systematic confusion " + ", ".join(f"{a} -> {b}" for a, b in systematic)
+    if p < policy.flag_alpha:
+        return "suspend", (f"{k} refuted of {n} labels is implausible for an honest labeler "
+                           f"(error rate <= {1 - policy.p_1:.3f}; p = {p:.1e})")
+    return "reinstate", (f"{k} refuted of {n} labels is plausible for an honest labeler "
+                         f"(error rate <= {1 - policy.p_1:.3f}; p = {p:.2f}); no systematic confusion")

@@ -1,0 +1,108 @@
+"""The loop engine on its own: arrays in, a plan out (no database)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from learner import engine, live
+from learner.heads import fit_standardizer
+from learner.loop import LoopConfig, LoopData, run_loop
+from learner.oracles import LabelerPool
+from learner.trust import LabelerTrust, Status
+
+
+@pytest.fixture()
+def setup(digits):
+    x, y, _, _ = digits
+    pool = engine.Pool(features=x, n_classes=10, standardizer=fit_standardizer(x))
+    return x, y, pool
+
+
+def _state(y, crowd=range(11)):
+    n = len(y)
+    return engine.EngineState(labels=np.full(n, -1), labeler_of=np.full(n, -1), discarded=np.zeros(n, bool),
+                              secured=np.zeros(n, bool), secured_labels=np.full(n, -1),
+                              trust={u: LabelerTrust() for u in crowd}, crowd=list(crowd))
+
+
+def _batch_with_wrong_labels(cfg, pool, y, wrong: int):
+    """F_0 trained on 300 true labels; a batch of 40 from labeler 0 whose first ``wrong`` are wrong."""
+    state = _state(y)
+    state.labels[:300] = y[:300]
+    previous = live.train_model(pool.features, state.labels, state.weights(), 10, standardizer=pool.standardizer)
+    batch = np.arange(300, 340)
+    given = y[batch].copy()
+    given[:wrong] = (given[:wrong] + 1) % 10
+    state.labels[batch], state.labeler_of[batch], state.batch = given, 0, batch
+    state.first_labels[0] = [(int(i), int(g)) for i, g in zip(batch, given)]
+    state.iteration = 1
+    return state, previous
+
+
+@pytest.mark.parametrize("mode,first_votes", [("adaptive", 1), ("parallel", 3)])
+def test_rounds_ask_one_labeler_first_or_h_at_once(setup, mode, first_votes):
+    x, y, pool = setup
+    cfg = live.LiveConfig(h=3, reannotation=mode, augment=(), secured_size=0)
+    state, previous = _batch_with_wrong_labels(cfg, pool, y, wrong=2)  # two slips: no flag
+    plan = engine.step(cfg, pool, state, previous_model=previous)
+    assert not plan.closed and plan.requests
+    assert all(len(r.new_voters) == first_votes and 0 not in r.new_voters for r in plan.requests)
+    wrong_items = {300, 301}
+    assert wrong_items <= {r.item for r in plan.requests}  # every wrong label is audited
+    for r in plan.requests:  # the re-annotators tell the truth
+        r.votes += [int(y[r.item])] * len(r.new_voters)
+    plan = engine.step(cfg, pool, state, previous_model=previous)
+    if mode == "adaptive":  # the refuted ones need the other h - 1; the confirmed ones are settled
+        assert {r.item for r in plan.requests} == wrong_items
+        assert all(len(r.new_voters) == 2 and len(set(r.asked)) == 3 for r in plan.requests)
+        for r in plan.requests:
+            r.votes += [int(y[r.item])] * len(r.new_voters)
+        plan = engine.step(cfg, pool, state, previous_model=previous)
+    assert plan.closed
+    assert (state.labels[300:302] == y[300:302]).all() and (state.labeler_of[300:302] == -1).all()
+    assert {(0, i) for i in wrong_items} <= set(state.verdicts)
+    assert state.trust[0].disagreements == 2 and state.trust[0].status is Status.ACTIVE
+
+
+def test_a_flagged_labeler_is_audited_then_suspended_and_its_labels_leave(setup):
+    x, y, pool = setup
+    cfg = live.LiveConfig(h=3, augment=(), secured_size=0, confusion_min_rate=None)
+    state, previous = _batch_with_wrong_labels(cfg, pool, y, wrong=12)
+    plan = engine.step(cfg, pool, state, previous_model=previous)
+    for _ in range(6):
+        if plan.closed:
+            break
+        for r in plan.requests:
+            r.votes += [int(y[r.item])] * len(r.new_voters)
+        plan = engine.step(cfg, pool, state, previous_model=previous)
+    assert plan.closed
+    assert state.trust[0].status is Status.SUSPENDED
+    assert not (state.labeler_of == 0).any()  # nothing stands on its word any more
+    reasons = [e["reason"] for e in plan.events if e["labeler"] == 0]
+    assert "suspended" in reasons or any(e["reason"] == "flagged" for e in plan.events)
+    assert 0 not in plan.assignees  # no new work
+
+
+def test_every_strategy_starts_from_the_same_labels():
+    cfg = dict(secured_size=50, initial_size=20, seed=3)
+    robust = engine.start(live.LiveConfig(strategy="robust", **cfg), 500, label_known=np.ones(500, bool),
+                          crowd=list(range(11)))
+    margin = engine.start(live.LiveConfig(strategy="margin", **cfg), 500, label_known=np.ones(500, bool),
+                          crowd=list(range(11)))
+    defended = engine.start(live.LiveConfig(strategy="margin", defenses=True, **cfg), 500,
+                            label_known=np.ones(500, bool), crowd=list(range(11)))
+    np.testing.assert_array_equal(robust.initial, margin.initial)
+    np.testing.assert_array_equal(robust.initial, defended.initial)
+    assert robust.assignees == margin.assignees
+    assert len(robust.secured) == 50 and len(margin.secured) == 0 and len(defended.secured) == 50
+    assert not set(robust.initial) & set(robust.secured)
+
+
+def test_the_simulator_and_a_second_run_agree_step_by_step(digits):
+    x, y, xt, yt = digits
+    data = LoopData(x[:400], y[:400], xt, yt, 10)
+    labelers = LabelerPool.build(10, n_labelers=11, n_malicious=1, mapping={1: 7})
+    a = run_loop(data, LoopConfig(strategy="robust", budget=250), labelers, seed=2)
+    b = run_loop(data, LoopConfig(strategy="robust", budget=250), labelers, seed=2)
+    assert [h.labels_bought for h in a.history] == [h.labels_bought for h in b.history]
+    assert a.trust == b.trust
