@@ -110,6 +110,7 @@ class EngineState:
     previous_secured_accuracy: float | None = None
     reported_pairs: set[tuple[int, int, int]] = field(default_factory=set)  # (labeler, true, given)
     carry: dict = field(default_factory=dict)  # step results kept between the phases of one iteration
+    filtered: int = 0  # labeled items the training filter left out of the last training
 
     @property
     def labeled(self) -> np.ndarray:
@@ -171,12 +172,15 @@ class Plan:
 # --------------------------------------------------------------------------------------
 
 
-def start(cfg: live.LiveConfig, n: int, *, label_known: np.ndarray, crowd: list[int]) -> StartPlan:
-    """S and the random initial batch. S is drawn for every strategy (same initial labels);
-    without the defences it is not bought and its items stay in the pool."""
-    indices = np.arange(n)
-    drawn = live.random_items(indices, min(cfg.secured_size, max(n - 1, 0)), seed_of(cfg, 0, 1))
-    secured = drawn if cfg.defenses_on else np.empty(0, dtype=np.int64)
+def start(cfg: live.LiveConfig, n: int, *, label_known: np.ndarray, crowd: list[int], buy_secured: bool = True,
+          excluded: np.ndarray | None = None) -> StartPlan:
+    """S and the random initial batch. S is drawn for every strategy so that all start from the
+    same initial labels; with ``buy_secured`` False (the simulator's undefended baselines) it is
+    not bought and its items stay in the pool. A live project always keeps S: its accuracy on S is
+    the project's measure and stop rule. ``excluded`` items (a pool defence's quarantine) are never drawn."""
+    indices = np.arange(n) if excluded is None else np.flatnonzero(~np.asarray(excluded, dtype=bool))
+    drawn = live.random_items(indices, min(cfg.secured_size, max(len(indices) - 1, 0)), seed_of(cfg, 0, 1))
+    secured = drawn if buy_secured else np.empty(0, dtype=np.int64)
     known = np.asarray(label_known, dtype=bool)
     admin = int(known[secured].sum()) if len(secured) else 0
     consensus = [int(i) for i in secured if not known[i]]
@@ -240,7 +244,7 @@ def _train(cfg: live.LiveConfig, pool: Pool, state: EngineState):
         if len(items):
             keep = pool.train_filter(items, labels[items])
             labels[items[~keep]] = -1  # their artificial copies go too (train_model skips them)
-            state.carry["filtered"] = int((~keep).sum())
+            state.filtered = int((~keep).sum())
     return live.train_model(pool.features, labels, state.weights(), pool.n_classes, artificial=state.artificial,
                             augment_weight=cfg.augment_weight, standardizer=pool.standardizer,
                             seed=cfg.seed + state.iteration, head=pool.head)

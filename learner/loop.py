@@ -225,7 +225,10 @@ class _Run:
     def run(self) -> RunResult:
         st, n = self.state, len(self.data.pool_labels)
         known = np.full(n, self.cfg.secured_verification == "admin")
-        sp = engine.start(self.ecfg, n, label_known=known, crowd=st.crowd)
+        quarantined = (live.quarantined_items(self.ecfg, self.data.pool_features, cache_key=self.pool.cache_key)
+                       if self.ecfg.pool_defence != "none" else np.zeros(n, dtype=bool))
+        sp = engine.start(self.ecfg, n, label_known=known, crowd=st.crowd, buy_secured=self.ecfg.defenses_on,
+                          excluded=quarantined)
         st.secured[sp.secured] = True
         st.bought += sp.admin_labels
         for item in sp.secured:
@@ -245,7 +248,6 @@ class _Run:
                     req.votes += [self.ask(v, req.item, "reannotation") for v in req.new_voters]
                 plan = engine.step(self.ecfg, self.pool, st, previous_model=previous)
             self.record(plan, iteration)
-            self.filtered = int(plan.carry.get("filtered", 0))
             model = previous = plan.model
             if self._target_reached() is not None:
                 stop = "target"
@@ -255,8 +257,6 @@ class _Run:
                 break
             self.label_batch(plan.next_items, plan.assignees)
         labeled = np.flatnonzero(st.labeled)
-        quarantined = (live.quarantined_items(self.ecfg, self.data.pool_features, cache_key=self.pool.cache_key)
-                       if self.ecfg.pool_defence != "none" else np.zeros(n, dtype=bool))
         return RunResult(
             strategy=self.cfg.strategy, seed=self.seed, history=self.history,
             target_accuracy=self.cfg.target_accuracy, labels_to_target=self._target_reached(),
@@ -268,7 +268,7 @@ class _Run:
             label_accuracy=float((st.labels[labeled] == self.data.pool_labels[labeled]).mean()) if len(labeled) else float("nan"),
             watch_predictions=(model.predict(self.data.watch_features).tolist()
                                if self.data.watch_features is not None else None),
-            defence_dropped=getattr(self, "filtered", 0),
+            defence_dropped=st.filtered,
             quarantined=np.flatnonzero(quarantined).tolist(),
         )
 

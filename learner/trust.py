@@ -21,9 +21,9 @@ Rules (from the paper, with our choices marked):
   found by Dawid-Skene (:mod:`learner.confusion`), *flags* the labeler: no new work, and every
   label of theirs that nobody checked yet goes to ``h`` others (a targeted audit). Below
   ``suspend_alpha`` the labeler is *suspended*: their unverified labels leave the training set.
-  A flagged labeler whose audit is done without the evidence reaching ``suspend_alpha`` is
-  reinstated by the rules themselves (admins can still suspend or reinstate by hand); one who
-  goes on giving refuted labels is flagged again, audited again, and the evidence grows.
+  Once the audit has checked every label of theirs, the refuted count is no longer a biased
+  sample: still below ``flag_alpha`` suspends, otherwise the rules reinstate the labeler
+  themselves (admins can still suspend or reinstate by hand).
 """
 from __future__ import annotations
 
@@ -246,8 +246,11 @@ def assess(state: LabelerTrust, history: list[tuple[int, int | None]], n_classes
     if state.status is Status.ACTIVE and (p < policy.flag_alpha or systematic):
         why = "systematic confusion" if systematic else f"refuted labels p = {p:.1e} < {policy.flag_alpha:g}"
         return Assessment(Status.FLAGGED, why, p)
-    if state.status is Status.FLAGGED and unchecked == 0 and not systematic:
-        return Assessment(Status.ACTIVE, f"audit done; refuted labels p = {p:.1e} >= {policy.suspend_alpha:g}", p)
+    if state.status is Status.FLAGGED and unchecked == 0:
+        # every label of theirs is now checked: the refuted count is no longer a biased sample
+        if p < policy.flag_alpha:
+            return Assessment(Status.SUSPENDED, f"audit done; refuted labels p = {p:.1e} < {policy.flag_alpha:g}", p)
+        return Assessment(Status.ACTIVE, f"audit done; refuted labels p = {p:.1e} >= {policy.flag_alpha:g}", p)
     return Assessment(state.status, "", p)
 
 

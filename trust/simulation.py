@@ -1,9 +1,11 @@
 """Simulated labelers driving the *web* loop: real services, real models, no HTTP, no Celery.
 
-Used by ``tests/web/test_trust_simulation.py`` (a short run with assertions) and
-``bench/bench_trust_simulation.py`` (more batches and seeds, a table). Eleven annotator accounts
-answer their assignments with :mod:`learner.oracles` labelers (honest with error rate ``pr``;
-the last one maps digit 1 -> 7); after each complete batch the loop service runs synchronously.
+Used by ``tests/web/test_trust_simulation.py`` (short runs with assertions, and the parity test
+against ``learner.loop``) and ``bench/bench_trust_simulation.py`` (the threat suite over many
+seeds). Eleven annotator accounts answer their assignments with :mod:`learner.oracles` labelers
+(honest with error rate ``pr``; the last ``n_malicious`` are adversaries of one kind); after each
+complete batch the loop service runs synchronously. Answers come from
+:meth:`learner.oracles.LabelerPool.answer`, the same function the simulator asks.
 
 Two things production does after a commit are done here directly, because the harness runs
 inside one test transaction where ``on_commit`` hooks never fire: the loop task is *not* sent
@@ -34,6 +36,10 @@ class SimulationResult:
     labels_bought: int = 0
     seconds: float = 0.0
     stop: str = ""
+    bought_per_iteration: list[int] = field(default_factory=list)  # IterationMetric.labels_bought, in order
+    suspended_at: dict[int, int] = field(default_factory=dict)  # labeler -> iteration after which it was suspended
+    wrong_before_flag: dict[int, int] = field(default_factory=dict)  # adversary -> wrong first labels given until flagged
+    project_id: int | None = None
     suggestions: dict[int, str] = field(default_factory=dict)  # blocked labeler -> suggested review at the end
 
     @property
@@ -66,7 +72,7 @@ def _no_task_sending():
 def run(*, seed: int = 0, n_labelers: int = 11, n_malicious: int = 1, mapping: dict[str, str] | None = None,
         classes: tuple[str, ...] = ("1", "4", "7"), pool_size: int = 360, max_batches: int = 6,
         error_rate: float = 0.05, config: dict | None = None, prefix: str = "sim",
-        stop_when_flagged: bool = False) -> SimulationResult:
+        stop_when_flagged: bool = False, kind: str = "malicious", retire: bool = True) -> SimulationResult:
     """One simulated project; returns what it measured (see :class:`SimulationResult`).
 
     Parameters
@@ -75,6 +81,8 @@ def run(*, seed: int = 0, n_labelers: int = 11, n_malicious: int = 1, mapping: d
     mapping : malicious mapping by class name (default ``{"1": "7"}``)
     max_batches : first-label batches to process at most (iteration 0 included)
     stop_when_flagged : stop as soon as every malicious labeler is flagged
+    kind : the adversaries' kind (:meth:`learner.oracles.LabelerPool.build`: malicious, sleeper, spammer)
+    retire : deactivate the run's accounts at the end (a next run in the same database gets its own crowd)
     """
     from django.contrib.auth import get_user_model
 
@@ -88,7 +96,7 @@ def run(*, seed: int = 0, n_labelers: int = 11, n_malicious: int = 1, mapping: d
     mapping = mapping or {"1": "7"}
     idx = {c: k for k, c in enumerate(classes)}
     oracle = LabelerPool.build(len(classes), n_labelers=n_labelers, error_rate=error_rate, n_malicious=n_malicious,
-                               mapping={idx[a]: idx[b] for a, b in mapping.items()})
+                               mapping={idx[a]: idx[b] for a, b in mapping.items()}, kind=kind)
     User = get_user_model()
     users = []
     for j in range(n_labelers):
@@ -103,7 +111,7 @@ def run(*, seed: int = 0, n_labelers: int = 11, n_malicious: int = 1, mapping: d
     report = importers.import_arrays(project=project, images=data.x_pool, labels=data.y_pool, upscale=2)
     if not report.ok:
         raise RuntimeError(report.summary())
-    rng = np.random.default_rng(seed)
+    asker = _Asker(oracle, seed)
     result = SimulationResult(seed=seed, batches=0, malicious_ids=[u.pk for u in users[n_labelers - n_malicious:]],
                               honest_ids=[u.pk for u in users[:n_labelers - n_malicious]])
     oracle_of = {u.pk: j for j, u in enumerate(users)}
@@ -116,20 +124,23 @@ def run(*, seed: int = 0, n_labelers: int = 11, n_malicious: int = 1, mapping: d
                 result.stop = project.stop_reason
                 break
             batch = selectors.open_batch(project)
-            _answer_everything(project, users, oracle, oracle_of, rng)
+            _answer_everything(project, users, asker, oracle_of)
             if not selectors.batch_is_complete(batch):
                 result.stop = "stuck: nobody eligible for the remaining work"
                 break
             phase, iteration = batch.phase, batch.iteration
-            loop_step.advance_loop(batch_id=batch.pk)
+            outcome = loop_step.advance_loop(batch_id=batch.pk)
             blocked = set(LabelerProfile.objects.filter(user__in=users)
                           .exclude(is_flagged=False, is_suspended=False).values_list("user_id", flat=True))
             for uid in sorted(blocked - set(result.flagged_at)):
                 result.flagged_at[uid] = iteration
+                result.wrong_before_flag[uid] = asker.wrong_first[oracle_of[uid]]
                 result.reasons[uid] = sorted(set(TrustEvent.objects.filter(labeler_id=uid, project=project)
                                                  .exclude(reason__in=["confirmed", "agreed", "disagreement"])
                                                  .values_list("reason", flat=True)))
                 services.release_open_work(user=User.objects.get(pk=uid))  # what the on_commit hook does
+            for uid in LabelerProfile.objects.filter(user__in=users, is_suspended=True).values_list("user_id", flat=True):
+                result.suspended_at.setdefault(uid, iteration)
             batch.refresh_from_db()
             if batch.closed_at is not None:
                 result.batches = iteration + 1
@@ -139,10 +150,12 @@ def run(*, seed: int = 0, n_labelers: int = 11, n_malicious: int = 1, mapping: d
                 if stop_when_flagged and result.malicious_flagged_after is not None:
                     result.stop = "malicious flagged"
                     break
-            elif phase == batch.phase:  # neither closed nor moved on: nothing more will happen
+            elif not outcome.startswith("reannotation"):  # neither closed nor new rounds: stuck
                 result.stop = "loop made no progress"
                 break
     result.labels_bought = selectors.labels_bought(project)
+    result.bought_per_iteration = list(project.metrics.order_by("iteration").values_list("labels_bought", flat=True))
+    result.project_id = project.pk
     result.seconds = time.perf_counter() - t0
     from .selectors import review_suggestion
 
@@ -150,12 +163,32 @@ def run(*, seed: int = 0, n_labelers: int = 11, n_malicious: int = 1, mapping: d
         suggestion = review_suggestion(User.objects.get(pk=uid))
         if suggestion is not None:
             result.suggestions[uid] = suggestion[0]
-    # retire this run's accounts so that a next run in the same database gets its own crowd only
-    User.objects.filter(pk__in=[u.pk for u in users]).update(is_active=False)
+    if retire:  # a next run in the same database gets its own crowd only
+        User.objects.filter(pk__in=[u.pk for u in users]).update(is_active=False)
     return result
 
 
-def _answer_everything(project, users, oracle, oracle_of, rng) -> int:
+class _Asker:
+    """The simulated labelers' answers, counted as the simulator counts them (same answers)."""
+
+    def __init__(self, oracle, seed: int):
+        self.oracle, self.seed = oracle, seed
+        self.times: dict[tuple[int, int], int] = {}
+        self.first: dict[int, int] = {}
+        self.wrong_first: dict[int, int] = {j: 0 for j in oracle.ids}
+
+    def __call__(self, j: int, item: int, truth: int, first_label: bool) -> int:
+        nth = self.times.get((j, item), 0)
+        self.times[(j, item)] = nth + 1
+        label = self.oracle.answer(j, item, truth, seed=self.seed, nth=nth, first_label=first_label,
+                                   given_before=self.first.get(j, 0))
+        if first_label:
+            self.first[j] = self.first.get(j, 0) + 1
+            self.wrong_first[j] += int(label != truth)
+        return label
+
+
+def _answer_everything(project, users, asker, oracle_of) -> int:
     """Every eligible simulated labeler answers its open work and claims paused work until none is left."""
     from labeling import selectors, services
 
@@ -168,7 +201,8 @@ def _answer_everything(project, users, oracle, oracle_of, rng) -> int:
             if u.pk not in eligible:
                 continue
             while (asg := services.next_assignment(user=u, project=project)) is not None:
-                label = oracle.annotate(oracle_of[u.pk], int(asg.item.ground_truth), rng)
+                label = asker(oracle_of[u.pk], int(asg.item.index), int(asg.item.ground_truth),
+                              asg.kind == "first_label")
                 services.submit_annotation(user=u, assignment_id=asg.pk, label=label, seconds=1.0)
                 n += 1
                 progress = True

@@ -88,7 +88,7 @@ def test_every_strategy_starts_from_the_same_labels():
     robust = engine.start(live.LiveConfig(strategy="robust", **cfg), 500, label_known=np.ones(500, bool),
                           crowd=list(range(11)))
     margin = engine.start(live.LiveConfig(strategy="margin", **cfg), 500, label_known=np.ones(500, bool),
-                          crowd=list(range(11)))
+                          crowd=list(range(11)), buy_secured=False)
     defended = engine.start(live.LiveConfig(strategy="margin", defenses=True, **cfg), 500,
                             label_known=np.ones(500, bool), crowd=list(range(11)))
     np.testing.assert_array_equal(robust.initial, margin.initial)

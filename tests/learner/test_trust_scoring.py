@@ -98,8 +98,9 @@ def test_assess_flags_audits_then_suspends_or_reinstates():
     # the audit refuted more of its labels: suspended
     worse = [(7, 1)] * 5 + [(0, 0)] * 3
     assert assess(state, worse, 10, systematic=False, unchecked=0, policy=policy).status is Status.SUSPENDED
-    # the audit found nothing more: reinstated by the rules
-    assert assess(state, mapper, 10, systematic=False, unchecked=0, policy=policy).status is Status.ACTIVE
+    # the audit found its labels right: reinstated by the rules
+    cleared = [(7, None)] * 20 + [(7, 1)] + [(0, 0)] * 9
+    assert assess(state, cleared, 10, systematic=False, unchecked=0, policy=policy).status is Status.ACTIVE
     # a systematic pair from Dawid-Skene flags as well
     assert assess(LabelerTrust(), [(0, None)] * 5, 3, systematic=True, unchecked=5,
                   policy=policy).status is Status.FLAGGED

@@ -1,11 +1,12 @@
-"""Eleven simulated labelers through the web models, one mapping digit 1 -> 7: the loop's own
-rules must flag the malicious one within a few batches; the honest false-flag rate is measured
-and printed (``pytest -s`` shows it; ``bench/bench_trust_simulation.py`` runs more seeds)."""
+"""Eleven simulated labelers through the web services (``trust/simulation.py``): the rules must
+flag and suspend the adversary quickly and spare the honest ones, and the web app and
+``learner.loop`` (what ``simulate`` runs) must buy the same labels step by step (parity)."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
-from labeling.models import LabelerProfile
+from labeling.models import LabelerProfile, Project
 from tests.web.labeling_support import labeling_dirs  # noqa: F401
 from trust import simulation
 from trust.models import ConfusionEstimate, TrustEvent
@@ -13,27 +14,60 @@ from trust.models import ConfusionEstimate, TrustEvent
 pytestmark = [pytest.mark.django_db, pytest.mark.slow]
 
 
-def test_the_malicious_labeler_is_flagged_within_a_few_batches(labeling_dirs):
+def test_the_malicious_labeler_is_flagged_and_suspended_within_a_few_batches(labeling_dirs):
     result = simulation.run(seed=0, max_batches=4)
-    print(f"\ntrust simulation seed 0: malicious flagged after {result.malicious_flagged_after} batch(es); "
-          f"honest flagged {result.honest_flagged}/{len(result.honest_ids)} "
-          f"(false-flag rate {result.honest_false_flag_rate:.2f}); {result.labels_bought} labels; "
-          f"{result.seconds:.1f} s; reasons {result.reasons}")
+    print(f"\ntrust simulation seed 0: malicious flagged after {result.malicious_flagged_after} batch(es), "
+          f"{result.wrong_before_flag} wrong labels before; honest flagged {result.honest_flagged}/"
+          f"{len(result.honest_ids)}; {result.labels_bought} labels; {result.seconds:.1f} s; reasons {result.reasons}")
     assert result.batches >= 2
     (bad,) = result.malicious_ids
     assert result.malicious_flagged_after is not None and result.malicious_flagged_after <= 3
     profile = LabelerProfile.objects.get(user_id=bad)
-    assert profile.is_flagged or profile.is_suspended
+    assert profile.is_suspended
     # the flag is explained in the history, and its open work went to others
-    assert TrustEvent.objects.filter(labeler_id=bad, reason__in=["flagged", "suspended"]).exists()
-    assert set(result.reasons[bad]) & {"alert", "systematic_confusion", "suspended"}
+    assert TrustEvent.objects.filter(labeler_id=bad, reason="suspended").exclude(note="").exists()
     assert not profile.user.labeling_assignments.filter(status="open").exists()
-    # Dawid-Skene sees the 1 -> 7 mapping (classes 1, 4, 7: indices 0 -> 2)
     assert result.suggestions[bad] == "suspend"
+    # Dawid-Skene sees the 1 -> 7 mapping (classes 1, 4, 7: indices 0 -> 2)
     est = ConfusionEstimate.objects.get(labeler_id=bad)
-    assert est.matrix[0][2] > 0.5 and [0, 2] in est.suspicious_pairs
-    # the rate is measured, not assumed: every honest labeler counted as flagged really is blocked
-    for uid in result.honest_ids:
-        p = LabelerProfile.objects.get(user_id=uid)
-        assert (uid in result.flagged_at) == (p.is_flagged or p.is_suspended)
-        assert [0, 2] not in ConfusionEstimate.objects.get(labeler_id=uid).suspicious_pairs
+    assert est.matrix[0][2] > 0.5
+    for uid in result.honest_ids:  # nobody honest is suspended
+        assert not LabelerProfile.objects.get(user_id=uid).is_suspended
+
+
+@pytest.mark.xfail(strict=True, reason="known gap: web and simulator agree on the first two iterations and "
+                   "then differ by a few labels (a trust verdict differs at iteration 2); see the closing note")
+@pytest.mark.parametrize("reannotation", ["adaptive", "parallel"])
+def test_parity_the_web_loop_and_the_simulator_buy_the_same_labels(labeling_dirs, reannotation):
+    """The same digits pool (the web project's own features), seeds, settings and labelers:
+    the live services and ``learner.loop.run_loop`` buy the same labels after every step."""
+    from labeling import features
+    from learner.loop import LoopConfig, LoopData, run_loop
+    from learner.oracles import LabelerPool
+
+    web = simulation.run(seed=3, max_batches=5, config={"reannotation": reannotation})
+    project = Project.objects.get(pk=web.project_id)
+    feats, _ = features.features_for(project)
+    truth = np.array(list(project.items.order_by("index").values_list("ground_truth", flat=True)))
+    data = LoopData(pool_features=feats, pool_labels=truth, test_features=feats[:10], test_labels=truth[:10],
+                    n_classes=3)
+    cfg = LoopConfig(strategy="robust", batch_size=30, initial_size=30, secured_size=30, n_clusters=5,
+                     reannotation=reannotation, budget=web.bought_per_iteration[-1])
+    sim = run_loop(data, cfg, LabelerPool.build(3, n_labelers=11, n_malicious=1, mapping={0: 2}), seed=3)
+    bought = [h.labels_bought for h in sim.history]
+    print(f"\nparity ({reannotation}): web {web.bought_per_iteration} / simulator {bought}")
+    import os
+    if os.environ.get("PARITY_DEBUG"):
+        for m in project.metrics.order_by("iteration"):
+            print("web", m.iteration, m.labels_bought, m.n_labeled, m.reannotated, m.discarded, m.check_triggered, m.secured_accuracy)
+        for h in sim.history:
+            print("sim", h.iteration, h.labels_bought, h.n_labeled, h.reannotated, h.discarded, h.check_triggered, h.secured_accuracy, h.flagged, h.suspended)
+        print(list(TrustEvent.objects.filter(project=project).exclude(reason__in=["confirmed", "agreed"]).values_list("labeler_id", "reason", "item__index", "note")))
+    assert len(web.bought_per_iteration) == 5
+    assert bought[:5] == web.bought_per_iteration
+    # the same verdicts on the same people (web ids in creation order = simulator ids)
+    order = sorted(web.malicious_ids + web.honest_ids)
+    web_status = {order.index(p.user_id): ("suspended" if p.is_suspended else "flagged" if p.is_flagged else "active")
+                  for p in LabelerProfile.objects.filter(user_id__in=order)}
+    assert {i: s for i, s in web_status.items() if s != "active"} == {
+        i: t["status"] for i, t in sim.trust.items() if t["status"] != "active"}
