@@ -99,7 +99,7 @@ def main(argv=None) -> int:
         print(f"what flagged honest labelers: {dict(why) or 'nothing'}")
         sugg = Counter((("malicious" if u in r.malicious_ids else "honest"), s)
                        for r in results for u, s in r.suggestions.items())
-        print("review suggestion at the end (trust.scoring.suggest_review): "
+        print("review suggestion at the end (learner.trust.suggest_review): "
               + ", ".join(f"{who} -> {what}: {n}" for (who, what), n in sorted(sugg.items())))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

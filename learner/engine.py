@@ -260,7 +260,8 @@ def _event(plan: Plan, uid: int, reason: str, before: float, state: LabelerTrust
 
 def _after_labeling(cfg, pool: Pool, state: EngineState, previous, plan: Plan):
     """Audit, craft, train, secured-set check; re-annotation requests go into ``plan``."""
-    labeled_now = state.batch[state.labels[state.batch] >= 0] if len(state.batch) else state.batch
+    batch = np.sort(np.asarray(state.batch, dtype=np.int64))  # one order for every driver (noise draws follow it)
+    labeled_now = batch[state.labels[batch] >= 0]
     policy = policy_of(cfg)
     suspicious = np.empty(0, dtype=np.int64)
     if cfg.defenses_on and previous is not None and cfg.audit_confidence is not None and len(labeled_now):

@@ -27,9 +27,9 @@ def pending_rounds(batch) -> list[tuple[int, int, int, list[int], list[int]]]:
     out = []
     for rnd in (ReannotationRound.objects.filter(batch=batch, outcome=ReannotationRound.Outcome.PENDING)
                 .select_related("item").order_by("item__index")):
-        asgs = list(rnd.assignments.order_by("id").values_list("labeler_id", "annotation__label", "annotation__id"))
-        votes = [label for _, label, aid in sorted(asgs, key=lambda r: (r[2] is None, r[2] or 0)) if label is not None]
-        asked = [int(u) for u, _, _ in asgs if u is not None]
+        asgs = list(rnd.assignments.order_by("id").values_list("labeler_id", "annotation__label"))
+        votes = [int(label) for _, label in asgs if label is not None]  # in the order the voters were asked
+        asked = [int(u) for u, _ in asgs if u is not None]
         out.append((int(rnd.item.index), int(rnd.original_labeler_id), int(rnd.original_label), votes, asked))
     return out
 
