@@ -1,19 +1,23 @@
-"""Benchmark: how fast the web loop's trust rules catch a malicious labeler, and how many honest
-labelers they flag on the way.
+"""Benchmark: the trust rules against the threat suite, through the web app's real services.
 
-Eleven simulated annotators (``learner/oracles.py``: honest with error rate ``--pr``, the last one
-maps digit 1 -> 7) label a digits project (classes 1, 4, 7) through the real services of the web
-app (``trust/simulation.py``: no HTTP, no Celery; the loop service runs synchronously after each
-complete batch). Nobody reviews flags during the run. Per seed it prints the batches until the
-malicious labeler was flagged (iteration 0 is the random initial batch, so "2" means it was
-flagged when batch 1 was processed), what flagged it, the honest labelers flagged (the false-flag
-rate) and the labels bought; then the mean over seeds.
+Eleven simulated annotators (``learner/oracles.py``: honest with error rate ``--pr``) label a
+digits project (classes 1, 4, 7) through the live services (``trust/simulation.py``: no HTTP, no
+Celery; the loop runs synchronously after each complete batch) until the pool is exhausted. Nobody
+reviews flags: the rules act alone (flag, targeted audit, suspend or reinstate). Scenarios:
 
-Self-contained: a throw-away SQLite database, media and cache folders in a temp dir (removed at
-the end). Two threads at most.
+- ``malicious``: 1 of 11 maps digit 1 -> 7;
+- ``collusion``: 3 of 11 share that mapping;
+- ``sleeper``: 2 of 11 answer honestly for their first 30 first labels (and on every
+  re-annotation), then map 1 -> 7;
+- ``spammer``: 2 of 11 answer uniformly at random.
 
-    .venv/bin/python bench/bench_trust_simulation.py                   # 5 seeds x 8 batches
-    .venv/bin/python bench/bench_trust_simulation.py --seeds 10 --batches 10 --set alert_confidence=0.99
+Per scenario it prints: adversaries flagged after at most 5 of their wrong labels (share of
+adversary-runs), the wrong labels they gave before the flag (median, max), adversaries suspended
+before the project stopped, honest labelers ever flagged (the false-flag rate) and suspended,
+labels bought and seconds. Each run uses a throw-away SQLite database; two threads at most.
+
+    .venv/bin/python bench/bench_trust_simulation.py                       # 4 scenarios x 30 seeds
+    .venv/bin/python bench/bench_trust_simulation.py --scenarios sleeper --seeds 5 --set flag_alpha=0.01
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -28,17 +33,31 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
+SCENARIOS = {  # name: (adversaries, kind)
+    "malicious": (1, "malicious"),
+    "collusion": (3, "malicious"),
+    "sleeper": (2, "sleeper"),
+    "spammer": (2, "spammer"),
+}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", type=int, default=5, help="number of seeds (0..n-1)")
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated, of " + ", ".join(SCENARIOS))
+    parser.add_argument("--seeds", type=int, default=30, help="number of seeds (0..n-1)")
     parser.add_argument("--first-seed", type=int, default=0)
-    parser.add_argument("--batches", type=int, default=8, help="first-label batches per run (iteration 0 included)")
+    parser.add_argument("--batches", type=int, default=1000, help="first-label batches per run at most")
     parser.add_argument("--pr", type=float, default=0.05, help="honest labelers' error rate")
-    parser.add_argument("--pool-size", type=int, default=360)
+    parser.add_argument("--pool-size", type=int, default=540)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="LiveConfig setting for the project (JSON value), e.g. alert_confidence=0.99")
+                        help="LiveConfig setting for the project (JSON value), e.g. flag_alpha=0.01")
+    parser.add_argument("--verbose", action="store_true", help="one line per run")
     args = parser.parse_args(argv)
-    config = {}
+    scenarios = [x.strip() for x in args.scenarios.split(",") if x.strip()]
+    unknown = sorted(set(scenarios) - set(SCENARIOS))
+    if unknown:
+        parser.error(f"unknown scenario(s) {unknown}")
+    config = {"batch_size": 40}
     for item in args.set:
         key, _, value = item.partition("=")
         try:
@@ -68,39 +87,40 @@ def main(argv=None) -> int:
 
         LiveConfig.from_dict(config)  # bad settings fail here, with the reason
         call_command("migrate", verbosity=0)
-        print(f"digits 1/4/7, pool {args.pool_size}, 11 labelers (1 maps 1 -> 7), pr {args.pr}, "
-              f"{args.batches} batches, settings {config or 'defaults'}")
-        header = (f"{'seed':>4} {'batches':>7} {'malicious flagged after':>23} {'by':<28} "
-                  f"{'honest flagged':>14} {'false-flag rate':>15} {'labels':>6} {'s':>6}")
+        print(f"digits 1/4/7, pool {args.pool_size}, 11 labelers, pr {args.pr}, seeds {args.first_seed}.."
+              f"{args.first_seed + args.seeds - 1}, settings {config}")
+        header = (f"{'scenario':<10} {'runs':>4} {'flagged <= 5 wrong':>18} {'wrong before flag':>17} "
+                  f"{'suspended':>10} {'honest flagged':>14} {'honest susp.':>12} {'labels':>7} {'s/run':>6}")
         print(header)
         print("-" * len(header))
-        results = []
-        for seed in range(args.first_seed, args.first_seed + args.seeds):
-            r = simulation.run(seed=seed, max_batches=args.batches, error_rate=args.pr, pool_size=args.pool_size,
-                               config=config, prefix=f"b{seed}_")
-            results.append(r)
-            bad = r.malicious_ids[0]
-            after = r.malicious_flagged_after
-            print(f"{seed:>4} {r.batches:>7} {('never' if after is None else after):>23} "
-                  f"{','.join(x for x in r.reasons.get(bad, []) if x not in ('flagged', 'suspended')) or '-':<28} "
-                  f"{r.honest_flagged:>10} / {len(r.honest_ids):<2} {r.honest_false_flag_rate:>15.2f} "
-                  f"{r.labels_bought:>6} {r.seconds:>6.1f}  {r.stop}")
-        from collections import Counter
-
-        why = Counter(x for r in results for u in r.honest_ids for x in r.reasons.get(u, [])
-                      if x not in ("flagged", "suspended"))
-        caught = [r.malicious_flagged_after for r in results if r.malicious_flagged_after is not None]
-        rate = sum(r.honest_false_flag_rate for r in results) / len(results)
+        all_honest = all_flagged = 0
+        for name in scenarios:
+            n_bad, kind = SCENARIOS[name]
+            results = []
+            for seed in range(args.first_seed, args.first_seed + args.seeds):
+                r = simulation.run(seed=seed, max_batches=args.batches, error_rate=args.pr, pool_size=args.pool_size,
+                                   config=config, prefix=f"{name[:3]}{seed}_", n_malicious=n_bad, kind=kind)
+                results.append(r)
+                if args.verbose:
+                    print(f"   {name} seed {seed}: flagged {r.flagged_at} wrong before {r.wrong_before_flag} "
+                          f"suspended {r.suspended_at} stop {r.stop} labels {r.labels_bought} {r.seconds:.1f} s")
+            adversary_runs = [(r, u) for r in results for u in r.malicious_ids]
+            wrong = [r.wrong_before_flag[u] for r, u in adversary_runs if u in r.wrong_before_flag]
+            fast = sum(1 for r, u in adversary_runs if u in r.wrong_before_flag and r.wrong_before_flag[u] <= 5)
+            suspended = sum(1 for r, u in adversary_runs if u in r.suspended_at)
+            honest = sum(len(r.honest_ids) for r in results)
+            honest_flagged = sum(r.honest_flagged for r in results)
+            honest_suspended = sum(1 for r in results for u in r.honest_ids if u in r.suspended_at)
+            all_honest += honest
+            all_flagged += honest_flagged
+            wrong_txt = f"{statistics.median(wrong):.0f} / {max(wrong)}" if wrong else "never"
+            print(f"{name:<10} {len(results):>4} {fast:>7} / {len(adversary_runs):<3} {100 * fast / len(adversary_runs):>4.0f} % "
+                  f"{wrong_txt:>17} {suspended:>4} / {len(adversary_runs):<3} {honest_flagged:>6} / {honest:<5} "
+                  f"{honest_suspended:>12} {statistics.mean(r.labels_bought for r in results):>7.0f} "
+                  f"{statistics.mean(r.seconds for r in results):>6.1f}")
         print("-" * len(header))
-        print(f"malicious flagged in {len(caught)}/{len(results)} runs"
-              + (f", after {sum(caught) / len(caught):.1f} batches on average (max {max(caught)})" if caught else "")
-              + f"; honest false-flag rate {rate:.3f} (mean over runs, {sum(r.honest_flagged for r in results)} of "
-              f"{sum(len(r.honest_ids) for r in results)} honest labeler-runs)")
-        print(f"what flagged honest labelers: {dict(why) or 'nothing'}")
-        sugg = Counter((("malicious" if u in r.malicious_ids else "honest"), s)
-                       for r in results for u, s in r.suggestions.items())
-        print("review suggestion at the end (learner.trust.suggest_review): "
-              + ", ".join(f"{who} -> {what}: {n}" for (who, what), n in sorted(sugg.items())))
+        print(f"honest false-flag rate {all_flagged / max(all_honest, 1):.3f} ({all_flagged} of {all_honest} honest "
+              f"labeler-runs flagged at least once)")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0

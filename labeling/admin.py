@@ -5,7 +5,6 @@ from django.contrib import admin, messages
 from django.urls import reverse
 from django.utils.html import format_html
 
-from . import services
 from .models import Annotation, Assignment, Item, IterationMetric, LabelerProfile, Project, QueryBatch
 
 

@@ -19,14 +19,14 @@ from rest_framework.fields import DateTimeField
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from . import selectors, services
+from . import answering, selectors, workflow
 from .models import Project
 from .permissions import IsAnnotator, IsStaff
 from .serializers import (AnnotationOutSerializer, AnswerInSerializer, AssignmentOutSerializer, MetricSerializer,
                           NextOutSerializer, StatusOutSerializer, UndoInSerializer)
 
 
-def _error(exc: services.LabelingError) -> Response:
+def _error(exc: workflow.LabelingError) -> Response:
     return Response({"detail": exc.message}, status=exc.status_code)
 
 
@@ -72,7 +72,7 @@ class NextAssignmentView(APIView):
                 project = _project_or_404(request, int(request.query_params["project"]))
             except ValueError:
                 return Response({"detail": "project must be an integer id"}, status=400)
-        asg = services.next_assignment(user=request.user, project=project)
+        asg = answering.next_assignment(user=request.user, project=project)
         if asg is not None:
             project = asg.batch.project
         state = project.state if project else None
@@ -103,9 +103,9 @@ class AnswerView(APIView):
                 return _invalid(ser)
             fields = ser.validated_data["label"], ser.validated_data.get("seconds")
         try:
-            annotation, created = services.submit_annotation(
+            annotation, created = answering.submit_annotation(
                 user=request.user, assignment_id=assignment_id, label=fields[0], seconds=fields[1])
-        except services.LabelingError as exc:
+        except workflow.LabelingError as exc:
             return _error(exc)
         return Response(annotation_payload(annotation),
                         status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
@@ -147,8 +147,8 @@ class SkipView(APIView):
                    responses=AssignmentOutSerializer)
     def post(self, request, assignment_id: int):
         try:
-            asg = services.skip_assignment(user=request.user, assignment_id=assignment_id)
-        except services.LabelingError as exc:
+            asg = answering.skip_assignment(user=request.user, assignment_id=assignment_id)
+        except workflow.LabelingError as exc:
             return _error(exc)
         return Response(AssignmentOutSerializer(asg).data)
 
@@ -163,8 +163,8 @@ class UndoView(APIView):
         if not ser.is_valid():
             return _invalid(ser)
         try:
-            asg = services.undo(user=request.user, assignment_id=ser.validated_data.get("assignment"))
-        except services.LabelingError as exc:
+            asg = answering.undo(user=request.user, assignment_id=ser.validated_data.get("assignment"))
+        except workflow.LabelingError as exc:
             return _error(exc)
         return Response(AssignmentOutSerializer(asg).data)
 

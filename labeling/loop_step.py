@@ -27,7 +27,9 @@ from learner.trust import LabelerTrust, Status
 from . import features as feature_cache
 from . import selectors
 from .models import Annotation, Assignment, IterationMetric, LabelerProfile, Project, QueryBatch
-from .services import Conflict, _assign_first_labels, _transition, release_open_work
+from . import workflow
+from .services import _assign_first_labels, release_open_work
+from .workflow import Conflict
 
 log = logging.getLogger(__name__)
 
@@ -102,11 +104,11 @@ def _take_snapshot(batch_id: int) -> _Snapshot | str:
             return "noop: project finished"
         if not selectors.batch_is_complete(batch):
             if project.state == Project.State.UPDATING:  # an answer was undone during the grace period
-                _transition(project, Project.State.LABELING)
+                workflow.transition(project, Project.State.LABELING)
                 project.save(update_fields=["state", "updated_at"])
             return "noop: batch not complete"
         if project.state != Project.State.UPDATING:
-            _transition(project, Project.State.UPDATING)
+            workflow.transition(project, Project.State.UPDATING)
             project.save(update_fields=["state", "updated_at"])
         if batch.frozen_at is None:
             batch.frozen_at = timezone.now()
@@ -186,7 +188,7 @@ def _persist(snap: _Snapshot, plan: engine.Plan) -> str:
             batch.phase, batch.loop_state = QueryBatch.Phase.REANNOTATION, plan.carry
             batch.frozen_at = None  # its new assignments may be answered (and undone) again
             batch.save(update_fields=["phase", "loop_state", "frozen_at"])
-            _transition(project, Project.State.LABELING)
+            workflow.transition(project, Project.State.LABELING)
             project.save(update_fields=["state", "loop_error", "updated_at"])
             return f"reannotation: {created} assignments for {len(plan.requests)} items"
         IterationMetric.objects.get_or_create(project=project, iteration=batch.iteration,
@@ -194,7 +196,7 @@ def _persist(snap: _Snapshot, plan: engine.Plan) -> str:
         batch.phase, batch.closed_at, batch.loop_state = QueryBatch.Phase.CLOSED, timezone.now(), plan.carry
         batch.save(update_fields=["phase", "closed_at", "loop_state"])
         if plan.stop:
-            _transition(project, Project.State.FINISHED)
+            workflow.transition(project, Project.State.FINISHED)
             project.stop_reason = plan.stop
             project.save(update_fields=["state", "stop_reason", "loop_error", "updated_at"])
             return f"finished: {plan.stop}"
@@ -202,7 +204,7 @@ def _persist(snap: _Snapshot, plan: engine.Plan) -> str:
         items = {i.index: i for i in project.items.filter(index__in=plan.next_items)}
         _assign_first_labels(nxt, [items[k] for k in plan.next_items], plan.assignees)
         project.iteration = nxt.iteration
-        _transition(project, Project.State.LABELING)
+        workflow.transition(project, Project.State.LABELING)
         project.save(update_fields=["state", "iteration", "loop_error", "updated_at"])
         return f"opened batch {nxt.iteration} with {len(plan.next_items)} items"
 

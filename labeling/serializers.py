@@ -13,7 +13,7 @@ from rest_framework import serializers
 
 @extend_schema_field({"type": "integer", "minimum": 0})
 class LabelField(serializers.JSONField):
-    """Any JSON on input, so that a wrong type gets our own clear message (services.parse_label);
+    """Any JSON on input, so that a wrong type gets our own clear message (answering.parse_label);
     the schema says what is valid: a class index."""
 
 

@@ -16,7 +16,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from learner import selectors as learner_selectors
 
-from . import importers, selectors, services
+from . import importers, selectors, services, workflow
 from .charts import accuracy_svg
 from .forms import ImportForm, ProjectForm
 from .models import Assignment, Project
@@ -54,7 +54,7 @@ def annotate(request, project_id: int):
         raise PermissionDenied("only annotators label")
     if not selectors.project_visible_to(request.user, project):
         raise Http404("no such project")
-    return render(request, "labeling/annotate.html", {"project": project, "undo_seconds": services.undo_seconds()})
+    return render(request, "labeling/annotate.html", {"project": project, "undo_seconds": workflow.undo_seconds()})
 
 
 @login_required
@@ -141,7 +141,7 @@ def staff_project_start(request, project_id: int):
     project = get_object_or_404(Project, pk=project_id)
     try:
         batch = services.start_project(project=project)
-    except services.LabelingError as exc:
+    except workflow.LabelingError as exc:
         messages.error(request, exc.message)
     else:
         messages.success(request, f"Labeling started: batch 0 with {batch.assignments.count()} assignments.")

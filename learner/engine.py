@@ -10,7 +10,7 @@ One iteration (paper Fig. 2, our choices marked in ``docs/method.md``):
 1. :func:`start`: the secured set S (its own seeded stream, drawn for every strategy so that all
    strategies start from the same initial labels) and the random initial batch.
 2. After a batch's first labels (:func:`step`, phase "labeling"): audit the labels the previous
-   model F_{i-1} contradicts (ours), craft adversarial and noise copies of the batch, train F_i on
+   model F_{i-1} contradicts (ours; the first batch is checked by a model of S), craft adversarial and noise copies of the batch, train F_i on
    D plus the copies with every label weighted by its labeler's trust, and run the secured-set
    check: accuracy on S down by more than epsilon sends the whole batch to re-annotation.
 3. Re-annotation requests (``plan.requests``) go to distinct other labelers. With
@@ -36,6 +36,7 @@ from .trust import (LabelerTrust, Outcome, Status, TrustPolicy, apply_confirmati
                     audit_threshold, resolve, resolve_votes)
 
 LABELING, REANNOTATION = "labeling", "reannotation"
+MIN_AUDITOR_PER_CLASS = 5  # verified S labels of every class before a model of S may audit the first batch
 
 
 def seed_of(cfg: live.LiveConfig, *parts: int) -> int:
@@ -262,27 +263,16 @@ def _after_labeling(cfg, pool: Pool, state: EngineState, previous, plan: Plan):
     """Audit, craft, train, secured-set check; re-annotation requests go into ``plan``."""
     batch = np.sort(np.asarray(state.batch, dtype=np.int64))  # one order for every driver (noise draws follow it)
     labeled_now = batch[state.labels[batch] >= 0]
-    policy = policy_of(cfg)
     suspicious = np.empty(0, dtype=np.int64)
-    if cfg.defenses_on and previous is not None and cfg.audit_confidence is not None and len(labeled_now):
-        who = state.labeler_of[labeled_now]
-        contra = np.array([audit_threshold(state.trust[int(u)], cfg.audit_confidence, cfg.audit_confidence_proven,
-                                           cfg.audit_proven_after) if int(u) in state.trust else cfg.audit_confidence
-                           for u in who], dtype=float)
-        confirmed, suspicious = live.audit(previous, pool.features, labeled_now, state.labels, cfg.audit_confidence,
-                                           contradiction_confidence=contra)
-        proba = live.class_probabilities(previous, pool.features, confirmed)
-        for item in confirmed:
-            uid = int(state.labeler_of[item])
-            if uid < 0 or uid not in state.trust:
-                continue
-            before = state.trust[uid].trust
-            apply_confirmation(state.trust[uid], policy)
-            plan.trust[uid] = state.trust[uid]
-            if state.trust[uid].trust != before:  # capped at 1: no change, no event
-                label = int(state.labels[item])
-                _event(plan, uid, "confirmed", before, state.trust[uid], item=int(item),
-                       confidence=float(proba[int(item)][label]), original=label, consensus=label)
+    auditor = previous
+    known = state.secured_labels[state.secured_labels >= 0]
+    if previous is None and len(known) and np.bincount(known, minlength=pool.n_classes).min() >= MIN_AUDITOR_PER_CLASS:
+        # the random first batch comes in before any model exists: a model of the verified
+        # secured set checks it (ours; S still never enters the training set of F_i)
+        auditor = live.train_model(pool.features, state.secured_labels, np.ones(len(state.labels)), pool.n_classes,
+                                   standardizer=pool.standardizer, seed=cfg.seed, head=pool.head)
+    if cfg.defenses_on and auditor is not None and cfg.audit_confidence is not None:
+        suspicious = _audit(cfg, pool, state, auditor, labeled_now, plan)
     if pool.crafter is not None and previous is not None and cfg.augmentations and len(labeled_now):
         rows, perts = pool.crafter(previous, labeled_now, state.labels[labeled_now], seed_of(cfg, state.iteration, 3))
     else:
@@ -303,6 +293,43 @@ def _after_labeling(cfg, pool: Pool, state: EngineState, previous, plan: Plan):
     if cfg.defenses_on:
         _request(cfg, state, plan, [(item, todo[item]) for item in sorted(todo)])
     return model
+
+
+def _audit(cfg, pool: Pool, state: EngineState, model, items: np.ndarray, plan: Plan) -> np.ndarray:
+    """Labels of ``items`` that ``model`` contradicts at their labeler's threshold (returned);
+    labels it confidently agrees with earn their labeler a little trust."""
+    if not len(items):
+        return np.empty(0, dtype=np.int64)
+    policy = policy_of(cfg)
+    contra = np.array([_audit_threshold(cfg, state, int(u)) for u in state.labeler_of[items]], dtype=float)
+    confirmed, suspicious = live.audit(model, pool.features, items, state.labels, cfg.audit_confidence,
+                                       contradiction_confidence=contra)
+    proba = live.class_probabilities(model, pool.features, confirmed)
+    for item in confirmed:
+        uid = int(state.labeler_of[item])
+        if uid < 0 or uid not in state.trust:
+            continue
+        before = state.trust[uid].trust
+        apply_confirmation(state.trust[uid], policy)
+        plan.trust[uid] = state.trust[uid]
+        if state.trust[uid].trust != before:  # capped at 1: no change, no event
+            label = int(state.labels[item])
+            _event(plan, uid, "confirmed", before, state.trust[uid], item=int(item),
+                   confidence=float(proba[int(item)][label]), original=label, consensus=label)
+    return suspicious
+
+
+def _audit_threshold(cfg, state: EngineState, uid: int) -> float:
+    """The labeler's audit threshold (:func:`learner.trust.audit_threshold`); a labeler with a
+    refuted label among their last ``trust_window`` first labels is not proven (ours: a sleeper's
+    first caught mapping makes every later contradiction of theirs checked)."""
+    trust = state.trust.get(uid)
+    if trust is None:
+        return cfg.audit_confidence
+    recent = state.history(uid)[-cfg.trust_window:]
+    if any(c is not None and c != g for g, c in recent):
+        return cfg.audit_confidence
+    return audit_threshold(trust, cfg.audit_confidence, cfg.audit_confidence_proven, cfg.audit_proven_after)
 
 
 def _request(cfg, state: EngineState, plan: Plan, todo: list[tuple[int, str]]) -> None:
@@ -442,7 +469,7 @@ def _assess_everyone(cfg, state: EngineState, n_classes: int, systematic: set[in
                          unchecked=unchecked, policy=policy)
         if verdict.status is trust.status:
             continue
-        before, trust.status = trust.status, verdict.status
+        trust.status = verdict.status
         plan.trust[uid] = trust
         reason = {Status.FLAGGED: "flagged", Status.SUSPENDED: "suspended", Status.ACTIVE: "reinstated"}[verdict.status]
         _event(plan, uid, reason, trust.trust, trust, note=verdict.reason)

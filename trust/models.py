@@ -26,7 +26,7 @@ class TrustEvent(models.Model):
         SYSTEMATIC = "systematic_confusion", "systematic confusion (Dawid-Skene)"
         FLAGGED = "flagged", "flagged"
         SUSPENDED = "suspended", "suspended"
-        REINSTATED = "reinstated", "reinstated by an admin"
+        REINSTATED = "reinstated", "reinstated (by an admin, or by the rules after an audit)"
         SUSPENDED_BY_ADMIN = "suspended_by_admin", "suspended by an admin"
         DISCARDED = "labels_discarded", "labels discarded by an admin"
 

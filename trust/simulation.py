@@ -20,7 +20,6 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-import numpy as np
 
 
 @dataclass
@@ -59,14 +58,14 @@ class SimulationResult:
 
 @contextmanager
 def _no_task_sending():
-    from labeling import services
+    from labeling import workflow
 
-    original = services._enqueue
-    services._enqueue = lambda *args, **kwargs: None  # the harness runs the loop itself
+    original = workflow.enqueue
+    workflow.enqueue = lambda *args, **kwargs: None  # the harness runs the loop itself
     try:
         yield
     finally:
-        services._enqueue = original
+        workflow.enqueue = original
 
 
 def run(*, seed: int = 0, n_labelers: int = 11, n_malicious: int = 1, mapping: dict[str, str] | None = None,
@@ -128,7 +127,7 @@ def run(*, seed: int = 0, n_labelers: int = 11, n_malicious: int = 1, mapping: d
             if not selectors.batch_is_complete(batch):
                 result.stop = "stuck: nobody eligible for the remaining work"
                 break
-            phase, iteration = batch.phase, batch.iteration
+            iteration = batch.iteration
             outcome = loop_step.advance_loop(batch_id=batch.pk)
             blocked = set(LabelerProfile.objects.filter(user__in=users)
                           .exclude(is_flagged=False, is_suspended=False).values_list("user_id", flat=True))
@@ -190,7 +189,7 @@ class _Asker:
 
 def _answer_everything(project, users, asker, oracle_of) -> int:
     """Every eligible simulated labeler answers its open work and claims paused work until none is left."""
-    from labeling import selectors, services
+    from labeling import answering, selectors
 
     n = 0
     progress = True
@@ -200,10 +199,10 @@ def _answer_everything(project, users, asker, oracle_of) -> int:
         for u in users:
             if u.pk not in eligible:
                 continue
-            while (asg := services.next_assignment(user=u, project=project)) is not None:
+            while (asg := answering.next_assignment(user=u, project=project)) is not None:
                 label = asker(oracle_of[u.pk], int(asg.item.index), int(asg.item.ground_truth),
                               asg.kind == "first_label")
-                services.submit_annotation(user=u, assignment_id=asg.pk, label=label, seconds=1.0)
+                answering.submit_annotation(user=u, assignment_id=asg.pk, label=label, seconds=1.0)
                 n += 1
                 progress = True
     return n

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from labeling import importers, services
+from labeling import answering, importers, services
 from labeling.models import Assignment, Project
 from tests.web.factories import AnnotatorFactory, StaffFactory
 
@@ -60,7 +60,7 @@ def answer_open(project: Project, *, truthful=True, wrong_for=()) -> int:
         label = asg.item.ground_truth
         if not truthful or asg.labeler.username in wrong_for:
             label = (label + 1) % project.n_classes
-        services.submit_annotation(user=asg.labeler, assignment_id=asg.pk, label=label, seconds=0.5)
+        answering.submit_annotation(user=asg.labeler, assignment_id=asg.pk, label=label, seconds=0.5)
         n += 1
     return n
 

@@ -25,7 +25,7 @@ from django.db import OperationalError, connection, transaction
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from labeling import loop_step, services
+from labeling import answering, loop_step, services
 from labeling.models import Annotation, Assignment, IterationMetric, Project, QueryBatch
 from tests.conftest import REPO_ROOT
 from tests.web.conftest import WorkerProcess, database_url_for_tests, wait_until
@@ -281,7 +281,7 @@ def test_sweeper_resends_only_lost_loop_tasks(labeling_dirs, annotators, setting
         assert services.sweep_stalled_loops() == []  # labeling, batch incomplete: nothing
     for asg in Assignment.objects.filter(batch=batch0, status="open").select_related("item", "labeler"):
         with django_capture_on_commit_callbacks(execute=True):
-            services.submit_annotation(user=asg.labeler, assignment_id=asg.pk, label=asg.item.ground_truth)
+            answering.submit_annotation(user=asg.labeler, assignment_id=asg.pk, label=asg.item.ground_truth)
     assert sent == [batch0.pk]  # the normal send after the last answer
     project.refresh_from_db()
     assert project.state == "updating"

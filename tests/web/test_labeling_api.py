@@ -9,7 +9,7 @@ from django.utils import timezone
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from labeling import services
+from labeling import answering, services, workflow
 from labeling.models import Annotation, Assignment, Project
 from tests.web.labeling_support import annotators, digits_project, labeling_dirs, staff  # noqa: F401
 
@@ -239,10 +239,10 @@ def test_undo_refused_once_the_model_update_started(project, annotators):
 def test_last_answer_puts_the_project_in_updating_and_undo_reverts_it(project, annotators, monkeypatch,
                                                                        django_capture_on_commit_callbacks):
     sent = []
-    monkeypatch.setattr(services, "_enqueue", lambda name, *args, countdown=None: sent.append((name, args)))
+    monkeypatch.setattr(workflow, "enqueue", lambda name, *args, countdown=None: sent.append((name, args)))
     with django_capture_on_commit_callbacks(execute=True):  # incl. the after-commit completion re-checks
         for asg in Assignment.objects.filter(batch__project=project, status="open").order_by("id"):
-            services.submit_annotation(user=asg.labeler, assignment_id=asg.pk, label=0)
+            answering.submit_annotation(user=asg.labeler, assignment_id=asg.pk, label=0)
             last = asg
             if len(sent) == 0:
                 project.refresh_from_db()
@@ -252,7 +252,7 @@ def test_last_answer_puts_the_project_in_updating_and_undo_reverts_it(project, a
     assert project.state == Project.State.UPDATING
     body = client_for(last.labeler).get(NEXT, {"project": project.pk}).json()
     assert body["assignment"] is None and body["project_state"] == "updating" and "updating" in body["message"]
-    services.undo(user=last.labeler)
+    answering.undo(user=last.labeler)
     project.refresh_from_db()
     assert project.state == Project.State.LABELING
 

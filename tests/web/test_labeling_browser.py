@@ -11,7 +11,7 @@ import shutil
 
 import pytest
 
-from labeling import loop_step, services
+from labeling import loop_step, services, workflow
 from labeling.models import Assignment, Project, QueryBatch
 from tests.web.factories import PASSWORD, AnnotatorFactory
 from tests.web.labeling_support import digits_project, labeling_dirs, poll_js  # noqa: F401
@@ -51,7 +51,7 @@ def browser_page(monkeypatch):
 def test_annotator_labels_a_batch_with_the_keyboard_and_the_next_batch_appears(
         labeling_dirs, live_server, browser_page, monkeypatch):
     sent = []
-    monkeypatch.setattr(services, "_enqueue", lambda name, *args, countdown=None: sent.append((name, args)))
+    monkeypatch.setattr(workflow, "enqueue", lambda name, *args, countdown=None: sent.append((name, args)))
     alice = AnnotatorFactory(username="alice")
     project = digits_project(n=30, config={"strategy": "robust", "initial_size": 4, "batch_size": 4,
                                            "secured_size": 4, "budget": 40})

@@ -13,7 +13,7 @@ import pytest
 from django.db import connection, connections
 from django.utils import timezone
 
-from labeling import services
+from labeling import answering, services, workflow
 from labeling.models import Annotation, Assignment, Project, QueryBatch
 from tests.web.labeling_support import annotators, digits_project, labeling_dirs  # noqa: F401
 
@@ -30,7 +30,7 @@ def pg(db):
 def sent(monkeypatch):
     """Tasks the services send (instead of a broker)."""
     out = []
-    monkeypatch.setattr(services, "_enqueue", lambda name, *args, countdown=None: out.append((name, args)))
+    monkeypatch.setattr(workflow, "enqueue", lambda name, *args, countdown=None: out.append((name, args)))
     return out
 
 
@@ -77,7 +77,7 @@ def answer_all_but(project: Project, keep: int) -> list[Assignment]:
     todo = list(Assignment.objects.filter(batch=batch, status="open").select_related("labeler").order_by("id"))
     assert len(todo) > keep
     for asg in todo[:-keep]:
-        services.submit_annotation(user=asg.labeler, assignment_id=asg.pk, label=0)
+        answering.submit_annotation(user=asg.labeler, assignment_id=asg.pk, label=0)
     return todo[-keep:]
 
 
@@ -93,9 +93,9 @@ def test_two_concurrent_last_answers_send_the_loop_task_exactly_once(pg, labelin
     # see the batch complete.
     # (PostgreSQL's one-statement answer runs the check only when it saw no other open work; an
     # answer that ran strictly before the other one skips it, and the barrier times out.)
-    monkeypatch.setattr(services, "_batch_has_open_work",
-                        meet_on_first_call(services._batch_has_open_work, threading.Barrier(2), timeout=3))
-    results = run_threads(*(lambda a=a: services.submit_annotation(user=a.labeler, assignment_id=a.pk, label=1)
+    monkeypatch.setattr(answering, "_batch_has_open_work",
+                        meet_on_first_call(answering._batch_has_open_work, threading.Barrier(2), timeout=3))
+    results = run_threads(*(lambda a=a: answering.submit_annotation(user=a.labeler, assignment_id=a.pk, label=1)
                             for a in last))
     assert all(isinstance(r, tuple) and r[1] is True for r in results), results
     project.refresh_from_db()
@@ -115,7 +115,7 @@ def test_the_completion_lock_is_held_until_the_update_is_saved(pg, labeling_dirs
     batch = last[0].batch
     # the last two answers are in (written directly: their own completion steps are not run)
     Assignment.objects.filter(pk__in=[a.pk for a in last]).update(status=Assignment.Status.DONE)
-    original_start = services._start_update
+    original_start = answering._start_update
     both_starting = threading.Barrier(2)
 
     def start_together(project_row, batch_row):
@@ -125,8 +125,8 @@ def test_the_completion_lock_is_held_until_the_update_is_saved(pg, labeling_dirs
             pass
         return original_start(project_row, batch_row)
 
-    monkeypatch.setattr(services, "_start_update", start_together)
-    results = run_threads(*(lambda: services._complete_batch_soon(project.pk, batch.pk) for _ in range(2)))
+    monkeypatch.setattr(answering, "_start_update", start_together)
+    results = run_threads(*(lambda: answering._complete_batch_soon(project.pk, batch.pk) for _ in range(2)))
     assert results == [None, None], results
     project.refresh_from_db()
     assert project.state == Project.State.UPDATING
@@ -140,7 +140,7 @@ def test_a_double_submit_of_the_last_answer_neither_deadlocks_nor_duplicates(pg,
 
     def submit():
         barrier.wait()
-        return services.submit_annotation(user=asg.labeler, assignment_id=asg.pk, label=2)
+        return answering.submit_annotation(user=asg.labeler, assignment_id=asg.pk, label=2)
 
     results = run_threads(submit, submit)
     assert all(isinstance(r, tuple) for r in results), results
@@ -170,8 +170,8 @@ def test_the_loop_tasks_project_lock_keeps_answers_out_and_they_see_the_freeze(p
         assert locked.wait(20)
         t0 = time.monotonic()
         try:
-            services.submit_annotation(user=asg.labeler, assignment_id=asg.pk, label=0)
-        except services.Conflict as exc:
+            answering.submit_annotation(user=asg.labeler, assignment_id=asg.pk, label=0)
+        except workflow.Conflict as exc:
             return time.monotonic() - t0, exc.message
         return time.monotonic() - t0, "accepted"
 
@@ -201,14 +201,14 @@ def test_a_first_answer_is_one_statement_that_writes_what_the_general_path_write
     # is the reference.
     before = {u: LabelerProfile.objects.filter(user=u).values_list("labels_given", flat=True).first() or 0
               for u in (fast.labeler, general.labeler)}  # no profile yet: the first answer makes it
-    ref, created_ref = services.submit_annotation(user=general.labeler, assignment_id=general.pk, label="1",
+    ref, created_ref = answering.submit_annotation(user=general.labeler, assignment_id=general.pk, label="1",
                                                   seconds=0.25)
-    ann, created = services.submit_annotation(user=fast.labeler, assignment_id=fast.pk, label=1, seconds=0.25)
+    ann, created = answering.submit_annotation(user=fast.labeler, assignment_id=fast.pk, label=1, seconds=0.25)
     assert created and created_ref
     # Once the labeler has a profile (made by their first answer), an answer is one statement.
     nxt = Assignment.objects.filter(batch__project=project, status="open", labeler=fast.labeler).first()
     with CaptureQueriesContext(connection) as ctx:
-        assert services.submit_annotation(user=fast.labeler, assignment_id=nxt.pk, label=0)[1] is True
+        assert answering.submit_annotation(user=fast.labeler, assignment_id=nxt.pk, label=0)[1] is True
     assert len(ctx.captured_queries) == 1 and ctx.captured_queries[0]["sql"].lstrip().startswith("WITH prj")
     before[fast.labeler] += 1  # that second answer counts too
     for a, answer in ((fast, ann), (general, ref)):
@@ -219,14 +219,14 @@ def test_a_first_answer_is_one_statement_that_writes_what_the_general_path_write
         assert LabelerProfile.objects.get(user=a.labeler).labels_given == before[a.labeler] + 1
     assert abs((Annotation.objects.get(pk=ann.pk).created_at - ann.created_at).total_seconds()) < 1e-3
     # Resending is harmless, another label is a conflict, and someone else's assignment is not found.
-    assert services.submit_annotation(user=fast.labeler, assignment_id=fast.pk, label=1)[1] is False
-    with pytest.raises(services.Conflict):
-        services.submit_annotation(user=fast.labeler, assignment_id=fast.pk, label=2)
+    assert answering.submit_annotation(user=fast.labeler, assignment_id=fast.pk, label=1)[1] is False
+    with pytest.raises(workflow.Conflict):
+        answering.submit_annotation(user=fast.labeler, assignment_id=fast.pk, label=2)
     other = Assignment.objects.filter(batch__project=project, status="open").exclude(labeler=fast.labeler).first()
-    with pytest.raises(services.NotFound):
-        services.submit_annotation(user=fast.labeler, assignment_id=other.pk, label=0)
-    with pytest.raises(services.InvalidInput):
-        services.submit_annotation(user=other.labeler, assignment_id=other.pk, label=project.n_classes)
+    with pytest.raises(workflow.NotFound):
+        answering.submit_annotation(user=fast.labeler, assignment_id=other.pk, label=0)
+    with pytest.raises(workflow.InvalidInput):
+        answering.submit_annotation(user=other.labeler, assignment_id=other.pk, label=project.n_classes)
     assert Annotation.objects.filter(assignment=other).count() == 0
 
 

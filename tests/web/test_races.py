@@ -16,7 +16,7 @@ import pytest
 from django.db import IntegrityError, connection, transaction
 from rest_framework.test import APIClient
 
-from labeling import loop_step, services, tasks
+from labeling import answering, loop_step, services, tasks
 from labeling.models import Annotation, Assignment, IterationMetric, Item, QueryBatch
 from tests.web.factories import AnnotatorFactory
 from tests.web.labeling_support import digits_project, labeling_dirs  # noqa: F401
@@ -78,9 +78,9 @@ def test_simultaneous_next_never_shares_a_first_label_assignment(pg, labeling_di
 
     def claim_and_answer(user):
         def step(r):
-            asg = services.next_assignment(user=user)
+            asg = answering.next_assignment(user=user)
             assert asg is not None and asg.labeler_id == user.pk
-            services.submit_annotation(user=user, assignment_id=asg.pk, label=0)  # frees them for the next round
+            answering.submit_annotation(user=user, assignment_id=asg.pk, label=0)  # frees them for the next round
             return asg.pk
         return step
 
@@ -132,10 +132,10 @@ def test_reannotation_never_reaches_the_original_labeler_under_concurrency(pg, l
 
     def ask(user):
         def step(r):
-            asg = services.next_assignment(user=user)
+            asg = answering.next_assignment(user=user)
             if asg is None:
                 return None
-            services.submit_annotation(user=user, assignment_id=asg.pk, label=1)
+            answering.submit_annotation(user=user, assignment_id=asg.pk, label=1)
             return asg.pk, asg.kind
         return step
 
@@ -159,7 +159,7 @@ def test_loop_task_twice_at_once_makes_one_next_batch(pg, labeling_dirs, no_brok
     batch0 = QueryBatch.objects.get(project=project, iteration=0)
     by_id = {u.pk: u for u in users}
     for asg in Assignment.objects.filter(batch=batch0, status="open").select_related("item"):
-        services.submit_annotation(user=by_id[asg.labeler_id], assignment_id=asg.pk, label=asg.item.ground_truth)
+        answering.submit_annotation(user=by_id[asg.labeler_id], assignment_id=asg.pk, label=asg.item.ground_truth)
     assert no_broker == [batch0.pk]
     outcomes = run_together([lambda r: loop_step.advance_loop(batch_id=batch0.pk)] * 2)
     outcomes = sorted(str(o[0]) for o in outcomes)

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from labeling import loop_step, services
+from labeling import loop_step, services, workflow
 from labeling.models import LabelerProfile, QueryBatch
 from tests.web.factories import PASSWORD
 from tests.web.labeling_support import annotators, answer_open, digits_project, labeling_dirs, poll_js, staff  # noqa: F401
@@ -18,7 +18,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 def test_staff_reviews_a_flagged_labeler_in_the_browser(labeling_dirs, annotators, staff, live_server,
                                                         browser_page, monkeypatch):
-    monkeypatch.setattr(services, "_enqueue", lambda name, *args, countdown=None: None)
+    monkeypatch.setattr(workflow, "enqueue", lambda name, *args, countdown=None: None)
     a = annotators[0]
     project = digits_project()
     answer_open(project)
