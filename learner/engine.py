@@ -48,7 +48,8 @@ def policy_of(cfg: live.LiveConfig) -> TrustPolicy:
     """The project's trust thresholds as a :class:`learner.trust.TrustPolicy`."""
     return TrustPolicy(epsilon=cfg.epsilon, penalty=cfg.trust_penalty, reward=cfg.trust_reward,
                        alert_confidence=cfg.alert_confidence, flag_alpha=cfg.flag_alpha,
-                       suspend_alpha=cfg.suspend_alpha, window=cfg.trust_window, p_1=cfg.p1)
+                       suspend_alpha=cfg.suspend_alpha, audit_alpha=cfg.audit_alpha, window=cfg.trust_window,
+                       p_1=cfg.p1)
 
 
 @dataclass
@@ -432,12 +433,27 @@ def _confusion(cfg, pool: Pool, state: EngineState, model, plan: Plan) -> set[in
     ds = dawid_skene(items + seen.tolist(), workers + ["model"] * len(seen), labels + [int(x) for x in predicted],
                      pool.n_classes)
     n_given = Counter(workers)
+    row = {item: k for k, item in enumerate(dict.fromkeys(items + seen.tolist()))}
     hits = set()
     for uid in ds.workers:
         if uid == "model":
             continue
         conf, counts = ds.of(uid)
         pairs = systematic_pairs(conf, counts, min_rate=cfg.confusion_min_rate, min_count=cfg.confusion_min_count)
+        # the same over the labeler's last trust_window first labels (ours: a sleeper's recent turn
+        # is a small part of its whole history)
+        rate = {p: (conf[p], counts[p], "") for p in pairs}
+        recent = state.first_labels.get(int(uid), [])[-cfg.trust_window:]
+        if recent:
+            k = pool.n_classes
+            rc = np.zeros((k, k))
+            for item, label in recent:
+                rc[:, label] += ds.posterior[row[item]]
+            rconf = rc + np.full((k, k), 0.1) + np.eye(k) * 1.9  # dawid_skene's prior
+            rconf /= rconf.sum(axis=1, keepdims=True)
+            for p in systematic_pairs(rconf, rc, min_rate=cfg.confusion_min_rate, min_count=cfg.confusion_min_count):
+                rate.setdefault(p, (rconf[p], rc[p], f" (last {len(recent)} labels)"))
+            pairs = sorted(rate)
         plan.confusion[int(uid)] = {"matrix": conf.round(4).tolist(), "counts": counts.round(3).tolist(),
                                     "n_labels": int(n_given[uid]), "pairs": [list(p) for p in pairs]}
         new = [p for p in pairs if (int(uid), *p) not in state.reported_pairs]
@@ -447,10 +463,10 @@ def _confusion(cfg, pool: Pool, state: EngineState, model, plan: Plan) -> set[in
         hits.add(int(uid))
         for true_c, given_c in new:  # one event per pair: the web driver reads reported pairs back from them
             state.reported_pairs.add((int(uid), int(true_c), int(given_c)))
+            r, n, where = rate[(true_c, given_c)]
             _event(plan, int(uid), "systematic_confusion", trust.trust, trust, original=int(given_c),
-                   consensus=int(true_c), confidence=float(conf[true_c, given_c]),
-                   note=f"{true_c} -> {given_c}: rate {conf[true_c, given_c]:.2f} over "
-                        f"{counts[true_c, given_c]:.1f} labels")
+                   consensus=int(true_c), confidence=float(r),
+                   note=f"{true_c} -> {given_c}: rate {r:.2f} over {n:.1f} labels{where}")
     return hits
 
 
@@ -470,6 +486,8 @@ def _assess_everyone(cfg, state: EngineState, n_classes: int, systematic: set[in
         if verdict.status is trust.status:
             continue
         trust.status = verdict.status
+        if verdict.status is Status.ACTIVE:  # cleared by the audit: its labels do not flag twice
+            trust.cleared = len(state.first_labels.get(uid, []))
         plan.trust[uid] = trust
         reason = {Status.FLAGGED: "flagged", Status.SUSPENDED: "suspended", Status.ACTIVE: "reinstated"}[verdict.status]
         _event(plan, uid, reason, trust.trust, trust, note=verdict.reason)

@@ -85,8 +85,9 @@ class LiveConfig:
     trust_penalty: float = 0.1
     trust_reward: float = 0.01
     alert_confidence: float = 0.9
-    flag_alpha: float = 0.005
+    flag_alpha: float = 0.02
     suspend_alpha: float = 1e-4
+    audit_alpha: float = 0.01
     trust_window: int = 20
     p1: float = 0.9391  # an honest labeler's accuracy P_1 (the refuted-label test's null hypothesis)
     # Dawid-Skene check (learner.confusion): flag a labeler whose confusion[a, b] >= min_rate over
@@ -157,6 +158,7 @@ class LiveConfig:
         _float("alert_confidence", 0.0, 1.0)
         _float("flag_alpha", 0.0, 1.0)
         _float("suspend_alpha", 0.0, 1.0)
+        _float("audit_alpha", 0.0, 1.0)
         if self.suspend_alpha > self.flag_alpha:
             raise ValueError(f"suspend_alpha ({self.suspend_alpha}) must not exceed flag_alpha ({self.flag_alpha})")
         _int("trust_window", 1, 1_000_000)

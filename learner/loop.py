@@ -90,7 +90,7 @@ class LoopConfig:
             n_clusters=self.n_clusters, candidate_factor=self.candidate_factor,
             pool_defence=self.defence if self.defence in POOL_DEFENCES else "none", seed=int(seed),
             trust_penalty=t.penalty, trust_reward=t.reward, alert_confidence=t.alert_confidence,
-            flag_alpha=t.flag_alpha, suspend_alpha=t.suspend_alpha, trust_window=t.window, p1=t.p_1,
+            flag_alpha=t.flag_alpha, suspend_alpha=t.suspend_alpha, audit_alpha=t.audit_alpha, trust_window=t.window, p1=t.p_1,
             confusion_min_rate=self.confusion_min_rate, confusion_min_count=self.confusion_min_count)
 
 

@@ -16,14 +16,16 @@ Rules (from the paper, with our choices marked):
 * Flag and suspend (ours, :func:`assess`): evidence, not single slips. A labeler's first labels,
   in the order given, are marked refuted when a consensus of others overturned them. Under the
   honest hypothesis each label is refuted with probability at most ``1 - P_1`` (an honest
-  labeler's error rate), so the refuted count among the last ``window`` labels (and among all)
-  is at most Binomial(n, 1 - P_1). A p-value below ``flag_alpha``, or a systematic class mapping
-  found by Dawid-Skene (:mod:`learner.confusion`), *flags* the labeler: no new work, and every
-  label of theirs that nobody checked yet goes to ``h`` others (a targeted audit). Below
-  ``suspend_alpha`` the labeler is *suspended*: their unverified labels leave the training set.
-  Once the audit has checked every label of theirs, the refuted count is no longer a biased
-  sample: still below ``flag_alpha`` suspends, otherwise the rules reinstate the labeler
-  themselves (admins can still suspend or reinstate by hand).
+  labeler's error rate), so the refuted count among the last m labels (of one true class, or of
+  all) is at most Binomial(m, 1 - P_1); :func:`refutation_pvalue` scans a few m (a scan test). A p-value below ``flag_alpha``, or a systematic class mapping
+  found by Dawid-Skene (:mod:`learner.confusion`, also over each labeler's recent labels),
+  *flags* the labeler: no new work, and every label of theirs that nobody checked yet goes to
+  ``h`` others (a targeted audit). Below ``suspend_alpha`` (over all their labels) the labeler is
+  *suspended*: their unverified labels leave the training set. When the audit has checked every
+  label of theirs, the whole record is an unbiased sample and decides: p < ``audit_alpha`` over
+  all their labels suspends, otherwise the rules reinstate the labeler, and the labels the audit
+  covered no longer count towards a new flag (``LabelerTrust.cleared``); admins can still suspend
+  or reinstate.
 """
 from __future__ import annotations
 
@@ -58,13 +60,19 @@ class TrustPolicy:
     penalty: float = 0.1
     reward: float = 0.01
     alert_confidence: float = 0.9  # a disagreement the model is this sure of is recorded as an alert
-    flag_alpha: float = 0.005  # flag when the refuted labels are this improbable for an honest labeler
-    suspend_alpha: float = 1e-4  # suspend when they are this improbable
-    window: int = 20  # the most recent first labels tested besides all of them (catches sleepers)
+    flag_alpha: float = 0.02  # flag (pause + targeted audit) when the refuted labels are this improbable for an honest labeler
+    suspend_alpha: float = 1e-4  # suspend at once when they are this improbable
+    audit_alpha: float = 0.01  # after a targeted audit: suspend when the whole record is this improbable
+    window: int = 20  # the longest recent run scanned besides all labels (see scan_lengths)
 
     @property
     def h(self) -> int:
         return required_labelers(self.p_h, self.p_1)
+
+    @property
+    def scan_lengths(self) -> tuple[int, ...]:
+        """The recent-run lengths :func:`refutation_pvalue` scans (0: all labels)."""
+        return tuple(sorted({max(self.window // 5, 2), max(self.window // 2, 2), self.window})) + (0,)
 
 
 def required_labelers(p_h: float = 0.9995, p_1: float = 0.9391) -> int:
@@ -138,6 +146,7 @@ class LabelerTrust:
     checked: int = 0  # labels confirmed or refuted by re-annotation
     disagreements: int = 0
     alerts: int = 0
+    cleared: int = 0  # first labels already covered by an audit (or review) that cleared the labeler
 
     @property
     def weight(self) -> float:
@@ -189,32 +198,36 @@ def audit_threshold(state: LabelerTrust, confidence: float, proven_confidence: f
     return max(confidence, proven_confidence)
 
 
-def refutation_pvalue(history: list[tuple[int, int | None]], n_classes: int, policy: TrustPolicy) -> float:
-    """How improbable a labeler's refuted first labels are for an honest labeler.
+def refutation_pvalue(history: list[tuple[int, int | None]], n_classes: int, policy: TrustPolicy,
+                      lengths: tuple[int, ...] | None = None) -> float:
+    """How improbable a labeler's refuted first labels are for an honest labeler (a scan test).
 
     ``history``: one ``(given label, consensus label or None)`` per first label, in the order
     given; a consensus that differs from the given label means the label was refuted. An honest
     labeler's label of an item of class a is refuted with probability at most ``1 - P_1``. The
-    true class of a label nobody refuted is taken to be the given one, so among the labels of
-    true class a (refuted ones by their consensus) the refuted count is at most Binomial(n_a,
-    1 - P_1), and over all classes together likewise. The smallest one-sided p-value (per class
-    times K, Bonferroni) over the last ``window`` labels (a sleeper's recent turn) and over all.
-    A mapping a -> b is caught by its class a: every label of true class a is refuted.
+    true class of a label nobody refuted is taken to be the given one. For all labels together
+    and for the labels of each true class, the refuted count among the last m of them is then at
+    most Binomial(m, 1 - P_1); m runs over :meth:`TrustPolicy.scan_lengths` (short runs catch a
+    sleeper's recent turn, all of them a slow drip). The smallest one-sided p-value, times the
+    number of tests (Bonferroni), is returned. A mapping a -> b is caught in class a, where
+    every label is refuted; a spammer overall. ``lengths=(0,)`` tests the whole record only.
     """
     honest_error = 1.0 - policy.p_1
+    true = np.array([g if c is None else c for g, c in history], dtype=np.int64)
+    refuted = np.array([c is not None and c != g for g, c in history], dtype=bool)
+    if not refuted.any():
+        return 1.0
+    lengths = policy.scan_lengths if lengths is None else lengths
+    tests = len(lengths) * (n_classes + 1)
     best = 1.0
-    for part in (history[-policy.window:], history):
-        true = np.array([g if c is None else c for g, c in part], dtype=np.int64)
-        refuted = np.array([c is not None and c != g for g, c in part], dtype=bool)
-        k, n = int(refuted.sum()), len(part)
-        if not k:
-            continue
-        best = min(best, float(binom.sf(k - 1, n, honest_error)))
-        for a in np.unique(true[refuted]):
-            in_a = true == a
-            ka = int((refuted & in_a).sum())
-            best = min(best, n_classes * float(binom.sf(ka - 1, int(in_a.sum()), honest_error)))
-    return best
+    for mask in [np.ones(len(history), dtype=bool)] + [true == a for a in np.unique(true[refuted])]:
+        seq = refuted[mask]
+        for m in lengths:
+            part = seq[-m:] if m else seq
+            k = int(part.sum())
+            if k:
+                best = min(best, float(binom.sf(k - 1, len(part), honest_error)))
+    return min(1.0, best * tests)
 
 
 @dataclass(frozen=True)
@@ -243,14 +256,20 @@ def assess(state: LabelerTrust, history: list[tuple[int, int | None]], n_classes
         return Assessment(Status.SUSPENDED, "", p)
     if p < policy.suspend_alpha:
         return Assessment(Status.SUSPENDED, f"refuted labels p = {p:.1e} < {policy.suspend_alpha:g}", p)
-    if state.status is Status.ACTIVE and (p < policy.flag_alpha or systematic):
-        why = "systematic confusion" if systematic else f"refuted labels p = {p:.1e} < {policy.flag_alpha:g}"
-        return Assessment(Status.FLAGGED, why, p)
+    # evidence an audit already cleared does not flag twice: only labels given since count
+    p_new = refutation_pvalue(history[state.cleared:], n_classes, policy) if state.cleared else p
+    if state.status is Status.ACTIVE and (p_new < policy.flag_alpha or systematic):
+        why = "systematic confusion" if systematic else f"refuted labels p = {p_new:.1e} < {policy.flag_alpha:g}"
+        return Assessment(Status.FLAGGED, why, p_new)
     if state.status is Status.FLAGGED and unchecked == 0:
-        # every label of theirs is now checked: the refuted count is no longer a biased sample
-        if p < policy.flag_alpha:
-            return Assessment(Status.SUSPENDED, f"audit done; refuted labels p = {p:.1e} < {policy.flag_alpha:g}", p)
-        return Assessment(Status.ACTIVE, f"audit done; refuted labels p = {p:.1e} >= {policy.flag_alpha:g}", p)
+        # every label of theirs is now checked, so the whole record is an unbiased sample: it
+        # decides (a chance cluster in a short run flags, but does not suspend, an honest labeler)
+        whole = refutation_pvalue(history, n_classes, policy, lengths=(0,))
+        if whole < policy.audit_alpha:
+            return Assessment(Status.SUSPENDED, f"audit done; all refuted labels p = {whole:.1e} < {policy.audit_alpha:g}",
+                              whole)
+        return Assessment(Status.ACTIVE, f"audit done; all refuted labels p = {whole:.1e} >= {policy.audit_alpha:g}",
+                          whole)
     return Assessment(state.status, "", p)
 
 

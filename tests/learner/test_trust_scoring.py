@@ -77,8 +77,11 @@ def test_adaptive_rounds_settle_on_a_confirming_first_vote():
 
 def test_refuted_label_test_separates_honest_slips_from_a_mapping():
     policy = TrustPolicy()
-    honest = [(0, None)] * 90 + [(1, 0), (0, 1), (2, 1), (1, 2), (0, 2)]  # 5 % refuted, spread over classes
+    slips = [(1, 0), (0, 1), (2, 1), (1, 2), (0, 2)]  # 5 % refuted, spread over classes and time
+    honest = [x for slip in slips for x in [(0, None)] * 18 + [slip]]
     assert refutation_pvalue(honest, 3, policy) > policy.flag_alpha
+    # the same slips in one burst are a cluster worth a look (a flag, which an audit then clears)
+    assert refutation_pvalue([(0, None)] * 90 + slips, 3, policy) < policy.flag_alpha
     mapper = [(0, None), (2, None), (7, 1), (0, None), (7, 1), (7, 1)]  # every label of true class 1 -> 7
     assert refutation_pvalue(mapper, 10, policy) < policy.flag_alpha
     assert refutation_pvalue(mapper + [(7, 1)] * 2, 10, policy) < policy.suspend_alpha
@@ -95,12 +98,13 @@ def test_assess_flags_audits_then_suspends_or_reinstates():
     state.status = Status.FLAGGED
     # the audit is still running: stay flagged
     assert assess(state, mapper, 10, systematic=False, unchecked=2, policy=policy).status is Status.FLAGGED
-    # the audit refuted more of its labels: suspended
-    worse = [(7, 1)] * 5 + [(0, 0)] * 3
+    # the audit is done and the whole record is damning: suspended
+    worse = [(7, 1)] * 3 + [(0, 0)] * 3 + [(3, 1)] * 2
     assert assess(state, worse, 10, systematic=False, unchecked=0, policy=policy).status is Status.SUSPENDED
-    # the audit found its labels right: reinstated by the rules
-    cleared = [(7, None)] * 20 + [(7, 1)] + [(0, 0)] * 9
-    assert assess(state, cleared, 10, systematic=False, unchecked=0, policy=policy).status is Status.ACTIVE
+    # the audit found its other labels right: one burst in a long honest record is reinstated
+    burst = [(0, 0), (1, 1)] * 30 + [(7, 1)] * 3 + [(0, 0)] * 5
+    verdict = assess(state, burst, 10, systematic=False, unchecked=0, policy=policy)
+    assert verdict.status is Status.ACTIVE and "audit done" in verdict.reason
     # a systematic pair from Dawid-Skene flags as well
     assert assess(LabelerTrust(), [(0, None)] * 5, 3, systematic=True, unchecked=5,
                   policy=policy).status is Status.FLAGGED
