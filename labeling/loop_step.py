@@ -43,12 +43,13 @@ class _Snapshot:
     pool: selectors.PoolLabels
 
 
-def _trust_of(profile: LabelerProfile | None) -> LabelerTrust:
+def _trust_of(profile: LabelerProfile | None, project: Project) -> LabelerTrust:
     if profile is None:
         return LabelerTrust()
     status = (Status.SUSPENDED if profile.is_suspended else Status.FLAGGED if profile.is_flagged else Status.ACTIVE)
     return LabelerTrust(trust=profile.trust, status=status, labels_given=profile.labels_given,
-                        checked=profile.checked, disagreements=profile.disagreements, alerts=profile.alerts)
+                        checked=profile.checked, disagreements=profile.disagreements, alerts=profile.alerts,
+                        cleared=int((profile.cleared or {}).get(str(project.pk), 0)))
 
 
 def engine_state(project: Project, batch: QueryBatch) -> tuple[engine.EngineState, selectors.PoolLabels]:
@@ -65,7 +66,7 @@ def engine_state(project: Project, batch: QueryBatch) -> tuple[engine.EngineStat
     crowd = [int(u) for u in selectors.annotators().order_by("id").values_list("id", flat=True)]
     people = set(crowd) | set(first_labels) | {int(u) for u in pool.labeler_of if u >= 0}
     profiles = {p.user_id: p for p in LabelerProfile.objects.filter(user_id__in=people)}
-    trust = {uid: _trust_of(profiles.get(uid)) for uid in sorted(people)}
+    trust = {uid: _trust_of(profiles.get(uid), project) for uid in sorted(people)}
     requests = {}
     for item, original, label, votes, asked in trust_selectors.pending_rounds(batch):
         requests[item] = engine.Request(item=item, original=original, label=label, votes=votes, asked=asked)
@@ -229,6 +230,7 @@ def _save_trust(plan: engine.Plan, *, project: Project) -> set[int]:
         profile.checked, profile.disagreements, profile.alerts = st.checked, st.disagreements, st.alerts
         profile.is_suspended = st.status is Status.SUSPENDED
         profile.is_flagged = st.status is Status.FLAGGED
+        profile.cleared = {**(profile.cleared or {}), str(project.pk): int(st.cleared)}
         profile.save()
         if not was_blocked and (profile.is_suspended or profile.is_flagged):
             newly_blocked.add(uid)

@@ -275,6 +275,9 @@ class LabelerProfile(models.Model):
     checked = models.PositiveIntegerField(default=0)
     disagreements = models.PositiveIntegerField(default=0)
     alerts = models.PositiveIntegerField(default=0)
+    cleared = models.JSONField(default=dict, blank=True,
+                               help_text="Per project id: first labels an audit or a review already cleared "
+                                         "(they do not count towards a new flag).")
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from django.db import transaction
+from django.db.models import Count
 from django.utils import timezone
 
 from labeling.models import Annotation, Assignment, Item, LabelerProfile, Project, QueryBatch
@@ -92,7 +93,8 @@ def _locked_profile(user) -> LabelerProfile:
 
 def reinstate(*, labeler, actor, note: str = "", trust_floor: float | None = None) -> TrustEvent:
     """Clear flagged and suspended. Trust (the weight of the labeler's labels) is lifted to
-    ``trust_floor`` (default 0.7) when below it: an admin who reinstates vouches for the labeler."""
+    ``trust_floor`` (default 0.7) when below it: an admin who reinstates vouches for the labeler,
+    and the labels given so far no longer count towards a new flag (``LabelerProfile.cleared``)."""
     floor = 0.7 if trust_floor is None else float(trust_floor)
     if not 0.0 <= floor <= 1.0:
         raise ReviewError("trust floor must lie in [0, 1]")
@@ -103,6 +105,10 @@ def reinstate(*, labeler, actor, note: str = "", trust_floor: float | None = Non
         before = profile.trust
         profile.trust = max(profile.trust, floor)
         profile.is_flagged = profile.is_suspended = False
+        given = (Annotation.objects.filter(assignment__labeler=labeler, assignment__kind=Assignment.Kind.FIRST_LABEL,
+                                           discard__isnull=True)
+                 .values("assignment__batch__project_id").annotate(n=Count("id")))
+        profile.cleared = {str(r["assignment__batch__project_id"]): r["n"] for r in given}
         profile.save()
         return TrustEvent.objects.create(labeler=labeler, reason=TrustEvent.Reason.REINSTATED,
                                          delta=profile.trust - before, trust_after=profile.trust, actor=actor,

@@ -7,7 +7,7 @@ import pytest
 from django.test import Client
 from django.utils import timezone
 
-from labeling import loop_step, selectors, services
+from labeling import answering, loop_step, selectors, services
 from labeling.models import Annotation, Assignment, LabelerProfile, QueryBatch
 from tests.web.factories import AnnotatorFactory, StaffFactory
 from tests.web.labeling_support import annotators, answer_open, digits_project, labeling_dirs, staff  # noqa: F401
@@ -92,11 +92,16 @@ def test_confirmations_are_recorded_only_when_trust_moves(labeling_dirs, annotat
 def test_reinstate_and_suspend_are_recorded(labeling_dirs, annotators, staff):
     a, b, c = annotators
     project = digits_project()
+    for asg in Assignment.objects.filter(labeler=a, status="open").select_related("item"):  # a's labels come first
+        answering.submit_annotation(user=a, assignment_id=asg.pk, label=asg.item.ground_truth)
+    given = Annotation.objects.filter(assignment__labeler=a, assignment__kind="first_label").count()
+    assert given
     services.set_labeler_status(user=a, flagged=True)
     LabelerProfile.objects.filter(user=a).update(trust=0.4)
     event = trust_services.reinstate(labeler=a, actor=staff, note="looked fine")
     p = LabelerProfile.objects.get(user=a)
     assert not p.is_flagged and not p.is_suspended and p.trust == pytest.approx(0.7)
+    assert p.cleared == {str(project.pk): given}  # the reviewed labels do not flag a second time
     assert (event.reason, event.actor, event.note) == ("reinstated", staff, "looked fine")
     assert event.delta == pytest.approx(0.3) and event.trust_after == pytest.approx(0.7)
     with pytest.raises(trust_services.ReviewError, match="neither"):

@@ -44,7 +44,7 @@ def test_parity_the_web_loop_and_the_simulator_buy_the_same_labels(labeling_dirs
     from learner.loop import LoopConfig, LoopData, run_loop
     from learner.oracles import LabelerPool
 
-    web = simulation.run(seed=3, max_batches=6, config={"reannotation": reannotation, "budget": 300})
+    web = simulation.run(seed=3, max_batches=50, config={"reannotation": reannotation, "budget": 300})
     project = Project.objects.get(pk=web.project_id)
     feats, _ = features.features_for(project)
     truth = np.array(list(project.items.order_by("index").values_list("ground_truth", flat=True)))
