@@ -1,11 +1,12 @@
-"""Admin of the labeling app. State, batches and answers are read-only here: services write them."""
+"""Admin of the labeling app. State, batches and answers are read-only here: services write them.
+Labeler profiles (with the suspend / reinstate actions) are in the trust app's admin."""
 from __future__ import annotations
 
-from django.contrib import admin, messages
+from django.contrib import admin
 from django.urls import reverse
 from django.utils.html import format_html
 
-from .models import Annotation, Assignment, Item, IterationMetric, LabelerProfile, Project, QueryBatch
+from .models import Annotation, Assignment, Item, IterationMetric, Project, QueryBatch
 
 
 @admin.register(Project)
@@ -66,39 +67,3 @@ class IterationMetricAdmin(admin.ModelAdmin):
                     "ground_truth_accuracy", "check_triggered", "reannotated", "discarded")
     list_filter = ("project",)
     readonly_fields = [f.name for f in IterationMetric._meta.fields]
-
-
-@admin.register(LabelerProfile)
-class LabelerProfileAdmin(admin.ModelAdmin):
-    list_display = ("user", "trust", "is_flagged", "is_suspended", "labels_given", "checked", "disagreements", "alerts")
-    list_filter = ("is_flagged", "is_suspended")
-    readonly_fields = ("user", "trust", "labels_given", "checked", "disagreements", "alerts", "updated_at",
-                       "is_flagged", "is_suspended")
-    actions = ["suspend", "reinstate"]
-
-    # Both go through trust.services so each is recorded in the trust history (TrustEvent).
-    @admin.action(description="Suspend (their open work goes to others)")
-    def suspend(self, request, queryset):
-        from trust import services as trust_services
-
-        done = 0
-        for profile in queryset:
-            try:
-                trust_services.suspend(labeler=profile.user, actor=request.user, note="Django admin action")
-                done += 1
-            except trust_services.ReviewError:
-                pass  # already suspended
-        messages.success(request, f"{done} labeler(s) suspended.")
-
-    @admin.action(description="Reinstate (clear flagged and suspended)")
-    def reinstate(self, request, queryset):
-        from trust import services as trust_services
-
-        done = 0
-        for profile in queryset:
-            try:
-                trust_services.reinstate(labeler=profile.user, actor=request.user, note="Django admin action")
-                done += 1
-            except trust_services.ReviewError:
-                pass  # neither flagged nor suspended
-        messages.success(request, f"{done} labeler(s) reinstated.")

@@ -25,7 +25,7 @@ from learner import engine, live
 from learner.trust import LabelerTrust, Status
 
 from . import features as feature_cache
-from . import selectors
+from . import history, selectors
 from .models import Annotation, Assignment, IterationMetric, LabelerProfile, Project, QueryBatch
 from . import workflow
 from .services import _assign_first_labels, release_open_work
@@ -54,8 +54,6 @@ def _trust_of(profile: LabelerProfile | None, project: Project) -> LabelerTrust:
 
 def engine_state(project: Project, batch: QueryBatch) -> tuple[engine.EngineState, selectors.PoolLabels]:
     """The engine's state of ``project`` with ``batch`` open, read from the database."""
-    from trust import selectors as trust_selectors
-
     pool = selectors.pool_labels(project)
     firsts = (Annotation.objects.filter(assignment__batch__project=project, discard__isnull=True,
                                         assignment__kind=Assignment.Kind.FIRST_LABEL)
@@ -68,7 +66,7 @@ def engine_state(project: Project, batch: QueryBatch) -> tuple[engine.EngineStat
     profiles = {p.user_id: p for p in LabelerProfile.objects.filter(user_id__in=people)}
     trust = {uid: _trust_of(profiles.get(uid), project) for uid in sorted(people)}
     requests = {}
-    for item, original, label, votes, asked in trust_selectors.pending_rounds(batch):
+    for item, original, label, votes, asked in history.pending_rounds(batch):
         requests[item] = engine.Request(item=item, original=original, label=label, votes=votes, asked=asked)
     batch_items = np.array(sorted(Assignment.objects.filter(batch=batch, kind=Assignment.Kind.FIRST_LABEL,
                                                             status=Assignment.Status.DONE)
@@ -82,12 +80,12 @@ def engine_state(project: Project, batch: QueryBatch) -> tuple[engine.EngineStat
         trust=trust, crowd=crowd, iteration=batch.iteration,
         phase=engine.REANNOTATION if batch.phase == QueryBatch.Phase.REANNOTATION else engine.LABELING,
         batch=batch_items, requests=requests, bought=selectors.labels_bought(project),
-        answers=trust_selectors.annotation_triples(project), first_labels=first_labels,
-        verdicts=trust_selectors.round_verdicts(project),
+        answers=history.annotation_triples(project), first_labels=first_labels,
+        verdicts=history.round_verdicts(project),
         artificial=live.load_artificial(feature_cache.artificial_path(project, k) for k in range(batch.iteration + 1)),
         perturbations={int(k): (math.inf if v is None else float(v)) for k, v in (carry.get("perturbations") or {}).items()},
         previous_secured_accuracy=prev.secured_accuracy if prev else None,
-        reported_pairs=trust_selectors.reported_pairs(project), carry=carry)
+        reported_pairs=history.reported_pairs(project), carry=carry)
     assert len(state.labels) == n
     return state, pool
 
@@ -167,8 +165,6 @@ def record_loop_error(*, batch_id: int, error: str) -> None:
 
 
 def _persist(snap: _Snapshot, plan: engine.Plan) -> str:
-    from trust import services as trust_services
-
     with transaction.atomic():
         project = Project.objects.select_for_update().get(pk=snap.project.pk)
         project.loop_error = ""
@@ -181,9 +177,9 @@ def _persist(snap: _Snapshot, plan: engine.Plan) -> str:
         for uid in sorted(newly_blocked):  # their open work elsewhere goes to others
             transaction.on_commit(lambda uid=uid: _release_after_commit(uid))
         if plan.rounds:
-            trust_services.resolve_rounds(batch=batch, rounds=plan.rounds)
+            history.resolve_rounds(batch=batch, rounds=plan.rounds)
         if plan.confusion:
-            trust_services.save_confusion(project=project, estimates=plan.confusion)
+            history.save_confusion(project=project, estimates=plan.confusion)
         if plan.requests:
             created = _open_reannotation(batch, plan.requests)
             batch.phase, batch.loop_state = QueryBatch.Phase.REANNOTATION, plan.carry
@@ -220,8 +216,6 @@ def _release_after_commit(uid: int) -> None:
 
 def _save_trust(plan: engine.Plan, *, project: Project) -> set[int]:
     """Write the plan's trust states and history; returns the labelers flagged or suspended just now."""
-    from trust import services as trust_services
-
     newly_blocked = set()
     for uid, st in sorted(plan.trust.items()):
         profile, _ = LabelerProfile.objects.select_for_update().get_or_create(user_id=uid)
@@ -235,14 +229,12 @@ def _save_trust(plan: engine.Plan, *, project: Project) -> set[int]:
         if not was_blocked and (profile.is_suspended or profile.is_flagged):
             newly_blocked.add(uid)
     if plan.events:
-        trust_services.record_events(project=project, events=plan.events)
+        history.record_events(project=project, events=plan.events)
     return newly_blocked
 
 
 def _open_reannotation(batch: QueryBatch, requests: list[engine.Request]) -> int:
     """The plan's new voters of each round, never the original labeler (the DB refuses that too)."""
-    from trust import services as trust_services
-
     items = {i.index: i for i in batch.project.items.filter(index__in=[r.item for r in requests])}
     created = 0
     for req in requests:
@@ -250,7 +242,7 @@ def _open_reannotation(batch: QueryBatch, requests: list[engine.Request]) -> int
                                           original_labeler_id=req.original, kind=Assignment.Kind.REANNOTATION)
                 for voter in req.new_voters]
         created += len(made)
-        trust_services.open_round(batch=batch, item=items[req.item], original_labeler_id=req.original,
+        history.open_round(batch=batch, item=items[req.item], original_labeler_id=req.original,
                                   assignments=made)
     return created
 

@@ -10,7 +10,8 @@ from django.db.models import Count, Q, QuerySet
 
 from learner.engine import secured_label
 
-from .models import ANNOTATORS_GROUP, Annotation, Assignment, Item, IterationMetric, LabelerProfile, Project, QueryBatch
+from .models import (ANNOTATORS_GROUP, Annotation, Assignment, Item, IterationMetric, LabelerProfile, Project,
+                     QueryBatch, ReannotationRound)
 
 User = get_user_model()
 
@@ -189,8 +190,6 @@ def pool_labels(project: Project) -> PoolLabels:
         elif kind == Assignment.Kind.SECURED and labeler not in suspended:
             secured_votes[index].append(label)
     # the outcome of each resolved re-annotation round, by the first label it reviewed
-    from trust.models import ReannotationRound
-
     outcomes = {a: (o, c) for a, o, c in ReannotationRound.objects.filter(project=project)
                 .exclude(outcome=ReannotationRound.Outcome.PENDING)
                 .values_list("original_annotation_id", "outcome", "consensus_label")}

@@ -1,9 +1,12 @@
-"""Django admin of the trust app: read-only history (services write it)."""
+"""Django admin of the trust app: read-only history (services write it), and the labelers'
+profiles with the suspend / reinstate actions."""
 from __future__ import annotations
 
-from django.contrib import admin
+from django.contrib import admin, messages
 
-from .models import ConfusionEstimate, DiscardedAnnotation, ReannotationRound, TrustEvent
+from labeling.models import ConfusionEstimate, DiscardedAnnotation, LabelerProfile, ReannotationRound, TrustEvent
+
+from . import services
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -49,3 +52,36 @@ class ConfusionEstimateAdmin(ReadOnlyAdmin):
 @admin.register(DiscardedAnnotation)
 class DiscardedAnnotationAdmin(ReadOnlyAdmin):
     list_display = ("annotation", "event", "created_at")
+
+
+@admin.register(LabelerProfile)
+class LabelerProfileAdmin(admin.ModelAdmin):
+    list_display = ("user", "trust", "is_flagged", "is_suspended", "labels_given", "checked", "disagreements", "alerts")
+    list_filter = ("is_flagged", "is_suspended")
+    readonly_fields = ("user", "trust", "labels_given", "checked", "disagreements", "alerts", "updated_at",
+                       "is_flagged", "is_suspended")
+    actions = ["suspend", "reinstate"]
+
+    # Registered here, not in labeling/admin.py: both actions go through trust.services so each is
+    # recorded in the trust history (TrustEvent), and labeling never imports the trust app.
+    @admin.action(description="Suspend (their open work goes to others)")
+    def suspend(self, request, queryset):
+        done = 0
+        for profile in queryset:
+            try:
+                services.suspend(labeler=profile.user, actor=request.user, note="Django admin action")
+                done += 1
+            except services.ReviewError:
+                pass  # already suspended
+        messages.success(request, f"{done} labeler(s) suspended.")
+
+    @admin.action(description="Reinstate (clear flagged and suspended)")
+    def reinstate(self, request, queryset):
+        done = 0
+        for profile in queryset:
+            try:
+                services.reinstate(labeler=profile.user, actor=request.user, note="Django admin action")
+                done += 1
+            except services.ReviewError:
+                pass  # neither flagged nor suspended
+        messages.success(request, f"{done} labeler(s) reinstated.")

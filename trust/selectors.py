@@ -1,4 +1,4 @@
-"""Reads of the trust app (staff pages and the loop's snapshot). No writes here."""
+"""Reads of the trust app (the staff review pages). No writes here."""
 from __future__ import annotations
 
 from collections import defaultdict
@@ -6,46 +6,12 @@ from collections import defaultdict
 from django.contrib.auth import get_user_model
 from django.db.models import Q
 
-from labeling.models import ANNOTATORS_GROUP, Annotation, Assignment, LabelerProfile
+from labeling.models import (ANNOTATORS_GROUP, Annotation, Assignment, ConfusionEstimate, LabelerProfile,
+                             ReannotationRound, TrustEvent)
 
-from .models import ConfusionEstimate, ReannotationRound, TrustEvent
+
 
 User = get_user_model()
-
-
-def annotation_triples(project) -> list[tuple[int, int, int]]:
-    """(item index, labeler id, label) of every answer in ``project`` an admin did not discard."""
-    return [(int(i), int(u), int(lab)) for i, u, lab in
-            Annotation.objects.filter(assignment__batch__project=project, discard__isnull=True,
-                                      assignment__labeler__isnull=False)
-            .values_list("assignment__item__index", "assignment__labeler_id", "label").order_by("id")]
-
-
-def pending_rounds(batch) -> list[tuple[int, int, int, list[int], list[int]]]:
-    """(item index, original labeler, original label, votes so far, labelers asked) of every
-    re-annotation round of ``batch`` still pending, by item index."""
-    out = []
-    for rnd in (ReannotationRound.objects.filter(batch=batch, outcome=ReannotationRound.Outcome.PENDING)
-                .select_related("item").order_by("item__index")):
-        asgs = list(rnd.assignments.order_by("id").values_list("labeler_id", "annotation__label"))
-        votes = [int(label) for _, label in asgs if label is not None]  # in the order the voters were asked
-        asked = [int(u) for u, _ in asgs if u is not None]
-        out.append((int(rnd.item.index), int(rnd.original_labeler_id), int(rnd.original_label), votes, asked))
-    return out
-
-
-def round_verdicts(project) -> dict[tuple[int, int], int]:
-    """(labeler, item index) -> consensus label of every re-annotation round in ``project`` that
-    agreed or disagreed with the labeler's first label (the evidence of the trust rules)."""
-    return {(int(u), int(i)): int(c) for u, i, c in ReannotationRound.objects.filter(
-        project=project, outcome__in=[ReannotationRound.Outcome.AGREED, ReannotationRound.Outcome.DISAGREED])
-        .values_list("original_labeler_id", "item__index", "consensus_label")}
-
-
-def reported_pairs(project) -> set[tuple[int, int, int]]:
-    """(labeler, true, given) systematic confusions already reported in ``project``."""
-    return {(u, t, g) for u, t, g in TrustEvent.objects.filter(project=project, reason=TrustEvent.Reason.SYSTEMATIC)
-            .values_list("labeler_id", "consensus_label", "original_label")}
 
 
 def labeler_rows() -> list[dict]:

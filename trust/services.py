@@ -1,9 +1,7 @@
-"""Writes of the trust app: the history of trust changes, re-annotation rounds, confusion
-estimates, and the admins' review actions (reinstate, suspend, discard labels and re-queue).
-
-The loop (``labeling/services.py``) calls :func:`record_events`, :func:`open_round`,
-:func:`resolve_rounds` and :func:`save_confusion` inside its own transaction. Review actions
-follow the labeling app's locking rule: projects first (``FOR UPDATE``, by id), then rows.
+"""Writes of the trust app: the admins' review actions (reinstate, suspend, discard labels and
+re-queue), each recorded in the trust history. The loop's own history writes are
+:mod:`labeling.history`. Review actions follow the labeling app's locking rule: projects first
+(``FOR UPDATE``, by id), then rows.
 """
 from __future__ import annotations
 
@@ -13,72 +11,13 @@ from django.db import transaction
 from django.db.models import Count
 from django.utils import timezone
 
-from labeling.models import Annotation, Assignment, Item, LabelerProfile, Project, QueryBatch
+from labeling.models import (Annotation, Assignment, DiscardedAnnotation, Item, LabelerProfile, Project, QueryBatch,
+                             TrustEvent)
 
-from .models import ConfusionEstimate, DiscardedAnnotation, ReannotationRound, TrustEvent
 
 
 class ReviewError(Exception):
     """A review action that cannot be done (shown to the admin)."""
-
-
-# --------------------------------------------------------------------------------------
-# Loop side
-# --------------------------------------------------------------------------------------
-
-
-def record_events(*, project: Project | None, events: list[dict]) -> list[TrustEvent]:
-    """Create one TrustEvent per dict (keys: labeler, reason, delta, trust_after and optionally
-    item_index, model_confidence, original_label, consensus_label, note)."""
-    indices = {e["item_index"] for e in events if e.get("item_index") is not None}
-    item_ids = dict(Item.objects.filter(project=project, index__in=indices).values_list("index", "id")) \
-        if project is not None and indices else {}
-    rows = [TrustEvent(labeler_id=e["labeler"], project=project, item_id=item_ids.get(e.get("item_index")),
-                       reason=e["reason"], delta=float(e.get("delta") or 0.0),
-                       trust_after=min(max(float(e["trust_after"]), 0.0), 1.0),
-                       model_confidence=e.get("model_confidence"), original_label=e.get("original_label"),
-                       consensus_label=e.get("consensus_label"), note=e.get("note", ""))
-            for e in events]
-    return TrustEvent.objects.bulk_create(rows)
-
-
-def open_round(*, batch: QueryBatch, item: Item, original_labeler_id: int, assignments: list[Assignment]):
-    """Record a re-annotation round when its assignments are created (idempotent per batch and item)."""
-    original = (Annotation.objects.filter(assignment__item=item, assignment__kind=Assignment.Kind.FIRST_LABEL,
-                                          assignment__labeler_id=original_labeler_id, discard__isnull=True)
-                .order_by("-created_at", "-id").first())
-    rnd, _ = ReannotationRound.objects.get_or_create(
-        batch=batch, item=item,
-        defaults={"project_id": batch.project_id, "original_labeler_id": original_labeler_id,
-                  "original_annotation": original, "original_label": original.label if original else -1})
-    if assignments:
-        rnd.assignments.add(*assignments)
-    return rnd
-
-
-def resolve_rounds(*, batch: QueryBatch, rounds: list[dict]) -> int:
-    """Close the batch's pending rounds with their outcome, consensus and the model's confidence."""
-    by_index = {r["item_index"]: r for r in rounds}
-    now, n = timezone.now(), 0
-    for rnd in (ReannotationRound.objects.select_for_update().filter(batch=batch, outcome="pending")
-                .select_related("item")):
-        r = by_index.get(rnd.item.index)
-        if r is None:
-            continue
-        rnd.outcome, rnd.consensus_label = r["outcome"], r.get("consensus_label")
-        rnd.prob_original, rnd.prob_consensus, rnd.resolved_at = r.get("prob_original"), r.get("prob_consensus"), now
-        rnd.save(update_fields=["outcome", "consensus_label", "prob_original", "prob_consensus", "resolved_at"])
-        n += 1
-    return n
-
-
-def save_confusion(*, project: Project, estimates: dict[int, dict]) -> None:
-    """Keep the latest Dawid-Skene estimate of each labeler in ``project``."""
-    for uid, est in estimates.items():
-        ConfusionEstimate.objects.update_or_create(
-            project=project, labeler_id=uid,
-            defaults={"matrix": est["matrix"], "counts": est["counts"], "n_labels": est["n_labels"],
-                      "suspicious_pairs": est["pairs"]})
 
 
 # --------------------------------------------------------------------------------------

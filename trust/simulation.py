@@ -90,7 +90,7 @@ def run(*, seed: int = 0, n_labelers: int = 11, n_malicious: int = 1, mapping: d
     from learner.data import load_digits
     from learner.oracles import LabelerPool
 
-    from .models import TrustEvent
+    from labeling.models import TrustEvent
 
     mapping = mapping or {"1": "7"}
     idx = {c: k for k, c in enumerate(classes)}

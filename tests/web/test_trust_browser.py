@@ -11,7 +11,7 @@ from labeling.models import LabelerProfile, QueryBatch
 from tests.web.factories import PASSWORD
 from tests.web.labeling_support import annotators, answer_open, digits_project, labeling_dirs, poll_js, staff  # noqa: F401
 from tests.web.test_labeling_browser import browser_page  # noqa: F401
-from trust.models import TrustEvent
+from labeling.models import TrustEvent
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

@@ -12,7 +12,7 @@ from labeling.models import Annotation, Assignment, LabelerProfile, QueryBatch
 from tests.web.factories import AnnotatorFactory, StaffFactory
 from tests.web.labeling_support import annotators, answer_open, digits_project, labeling_dirs, staff  # noqa: F401
 from trust import services as trust_services
-from trust.models import ConfusionEstimate, DiscardedAnnotation, ReannotationRound, TrustEvent
+from labeling.models import ConfusionEstimate, DiscardedAnnotation, ReannotationRound, TrustEvent
 
 pytestmark = pytest.mark.django_db
 

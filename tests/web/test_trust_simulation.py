@@ -9,7 +9,7 @@ import pytest
 from labeling.models import LabelerProfile, Project
 from tests.web.labeling_support import labeling_dirs  # noqa: F401
 from trust import simulation
-from trust.models import ConfusionEstimate, TrustEvent
+from labeling.models import ConfusionEstimate, TrustEvent
 
 pytestmark = [pytest.mark.django_db, pytest.mark.slow]
 
