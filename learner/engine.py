@@ -2,7 +2,7 @@
 
 Two drivers run it. ``learner.loop`` (``manage.py simulate`` and ``reproduce_paper``) keeps an
 :class:`EngineState` in memory and answers the plan's requests with simulated labelers; the web
-app (``labeling/loop.py``) rebuilds the state from the database, runs the same step and persists
+app (``labeling/loop_step.py``) rebuilds the state from the database, runs the same step and persists
 the plan in one transaction. A parity test drives both with the same labelers and seeds.
 
 One iteration (paper Fig. 2, our choices marked in ``docs/method.md``):
@@ -10,9 +10,10 @@ One iteration (paper Fig. 2, our choices marked in ``docs/method.md``):
 1. :func:`start`: the secured set S (its own seeded stream, drawn for every strategy so that all
    strategies start from the same initial labels) and the random initial batch.
 2. After a batch's first labels (:func:`step`, phase "labeling"): audit the labels the previous
-   model F_{i-1} contradicts (ours; the first batch is checked by a model of S), craft adversarial and noise copies of the batch, train F_i on
-   D plus the copies with every label weighted by its labeler's trust, and run the secured-set
-   check: accuracy on S down by more than epsilon sends the whole batch to re-annotation.
+   model F_{i-1} contradicts (ours; the first batch is checked by a model of S), craft adversarial
+   and noise copies of the batch, train F_i on D plus the copies with every label weighted by its
+   labeler's trust, and run the secured-set check: accuracy on S down by more than epsilon sends
+   the whole batch to re-annotation.
 3. Re-annotation requests (``plan.requests``) go to distinct other labelers. With
    ``reannotation="adaptive"`` a round asks one labeler first and the others only when that one
    disagrees; ``"parallel"`` asks ``h`` at once. :func:`step` in phase "reannotation" resolves
@@ -82,7 +83,6 @@ class Request:
     item: int
     original: int  # the labeler whose first label is under review
     label: int  # that label
-    reason: str = "audit"  # "audit" | "check" | "flag"
     votes: list[int] = field(default_factory=list)  # answers so far
     asked: list[int] = field(default_factory=list)  # labelers asked so far (never asked twice)
     new_voters: list[int] = field(default_factory=list)  # asked in this plan (the driver assigns them)
@@ -285,14 +285,14 @@ def _after_labeling(cfg, pool: Pool, state: EngineState, previous, plan: Plan):
     model = _train(cfg, pool, state)
     s_acc = live.accuracy_on(model, pool.features, state.secured_labels, state.secured_labels >= 0)
     triggered = cfg.defenses_on and live.performance_dropped(s_acc, state.previous_secured_accuracy, cfg.epsilon)
-    todo = {int(x): "audit" for x in suspicious}
+    todo = {int(x) for x in suspicious}
     if triggered:
-        todo.update({int(x): "check" for x in labeled_now if state.labeler_of[x] >= 0 and int(x) not in todo})
+        todo |= {int(x) for x in labeled_now if state.labeler_of[x] >= 0}
     state.carry = {"secured_accuracy_before_check": s_acc, "check_triggered": bool(triggered),
                    "audited": int(len(suspicious)), "reannotated": 0, "discarded": 0,
                    "perturbations": {str(k): (v if math.isfinite(v) else None) for k, v in perts.items()}}
     if cfg.defenses_on:
-        _request(cfg, state, plan, [(item, todo[item]) for item in sorted(todo)])
+        _request(cfg, state, plan, sorted(todo))
     return model
 
 
@@ -333,20 +333,20 @@ def _audit_threshold(cfg, state: EngineState, uid: int) -> float:
     return audit_threshold(trust, cfg.audit_confidence, cfg.audit_confidence_proven, cfg.audit_proven_after)
 
 
-def _request(cfg, state: EngineState, plan: Plan, todo: list[tuple[int, str]]) -> None:
+def _request(cfg, state: EngineState, plan: Plan, todo: list[int]) -> None:
     """Open rounds for ``todo`` items (their standing first labels), budget permitting."""
     eligible = state.eligible()
     left = _budget_left(cfg, state) - sum(cfg.h - len(r.votes) for r in state.requests.values())
     first = 1 if cfg.reannotation == "adaptive" else cfg.h
     load: Counter = Counter()
-    for item, reason in todo:
+    for item in todo:
         original = int(state.labeler_of[item])
         if original < 0 or item in state.requests or left < cfg.h:
             continue
         voters = live.choose_distinct(first, eligible, exclude={original}, load=load, seed=cfg.seed + item)
         if not voters:
             continue
-        req = Request(item=item, original=original, label=int(state.labels[item]), reason=reason,
+        req = Request(item=item, original=original, label=int(state.labels[item]),
                       asked=list(voters), new_voters=list(voters))
         load.update(voters)
         state.requests[item] = req
@@ -506,7 +506,7 @@ def _finish(cfg, pool: Pool, state: EngineState, previous, model, plan: Plan) ->
         mine = state.labeler_of == uid
         state.labels[mine], state.labeler_of[mine] = -1, -1
     if flagged:  # a targeted audit of every label that stands on their word alone
-        todo = [(int(i), "flag") for uid in flagged for i in np.flatnonzero(state.labeler_of == uid)
+        todo = [int(i) for uid in flagged for i in np.flatnonzero(state.labeler_of == uid)
                 if not state.secured[i]]
         _request(cfg, state, plan, todo)
         if plan.requests:

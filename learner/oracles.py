@@ -1,5 +1,8 @@
 """Simulated labelers: honest, malicious (a class mapping), sleepers and spammers.
 
+Who labels what is the loop engine's decision (:mod:`learner.engine`), the same in the simulator
+and the web app; this module only answers.
+
 A benign labeler returns the true class with probability ``1 - pr`` and otherwise a class drawn
 uniformly from the others. A malicious labeler maps every item of class ``ct`` to ``ct'`` and is
 honest (up to ``pr``) elsewhere. A *sleeper* (``honest_first=n``) answers honestly for its first
@@ -93,9 +96,6 @@ class LabelerPool:
     def ids(self) -> list[int]:
         return [lab.ident for lab in self.labelers]
 
-    def annotate(self, labeler_id: int, true_label: int, rng: np.random.Generator) -> int:
-        return self.labelers[labeler_id].label(true_label, self.n_classes, rng)
-
     def answer(self, labeler_id: int, item: int, true_label: int, *, seed: int, nth: int = 0,
                first_label: bool = True, given_before: int = 0) -> int:
         """The answer of ``labeler_id`` to ``item``, the same whatever order questions come in.
@@ -105,16 +105,3 @@ class LabelerPool:
         rng = np.random.default_rng([int(seed), int(labeler_id), int(item), int(nth), 0x5EED])
         return self.labelers[labeler_id].label(true_label, self.n_classes, rng, first_label=first_label,
                                                given_before=given_before)
-
-    def assign(self, n_items: int, active: list[int], rng: np.random.Generator) -> np.ndarray:
-        """One active labeler per item, drawn uniformly."""
-        if not active:
-            raise RuntimeError("no active labeler left to assign work to")
-        return np.asarray(active)[rng.integers(len(active), size=n_items)]
-
-    def assign_reannotation(self, original: int, h: int, active: list[int],
-                            rng: np.random.Generator) -> list[int]:
-        """``h`` distinct active labelers other than ``original`` (fewer if not enough exist)."""
-        others = [a for a in active if a != original]
-        k = min(h, len(others))
-        return [int(x) for x in rng.choice(others, size=k, replace=False)] if k else []

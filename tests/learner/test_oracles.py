@@ -26,20 +26,38 @@ def test_malicious_labeler_flips_all_of_its_target_class():
     assert abs((others != 3).mean() - 0.05) < 0.015
 
 
-def test_pool_build_marks_malicious_and_assigns_active_only():
+def test_pool_build_marks_the_adversaries():
     pool = LabelerPool.build(2, n_labelers=11, n_malicious=1, mapping={0: 1})
-    assert [lab.malicious for lab in pool.labelers].count(True) == 1
-    rng = np.random.default_rng(0)
-    who = pool.assign(1000, [0, 2, 4], rng)
-    assert set(who.tolist()) == {0, 2, 4}
+    assert [lab.malicious for lab in pool.labelers] == [False] * 10 + [True]
+    spam = LabelerPool.build(3, n_labelers=11, n_malicious=2, kind="spammer")
+    assert [lab.spammer for lab in spam.labelers].count(True) == 2
 
 
-def test_reannotation_never_goes_to_the_original_labeler():
-    pool = LabelerPool.build(2, n_labelers=11)
+def test_answers_do_not_depend_on_the_order_questions_come_in():
+    pool = LabelerPool.build(3, n_labelers=5, error_rate=0.3)
+    items = list(range(200))
+    forward = [pool.answer(j, i, i % 3, seed=7) for j in range(5) for i in items]
+    backward = {(j, i): pool.answer(j, i, i % 3, seed=7) for j in reversed(range(5)) for i in reversed(items)}
+    assert forward == [backward[(j, i)] for j in range(5) for i in items]
+    assert forward != [pool.answer(j, i, i % 3, seed=8) for j in range(5) for i in items]  # the seed matters
+    assert pool.answer(0, 3, 0, seed=7, nth=1) is not None  # a second answer to the same item draws anew
+
+
+def test_a_sleeper_is_honest_for_exactly_its_first_30_first_labels():
+    sleeper = LabelerPool.build(3, n_labelers=2, n_malicious=1, mapping={0: 2}, kind="sleeper",
+                                error_rate=0.0).labelers[1]
     rng = np.random.default_rng(0)
-    for original in range(11):
-        chosen = pool.assign_reannotation(original, 3, pool.ids, rng)
-        assert len(chosen) == 3 and len(set(chosen)) == 3 and original not in chosen
+    assert [sleeper.label(0, 3, rng, given_before=k) for k in range(30)] == [0] * 30
+    assert sleeper.label(0, 3, rng, given_before=30) == 2
+    assert sleeper.label(0, 3, rng, first_label=False, given_before=100) == 0  # honest on re-annotations
+    assert sleeper.label(1, 3, rng, given_before=100) == 1  # outside its mapping
+
+
+def test_a_spammer_answers_uniformly_at_random():
+    spammer = LabelerPool.build(4, n_labelers=2, n_malicious=1, kind="spammer").labelers[1]
+    rng = np.random.default_rng(0)
+    counts = np.bincount([spammer.label(0, 4, rng) for _ in range(4000)], minlength=4)
+    assert counts.min() > 900 and counts.max() < 1100
 
 
 def test_pool_validation():
@@ -47,5 +65,5 @@ def test_pool_validation():
         LabelerPool.build(2, n_labelers=3, n_malicious=4, mapping={0: 1})
     with pytest.raises(ValueError):
         LabelerPool.build(2, n_labelers=3, n_malicious=1)
-    with pytest.raises(RuntimeError):
-        LabelerPool.build(2).assign(3, [], np.random.default_rng(0))
+    with pytest.raises(ValueError, match="unknown adversary kind"):
+        LabelerPool.build(2, n_labelers=3, n_malicious=1, mapping={0: 1}, kind="troll")
