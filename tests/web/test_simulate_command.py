@@ -54,3 +54,22 @@ def test_simulate_same_seed_same_numbers(tmp_path):
 def test_simulate_bad_input_is_a_clear_error(args, message, tmp_path):
     with pytest.raises(CommandError, match=message):
         call_command("simulate", *args, "--runs", "1", "--no-progress", "--out", str(tmp_path))
+
+
+@pytest.mark.slow
+def test_simulate_on_a_fresh_data_folder_migrates_the_embedded_database(tmp_path):
+    """A newcomer's first `simulate` on a fresh data folder works instead of 'no such table'."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "ROBUSTAL_DATA_DIR": str(tmp_path / "fresh"), "DEBUG": "1", "SECRET_KEY": "test"}
+    env.pop("DATABASE_URL", None)
+    done = subprocess.run([sys.executable, "manage.py", "simulate", "--dataset", "digits", "--runs", "1",
+                           "--strategies", "random", "--budget", "40", "--no-progress"],
+                          cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "migrating the embedded database" in done.stdout
+    assert (tmp_path / "fresh" / "db.sqlite3").is_file()

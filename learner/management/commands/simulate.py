@@ -21,6 +21,7 @@ from learner.heads import HeadConfig
 from learner.loop import ATTACKS, LoopConfig
 from learner.strategies import STRATEGIES
 from learner.trust import TrustPolicy
+from learner.management.db_ready import ensure_migrated
 
 
 def _csv(value: str) -> tuple[str, ...]:
@@ -109,6 +110,7 @@ class Command(BaseCommand):
         parser.add_argument("--no-progress", action="store_true")
 
     def handle(self, *args, **o):
+        ensure_migrated(self.stdout)
         strategies = _csv(o["strategies"])
         if not strategies:
             raise CommandError(f"--strategies is empty; choose from {', '.join(STRATEGIES)}")
