@@ -1,4 +1,4 @@
-"""Benchmark (d): annotation submission under load (gunicorn + PostgreSQL, token auth).
+"""Benchmark (d): annotation submission under load (gunicorn + PostgreSQL or the embedded SQLite, token auth).
 
 Self-contained: creates a throw-away PostgreSQL database, migrates it, creates a project whose
 open batch holds ``--users x --per-user`` first-label assignments (plus secured-set assignments
@@ -24,6 +24,7 @@ rate instead.
     .venv/bin/python bench/bench_submit.py                        # 30 s, 50 annotators, config/gunicorn.conf.py
     .venv/bin/python bench/bench_submit.py --seconds 10 --config sync:5:1 --config gthread:4:8
     .venv/bin/python bench/bench_submit.py --no-next --no-profile
+    .venv/bin/python bench/bench_submit.py --db sqlite --think-ms 150      # what scripts/run.sh starts
 
 ``--config CLASS:WORKERS:THREADS`` may repeat: each runs against a fresh gunicorn on the same
 database (later configs see a batch with more answered rows). Needs PostgreSQL on
@@ -411,7 +412,9 @@ class Bench:
         self.db_name = f"robustal_bench_{os.getpid()}"
         self.db_created = False
         self.admin_url = args.pg_url
-        self.db_url = with_db(args.pg_url, self.db_name)
+        self.sqlite = args.db == "sqlite"  # the embedded default that scripts/run.sh starts
+        self.db_url = (f"sqlite:///{self.tmp / 'data' / 'db.sqlite3'}" if self.sqlite
+                       else with_db(args.pg_url, self.db_name))
         self.gunicorn: subprocess.Popen | None = None
         self.accepted_total = 0  # 2xx submits of every run, warm-ups included (for the row check)
         self.python = sys.executable
@@ -438,6 +441,9 @@ class Bench:
             conn.execute(sql)
 
     def create_db(self) -> None:
+        if self.sqlite:
+            (self.tmp / "data").mkdir(parents=True, exist_ok=True)  # migrate creates the file
+            return
         self._admin(f'CREATE DATABASE "{self.db_name}"')
         self.db_created = True
 
@@ -447,6 +453,20 @@ class Bench:
             self.db_created = False
 
     def db_counts(self, batch_id: int) -> dict:
+        if self.sqlite:
+            import sqlite3
+
+            conn = sqlite3.connect(self.db_url.removeprefix("sqlite:///"))
+            try:
+                q = lambda sql, *p: conn.execute(sql.replace("%s", "?"), p).fetchone()[0]  # noqa: E731
+                return {"annotations": q("SELECT count(*) FROM labeling_annotation"),
+                        "done": q("SELECT count(*) FROM labeling_assignment WHERE batch_id = %s AND status = 'done'",
+                                  batch_id),
+                        "project_state": q("SELECT state FROM labeling_project"),
+                        "batch_closed": bool(q("SELECT closed_at IS NOT NULL FROM labeling_querybatch WHERE id = %s",
+                                               batch_id))}
+            finally:
+                conn.close()
         import psycopg
 
         with psycopg.connect(self.db_url, autocommit=True) as conn:
@@ -641,6 +661,8 @@ def main(argv=None) -> int:
     p.add_argument("--client", choices=("raw", "aiohttp"), default="raw",
                    help="load generator: raw keep-alive HTTP/1.1 on asyncio streams (default, least CPU) or aiohttp")
     p.add_argument("--no-profile", action="store_true", help="skip the per-request SQL listing")
+    p.add_argument("--db", choices=("postgresql", "sqlite"), default="postgresql",
+                   help="sqlite: the embedded default of scripts/run.sh (a file in the temp dir, WAL)")
     p.add_argument("--pg-url", default=os.environ.get("BENCH_PG_URL", "postgres://postgres@127.0.0.1:5432/postgres"),
                    help="PostgreSQL URL of a role that may create databases (env BENCH_PG_URL)")
     args = p.parse_args(argv)
@@ -676,7 +698,7 @@ def main(argv=None) -> int:
               f"(+{args.warmup:g} s warm-up), {'GET next/ + POST' if not args.no_next else 'POST only'} per loop, "
               f"think {args.think_ms:g} ms; load generator: {client_name(args.client)} (asyncio, 1 process, "
               "one keep-alive connection per annotator); "
-              f"{os.cpu_count()} CPUs shared by client, gunicorn and PostgreSQL")
+              f"{os.cpu_count()} CPUs shared by client, gunicorn and {'SQLite (in gunicorn)' if args.db == 'sqlite' else 'PostgreSQL'}")
         print(f"batch: {data['first_label']} first-label + {data['secured_open']} secured assignments; "
               "ok/s = 2xx answers per second (for submit: submissions/s); cpu columns in cores busy")
         print()
@@ -691,7 +713,7 @@ def main(argv=None) -> int:
               f"{accepted} accepted (2xx) submits over {sent} attempted (warm-ups included): "
               f"{'OK' if ok else 'MISMATCH'}; project {counts['project_state']}, "
               f"batch {'CLOSED' if counts['batch_closed'] else 'open'}")
-        if not args.no_profile:
+        if not args.no_profile and args.db == "postgresql":
             profile(bench, annotators, n_classes)
         return 0 if ok else 1
     except KeyboardInterrupt:
