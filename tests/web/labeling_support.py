@@ -65,6 +65,20 @@ def answer_open(project: Project, *, truthful=True, wrong_for=()) -> int:
     return n
 
 
+def finish_batch(project: Project, batch, *, wrong_for=()) -> str:
+    """Run the loop step on a complete ``batch`` and answer its re-annotation rounds (truthfully,
+    or wrongly for ``wrong_for``) until the batch closes; returns the last outcome."""
+    from labeling import loop_step
+
+    outcome = loop_step.advance_loop(batch_id=batch.pk)
+    for _ in range(10):
+        if not outcome.startswith("reannotation"):
+            break
+        answer_open(project, wrong_for=wrong_for)
+        outcome = loop_step.advance_loop(batch_id=batch.pk)
+    return outcome
+
+
 def random_images(n: int, size: int = 8, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, size=(n, size, size, 1), dtype=np.uint8)
 

@@ -103,7 +103,7 @@ def kill_hard(worker: WorkerProcess) -> None:
 
 
 def enqueue_records(caplog) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "labeling.services"]
+    return [r.getMessage() for r in caplog.records if r.name == "labeling.workflow"]
 
 
 def received_ids(log: str) -> list[str]:
@@ -119,7 +119,7 @@ def received_ids(log: str) -> list[str]:
 def test_worker_killed_mid_retraining_task_is_redelivered_once(labeling_dirs, annotators, redis_url, tmp_path,
                                                                caplog, transactional_db):
     pg_only()
-    caplog.set_level(logging.INFO, logger="labeling.services")
+    caplog.set_level(logging.INFO, logger="labeling.workflow")
     env = {"CELERY_VISIBILITY_TIMEOUT": "6"}  # redelivery 6 s after the kill (restore scan every 1 s)
     first = spawn_worker(broker_url=redis_url, log_dir=tmp_path / "w1", env_extra=env)
     second = None
@@ -208,7 +208,7 @@ def private_redis(tmp_path):
 def test_redis_down_answers_are_stored_and_the_loop_catches_up_once(labeling_dirs, annotators, private_redis,
                                                                       tmp_path, caplog, transactional_db):
     pg_only()
-    caplog.set_level(logging.INFO, logger="labeling.services")
+    caplog.set_level(logging.INFO, logger="labeling.workflow")
     # sweep every second; re-send what waited over 15 s (longer than this worker's busiest stretch:
     # a shorter wait would re-send a task still queued behind others, harmless but counted here)
     env = {"LABELING_SWEEP_INTERVAL_SECONDS": "1", "LABELING_SWEEP_AFTER_SECONDS": "15",
@@ -329,7 +329,7 @@ def test_enqueue_failure_is_logged_and_the_answer_commits(labeling_dirs, annotat
         raise ConnectionRefusedError(111, "Connection refused")
 
     monkeypatch.setattr(tasks.process_batch, "apply_async", broker_down)
-    caplog.set_level(logging.INFO, logger="labeling.services")
+    caplog.set_level(logging.INFO, logger="labeling.workflow")
     project = digits_project(n=36, config={"secured_size": 6, "initial_size": 6, "batch_size": 6})
     batch0 = QueryBatch.objects.get(project=project, iteration=0)
     for asg in Assignment.objects.filter(batch=batch0, status="open").select_related("item", "labeler"):

@@ -6,10 +6,11 @@ import os
 
 import pytest
 
-from labeling import loop_step, services, workflow
+from labeling import services, workflow
 from labeling.models import LabelerProfile, QueryBatch
 from tests.web.factories import PASSWORD
-from tests.web.labeling_support import annotators, answer_open, digits_project, labeling_dirs, poll_js, staff  # noqa: F401
+from tests.web.labeling_support import (annotators, answer_open, digits_project, finish_batch, labeling_dirs,  # noqa: F401
+                                        poll_js, staff)  # noqa: F401
 from tests.web.test_labeling_browser import browser_page  # noqa: F401
 from labeling.models import TrustEvent
 
@@ -22,12 +23,9 @@ def test_staff_reviews_a_flagged_labeler_in_the_browser(labeling_dirs, annotator
     a = annotators[0]
     project = digits_project()
     answer_open(project)
-    loop_step.advance_loop(batch_id=QueryBatch.objects.get(project=project, iteration=0).pk)
+    finish_batch(project, QueryBatch.objects.get(project=project, iteration=0))
     answer_open(project, wrong_for=("ann_a",))
-    batch1 = QueryBatch.objects.get(project=project, iteration=1)
-    loop_step.advance_loop(batch_id=batch1.pk)
-    answer_open(project)
-    loop_step.advance_loop(batch_id=batch1.pk)
+    finish_batch(project, QueryBatch.objects.get(project=project, iteration=1))
     services.set_labeler_status(user=a, flagged=True)
     page = browser_page
     page.set_viewport_size({"width": 1200, "height": 900})

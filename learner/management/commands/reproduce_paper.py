@@ -27,7 +27,6 @@ from learner.experiments import (ExperimentSpec, attack_success, control_misclas
                                  prepare_data, run_experiment, split_strategy, summary_table, write_outputs)
 from learner.loop import LoopConfig
 from learner.pretrain import CIFAR2_SOURCE_CLASSES, pretrain_backbone, pretrained_dir
-from learner.management.db_ready import ensure_migrated
 
 # The paper's Tables III-V (CIFAR-2, ResNet50 + ImageNet, desired accuracy 89 %): labels to target.
 PAPER = {
@@ -101,7 +100,6 @@ class Command(BaseCommand):
         return str(folder / "weights.pt"), json.loads((folder / "meta.json").read_text())
 
     def handle(self, *args, **o):
-        ensure_migrated(self.stdout)
         torch.set_num_threads(2)  # features and crafting here; each parallel run uses 1 thread
         scenarios, strategies = _csv(o["scenarios"]), _csv(o["strategies"])
         try:
