@@ -418,13 +418,13 @@ def _after_reannotation(cfg, pool: Pool, state: EngineState, previous, plan: Pla
     return _train(cfg, pool, state)
 
 
-def _confusion(cfg, pool: Pool, state: EngineState, model, plan: Plan) -> set[int]:
+def _confusion(cfg, pool: Pool, state: EngineState, model, plan: Plan) -> tuple[set[int], set[int]]:
     """Dawid-Skene confusion matrices (the model joins as one more labeler); returns the labelers
-    with a systematic (true, given) mapping not reported before."""
+    with a systematic (true, given) mapping not reported before, and those with any mapping now."""
     from .confusion import dawid_skene, systematic_pairs
 
     if cfg.confusion_min_rate is None or not cfg.defenses_on or not state.answers or model is None:
-        return set()
+        return set(), set()
     items = [a[0] for a in state.answers]
     workers = [a[1] for a in state.answers]
     labels = [a[2] for a in state.answers]
@@ -434,7 +434,7 @@ def _confusion(cfg, pool: Pool, state: EngineState, model, plan: Plan) -> set[in
                      pool.n_classes)
     n_given = Counter(workers)
     row = {item: k for k, item in enumerate(dict.fromkeys(items + seen.tolist()))}
-    hits = set()
+    hits, patterns = set(), set()
     for uid in ds.workers:
         if uid == "model":
             continue
@@ -454,6 +454,8 @@ def _confusion(cfg, pool: Pool, state: EngineState, model, plan: Plan) -> set[in
             for p in systematic_pairs(rconf, rc, min_rate=cfg.confusion_min_rate, min_count=cfg.confusion_min_count):
                 rate.setdefault(p, (rconf[p], rc[p], f" (last {len(recent)} labels)"))
             pairs = sorted(rate)
+        if pairs:
+            patterns.add(int(uid))
         plan.confusion[int(uid)] = {"matrix": conf.round(4).tolist(), "counts": counts.round(3).tolist(),
                                     "n_labels": int(n_given[uid]), "pairs": [list(p) for p in pairs]}
         new = [p for p in pairs if (int(uid), *p) not in state.reported_pairs]
@@ -467,10 +469,10 @@ def _confusion(cfg, pool: Pool, state: EngineState, model, plan: Plan) -> set[in
             _event(plan, int(uid), "systematic_confusion", trust.trust, trust, original=int(given_c),
                    consensus=int(true_c), confidence=float(r),
                    note=f"{true_c} -> {given_c}: rate {r:.2f} over {n:.1f} labels{where}")
-    return hits
+    return hits, patterns
 
 
-def _assess_everyone(cfg, state: EngineState, n_classes: int, systematic: set[int],
+def _assess_everyone(cfg, state: EngineState, n_classes: int, systematic: set[int], patterns: set[int],
                      plan: Plan) -> tuple[list[int], list[int]]:
     """Apply :func:`learner.trust.assess` to every labeler; returns (newly flagged, newly suspended)."""
     policy = policy_of(cfg)
@@ -482,7 +484,7 @@ def _assess_everyone(cfg, state: EngineState, n_classes: int, systematic: set[in
         trust = state.trust[uid]
         unchecked = int((state.labeler_of == uid).sum()) if uid not in pending else 1
         verdict = assess(trust, state.history(uid), n_classes, systematic=uid in systematic,
-                         unchecked=unchecked, policy=policy)
+                         unchecked=unchecked, policy=policy, pattern=uid in patterns)
         if verdict.status is trust.status:
             continue
         trust.status = verdict.status
@@ -500,8 +502,8 @@ def _assess_everyone(cfg, state: EngineState, n_classes: int, systematic: set[in
 
 def _finish(cfg, pool: Pool, state: EngineState, previous, model, plan: Plan) -> None:
     """Trust verdicts, then the metric, the stop rules and the next batch."""
-    systematic = _confusion(cfg, pool, state, model, plan)
-    flagged, suspended = _assess_everyone(cfg, state, pool.n_classes, systematic, plan)
+    systematic, patterns = _confusion(cfg, pool, state, model, plan)
+    flagged, suspended = _assess_everyone(cfg, state, pool.n_classes, systematic, patterns, plan)
     for uid in suspended:  # their unverified labels leave D; the items return to the pool
         mine = state.labeler_of == uid
         state.labels[mine], state.labeler_of[mine] = -1, -1

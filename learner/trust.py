@@ -22,10 +22,10 @@ Rules (from the paper, with our choices marked):
   *flags* the labeler: no new work, and every label of theirs that nobody checked yet goes to
   ``h`` others (a targeted audit). Below ``suspend_alpha`` (over all their labels) the labeler is
   *suspended*: their unverified labels leave the training set. When the audit has checked every
-  label of theirs, the whole record is an unbiased sample and decides: p < ``audit_alpha`` over
-  all their labels suspends, otherwise the rules reinstate the labeler, and the labels the audit
-  covered no longer count towards a new flag (``LabelerTrust.cleared``); admins can still suspend
-  or reinstate.
+  label of theirs, it decides: the recent runs still below ``audit_alpha`` and the whole record
+  below ``flag_alpha`` suspend; otherwise the rules reinstate the labeler, and the labels the
+  audit covered no longer count towards a new flag (``LabelerTrust.cleared``); admins can still
+  suspend or reinstate.
 """
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ class TrustPolicy:
     alert_confidence: float = 0.9  # a disagreement the model is this sure of is recorded as an alert
     flag_alpha: float = 0.02  # flag (pause + targeted audit) when the refuted labels are this improbable for an honest labeler
     suspend_alpha: float = 1e-4  # suspend at once when they are this improbable
-    audit_alpha: float = 0.01  # after a targeted audit: suspend when the whole record is this improbable
+    audit_alpha: float = 0.01  # after a targeted audit: suspend when recent runs stay this improbable
     window: int = 20  # the longest recent run scanned besides all labels (see scan_lengths)
 
     @property
@@ -240,7 +240,7 @@ class Assessment:
 
 
 def assess(state: LabelerTrust, history: list[tuple[int, int | None]], n_classes: int, *, systematic: bool,
-           unchecked: int, policy: TrustPolicy) -> Assessment:
+           unchecked: int, policy: TrustPolicy, pattern: bool = False) -> Assessment:
     """The labeler's status after this step's evidence (see the module docstring).
 
     Parameters
@@ -249,6 +249,7 @@ def assess(state: LabelerTrust, history: list[tuple[int, int | None]], n_classes
     history : per first label in order, (given label, consensus label or None); see
         :func:`refutation_pvalue`
     systematic : Dawid-Skene found a (true, given) mapping not reported before
+    pattern : Dawid-Skene sees a (true, given) mapping now (reported before or not)
     unchecked : this labeler's labels still standing on their word alone (the targeted audit's work)
     """
     p = refutation_pvalue(history, n_classes, policy)
@@ -262,14 +263,16 @@ def assess(state: LabelerTrust, history: list[tuple[int, int | None]], n_classes
         why = "systematic confusion" if systematic else f"refuted labels p = {p_new:.1e} < {policy.flag_alpha:g}"
         return Assessment(Status.FLAGGED, why, p_new)
     if state.status is Status.FLAGGED and unchecked == 0:
-        # every label of theirs is now checked, so the whole record is an unbiased sample: it
-        # decides (a chance cluster in a short run flags, but does not suspend, an honest labeler)
+        # every label of theirs is now checked: suspend when the recent runs stay improbable
+        # (below audit_alpha) and the whole record shows an excess too (below flag_alpha), or when
+        # a class mapping persists with the recent runs below flag_alpha; a chance cluster in an
+        # honest labeler's short run is diluted in the whole record and maps no class (ours)
         whole = refutation_pvalue(history, n_classes, policy, lengths=(0,))
-        if whole < policy.audit_alpha:
-            return Assessment(Status.SUSPENDED, f"audit done; all refuted labels p = {whole:.1e} < {policy.audit_alpha:g}",
-                              whole)
-        return Assessment(Status.ACTIVE, f"audit done; all refuted labels p = {whole:.1e} >= {policy.audit_alpha:g}",
-                          whole)
+        why = (f"audit done; recent runs p = {p:.1e}, whole record p = {whole:.1e}"
+               + ("; a class mapping persists" if pattern else ""))
+        if (p < policy.audit_alpha and whole < policy.flag_alpha) or (pattern and p < policy.flag_alpha):
+            return Assessment(Status.SUSPENDED, why, p)
+        return Assessment(Status.ACTIVE, why, p)
     return Assessment(state.status, "", p)
 
 

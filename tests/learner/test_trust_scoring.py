@@ -102,9 +102,12 @@ def test_assess_flags_audits_then_suspends_or_reinstates():
     worse = [(7, 1)] * 3 + [(0, 0)] * 3 + [(3, 1)] * 2
     assert assess(state, worse, 10, systematic=False, unchecked=0, policy=policy).status is Status.SUSPENDED
     # the audit found its other labels right: one burst in a long honest record is reinstated
-    burst = [(0, 0), (1, 1)] * 30 + [(7, 1)] * 3 + [(0, 0)] * 5
+    burst = [(0, 0), (1, 1)] * 30 + [(7, 1)] * 4 + [(0, 0)] * 5
     verdict = assess(state, burst, 10, systematic=False, unchecked=0, policy=policy)
     assert verdict.status is Status.ACTIVE and "audit done" in verdict.reason
+    # ... unless Dawid-Skene still sees a class mapping (a sleeper's recent turn in a long record)
+    assert assess(state, burst, 10, systematic=False, unchecked=0, policy=policy,
+                  pattern=True).status is Status.SUSPENDED
     # a systematic pair from Dawid-Skene flags as well
     assert assess(LabelerTrust(), [(0, None)] * 5, 3, systematic=True, unchecked=5,
                   policy=policy).status is Status.FLAGGED
