@@ -80,9 +80,9 @@ n_first = n_users * per_user
 classes = ["cat", "dog", "bird"]
 project = services.create_project(
     name="submit benchmark", classes=classes,
-    config={"strategy": "random", "batch_size": n_first, "initial_size": n_first, "secured_size": secured,
+    config={"strategy": "random", "batch_size": 1, "initial_size": n_first, "secured_size": secured,
             "h": 2, "backbone": "flatten", "feature_size": 8, "channels": 1})
-n_items = n_first + secured + 1  # one item stays in the pool
+n_items = n_first + secured + 1  # one item stays in the pool (what a later batch of 1 would need)
 # No image files: submit and next never open them (only the image URL is reversed).
 Item.objects.bulk_create([Item(project=project, index=k, image=f"labeling/bench/{k}.png", width=8, height=8,
                                source=f"bench-{k}") for k in range(n_items)], batch_size=5000)

@@ -311,3 +311,13 @@ def test_density_pool_defence_keeps_a_collided_cluster_out_of_every_batch(labeli
         assert chosen_copies == 0
     else:
         assert chosen_copies == unlabeled_copies
+
+
+def test_a_pool_too_small_for_the_settings_is_refused_with_the_numbers(labeling_dirs, annotators):
+    """40 images under the defaults (secured 50 + first batch 20) used to be consumed silently."""
+    project = digits_project(name="small", n=40, config={"secured_size": 50, "initial_size": 20, "batch_size": 20},
+                             start=False)
+    with pytest.raises(workflow.Conflict, match=r"has 40 images, but the settings need at least 90"):
+        services.start_project(project=project)
+    project.refresh_from_db()
+    assert project.state == Project.State.DRAFT and not project.batches.exists()

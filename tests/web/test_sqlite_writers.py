@@ -31,7 +31,7 @@ def test_many_concurrent_writers_lose_nothing(labeling_dirs, monkeypatch):
     from labeling import services
     for u in people:
         services.add_annotator(u)
-    project = digits_project(n=120, config={"secured_size": 0, "initial_size": 112, "batch_size": 10})
+    project = digits_project(n=130, config={"secured_size": 0, "initial_size": 112, "batch_size": 10})
     errors, done = [], []
     mine = Assignment.objects.filter(labeler__in=people, status="open").count()
     assert mine >= 50  # the batch is spread over these eight (and any other annotator)
