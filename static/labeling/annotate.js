@@ -9,11 +9,14 @@
   var el = {
     work: document.getElementById("work"), image: document.getElementById("image"),
     classes: document.getElementById("classes"), banner: document.getElementById("banner"),
-    error: document.getElementById("error"), skip: document.getElementById("skip"),
+    error: document.getElementById("error"), errorText: document.getElementById("error-text"),
+    retry: document.getElementById("retry"), errorNext: document.getElementById("error-next"),
+    skip: document.getElementById("skip"),
     undo: document.getElementById("undo"), bar: document.getElementById("progress-bar"),
     progress: document.getElementById("progress-text")
   };
   var current = null, shownAt = 0, busy = false, pollTimer = null, undoTimer = null, classNames = null;
+  var pending = null;  // a failed answer {label, seconds} kept for "Send again"
   var keyToLabel = {};
   var undoMs = parseFloat(cfg.undoSeconds || "10") * 1000;
 
@@ -33,10 +36,17 @@
   }
   function forAssignment(template, id) { return template.replace("/0/", "/" + id + "/"); }
 
-  function showError(msg) {
-    el.error.textContent = msg || "";
+  // An error stays on screen until the annotator acts: "Send again" for an answer that may not
+  // have arrived (network, server error), "Next image" for one the server refused for good.
+  function showError(msg, actions) {
+    actions = actions || {};
+    el.errorText.textContent = msg || "";
     el.error.hidden = !msg;
+    el.retry.hidden = !actions.retry;
+    el.errorNext.hidden = !actions.next;
+    root.classList.toggle("blocked", !!(actions.retry || actions.next));
   }
+  function clearError() { pending = null; showError(""); }
   function showBanner(msg, updating) {
     el.banner.textContent = msg || "";
     el.banner.hidden = !msg;
@@ -84,7 +94,7 @@
       label.className = "class-name";
       label.textContent = name;
       b.appendChild(label);
-      b.addEventListener("click", function () { answer(i); });
+      b.addEventListener("click", function () { b.blur(); answer(i); });
       el.classes.appendChild(b);
     });
   }
@@ -120,7 +130,7 @@
         return;
       }
       if (!r.ok) { showError(r.data.detail || "Could not load the next image."); schedulePoll(); return; }
-      showError("");
+      clearError();
       setProgress(r.data.progress);
       var a = r.data.assignment;
       if (!a) {
@@ -142,16 +152,29 @@
     }).catch(function () { showError("Network problem; retrying…"); schedulePoll(); });
   }
 
-  function answer(label) {
-    if (!current || busy) return;
+  function answer(label, seconds) {
+    if (!current || busy || (pending && seconds === undefined) || !el.errorNext.hidden) return;
     setBusy(true);
-    var seconds = Math.max(0, (Date.now() - shownAt) / 1000);
-    api(forAssignment(cfg.answerUrl, current.id), { label: label, seconds: seconds }).then(function (r) {
-      if (r.ok) armUndo();
-      else showError(r.data.detail || (r.data.label && r.data.label.join(" ")) || "The answer was not accepted.");
-      return loadNext();
+    if (seconds === undefined) seconds = Math.max(0, (Date.now() - shownAt) / 1000);
+    var sent = { label: label, seconds: seconds };
+    api(forAssignment(cfg.answerUrl, current.id), sent).then(function (r) {
+      if (r.ok) { pending = null; armUndo(); return loadNext(); }
+      var detail = r.data.detail || (r.data.label && r.data.label.join(" "));
+      if (r.status >= 500 || r.status === 429) {
+        pending = sent;
+        showError("Your answer was not saved (" + (detail || "server error " + r.status) + "). It is kept: send it again.",
+                  { retry: true });
+      } else {  // refused for good: answered elsewhere (409), no longer yours (404), invalid (400)
+        pending = null;
+        showError((detail || "The answer was not accepted.") + " Go on with the next image.", { next: true });
+      }
+    }).catch(function () {
+      pending = sent;
+      showError("Your answer could not be sent (network problem). It is kept: send it again.", { retry: true });
     }).finally(function () { setBusy(false); });
   }
+  function retry() { if (pending) answer(pending.label, pending.seconds); }
+  function errorNext() { clearError(); loadNext(); }
   function skip() {
     if (!current || busy) return;
     setBusy(true);
@@ -173,11 +196,19 @@
 
   el.skip.addEventListener("click", skip);
   el.undo.addEventListener("click", undo);
+  el.retry.addEventListener("click", retry);
+  el.errorNext.addEventListener("click", errorNext);
   document.addEventListener("keydown", function (ev) {
     if (ev.ctrlKey || ev.metaKey || ev.altKey) return;
     var t = ev.target;
     if (t && (t.tagName === "INPUT" || t.tagName === "TEXTAREA" || t.isContentEditable)) return;
     var key = ev.key;
+    // Space and Enter would "click" the last button clicked with the mouse: the next image would
+    // get the same class before anyone looked at it. They do nothing here.
+    if (key === " " || key === "Enter") { ev.preventDefault(); return; }
+    if (!el.retry.hidden && (key === "r" || key === "R")) { ev.preventDefault(); retry(); return; }
+    if (!el.errorNext.hidden && (key === "n" || key === "N")) { ev.preventDefault(); errorNext(); return; }
+    if (pending || !el.errorNext.hidden) return;  // an error waits for the annotator's decision
     if (/^[0-9]$/.test(key)) {
       if (current && Object.prototype.hasOwnProperty.call(keyToLabel, key)) { ev.preventDefault(); answer(keyToLabel[key]); }
     } else if (key === "s" || key === "S") { ev.preventDefault(); skip(); }

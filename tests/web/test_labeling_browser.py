@@ -116,3 +116,60 @@ def test_annotator_labels_a_batch_with_the_keyboard_and_the_next_batch_appears(
     html = page.content()
     for secret in ("ground_truth", "is_secured", "reannotation", nxt.item.image.name):
         assert secret not in html
+
+
+def _login_and_open(page, live_server, project, username="alice"):
+    page.goto(f"{live_server.url}/accounts/login/?next=/labeling/projects/{project.pk}/annotate/")
+    page.fill("#id_username", username)
+    page.fill("#id_password", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_selector("#work:not([hidden])")
+
+
+def test_a_failed_answer_stays_visible_and_can_be_sent_again(labeling_dirs, live_server, browser_page, monkeypatch):
+    monkeypatch.setattr(workflow, "enqueue", lambda *args, **kwargs: None)
+    alice = AnnotatorFactory(username="alice")
+    project = digits_project(n=30, config={"initial_size": 4, "batch_size": 4, "secured_size": 4})
+    page = browser_page
+    _login_and_open(page, live_server, project)
+    first = page.get_attribute("#annotate", "data-assignment")
+    failures = {"left": 1}
+
+    def fail_once(route):
+        if failures["left"]:
+            failures["left"] -= 1
+            route.fulfill(status=500, content_type="application/json", body='{"detail": "boom"}')
+        else:
+            route.continue_()
+
+    page.route("**/annotation/", fail_once)
+    page.locator("#classes button").first.click()
+    page.wait_for_selector("#error:not([hidden])")
+    page.wait_for_timeout(1500)  # it does not flash away
+    assert page.is_visible("#error") and "not saved" in page.inner_text("#error-text")
+    assert page.get_attribute("#annotate", "data-assignment") == first  # still the same image
+    assert not Assignment.objects.filter(pk=int(first), status="done").exists()
+    page.keyboard.press("1")  # a class key does not answer over the error
+    page.wait_for_timeout(300)
+    assert not Assignment.objects.filter(pk=int(first), status="done").exists()
+    page.click("#retry")
+    poll_js(page, f"document.getElementById('annotate').dataset.assignment !== '{first}'")
+    assert page.is_hidden("#error")
+    assert Assignment.objects.get(pk=int(first)).status == "done" and alice.pk
+
+
+def test_space_and_enter_never_label(labeling_dirs, live_server, browser_page, monkeypatch):
+    monkeypatch.setattr(workflow, "enqueue", lambda *args, **kwargs: None)
+    alice = AnnotatorFactory(username="alice")
+    project = digits_project(n=30, config={"initial_size": 4, "batch_size": 4, "secured_size": 4})
+    page = browser_page
+    _login_and_open(page, live_server, project)
+    first = page.get_attribute("#annotate", "data-assignment")
+    page.locator("#classes button").first.click()  # a mouse answer leaves no focused button behind
+    poll_js(page, f"document.getElementById('annotate').dataset.assignment !== '{first}'")
+    second = page.get_attribute("#annotate", "data-assignment")
+    page.keyboard.press("Space")
+    page.keyboard.press("Enter")
+    page.wait_for_timeout(800)
+    assert page.get_attribute("#annotate", "data-assignment") == second
+    assert Assignment.objects.filter(labeler=alice, status="done").count() == 1
