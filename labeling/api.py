@@ -76,8 +76,14 @@ class NextAssignmentView(APIView):
         if asg is not None:
             project = asg.batch.project
         state = project.state if project else None
+        standing = selectors.labeler_standing(request.user)
         if asg is not None:
             message = ""
+        elif standing == "suspended":
+            message = "Your account is paused for a review by the project staff; please contact them."
+        elif standing == "flagged":
+            message = ("Other annotators are double-checking some of your recent answers. New work comes back "
+                       "when the check is done; nothing you did is lost.")
         elif state == Project.State.UPDATING:
             message = "The model is updating; new work will appear shortly."
         elif state == Project.State.FINISHED:

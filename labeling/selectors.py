@@ -41,6 +41,14 @@ def eligible_labelers() -> list[int]:
     return ids or list(base.order_by("id").values_list("id", flat=True))
 
 
+def labeler_standing(user) -> str:
+    """"active", "flagged" (paused while others check their labels) or "suspended"."""
+    row = LabelerProfile.objects.filter(user=user).values_list("is_suspended", "is_flagged").first()
+    if row is None:
+        return "active"
+    return "suspended" if row[0] else "flagged" if row[1] else "active"
+
+
 def open_load(batch: QueryBatch) -> dict[int, int]:
     """Open assignments per labeler in ``batch`` (for balancing)."""
     rows = (Assignment.objects.filter(batch=batch, status=Assignment.Status.OPEN, labeler__isnull=False)

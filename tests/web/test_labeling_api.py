@@ -306,3 +306,21 @@ def test_answer_payload_is_the_documented_serializer_output(project, annotators)
     assert r.status_code == 201, r.content
     stored = Annotation.objects.get(assignment=asg)
     assert stored.seconds == 2.0 and r.json() == AnnotationOutSerializer(stored).data == annotation_payload(stored)
+
+
+def test_a_flagged_or_suspended_annotator_is_told_why_there_is_no_work(project, annotators):
+    a = annotators[0]
+    c = client_for(a)
+    asg = open_assignment(a, project)
+    answering.submit_annotation(user=a, assignment_id=asg.pk, label=asg.item.ground_truth)  # they worked here
+    services.set_labeler_status(user=a, flagged=True)  # their open work goes to others
+    body = c.get(f"/api/labeling/next/?project={project.pk}").json()
+    assert body.get("assignment") is None and "double-checking some of your recent answers" in body["message"]
+    services.set_labeler_status(user=a, flagged=False, suspended=True)
+    body = c.get(f"/api/labeling/next/?project={project.pk}").json()
+    assert body.get("assignment") is None and "paused for a review" in body["message"]
+    b = annotators[1]  # an active annotator with nothing open sees the usual message
+    for asg in Assignment.objects.filter(labeler=b, status="open"):
+        answering.skip_assignment(user=b, assignment_id=asg.pk)
+    message = client_for(b).get(f"/api/labeling/next/?project={project.pk}").json()["message"]
+    assert "double-checking" not in message and "paused" not in message
