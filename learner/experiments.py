@@ -18,7 +18,10 @@ import numpy as np
 from .loop import LoopConfig, LoopData, RunResult, full_pool_accuracy, run_loop
 from .oracles import LabelerPool
 
-SCENARIOS = ("benign", "malicious", "poison")
+SCENARIOS = ("benign", "malicious", "collusion", "sleeper", "spammer", "poison")
+# the crowd's adversaries per scenario: (how many of the labelers, kind; learner.oracles)
+ADVERSARIES = {"malicious": (None, "malicious"), "collusion": (3, "malicious"), "sleeper": (2, "sleeper"),
+               "spammer": (2, "spammer")}
 # The paper's malicious mapping (airplane -> frog) and its digits counterpart (1 -> 7).
 DEFAULT_MAPPINGS = {"airplane": "frog", "1": "7"}
 
@@ -172,25 +175,41 @@ def poisoned_data(data: LoopData, ps) -> LoopData:
     )
 
 
-def split_strategy(name: str, default_defence: str | None = None) -> tuple[str, str | None]:
-    """``"robust+dknn"`` -> ``("robust", "dknn")``; a plain name keeps ``default_defence``."""
+def split_strategy(name: str, default_defence: str | None = None) -> tuple[str, str | None, bool | None]:
+    """``"margin+defended"`` -> ``("margin", default_defence, True)``, ``"robust+dknn"`` ->
+    ``("robust", "dknn", None)``: the base strategy, a defence, and the defence package (secured
+    set, audits, re-annotation, trust) switched on (True) or left to the strategy's default (None).
+    """
     from .defences import DEFENCES
     from .strategies import STRATEGIES
 
-    base, plus, defence = name.partition("+")
+    base, *extras = name.split("+")
     if base not in STRATEGIES:
         raise ValueError(f"unknown strategy {base!r}; choose from {', '.join(STRATEGIES)}")
-    if plus and defence not in DEFENCES:
-        raise ValueError(f"unknown defence {defence!r} in {name!r}; choose from {', '.join(DEFENCES)}")
-    return base, (defence if plus else default_defence)
+    defence, defended = default_defence, None
+    for extra in extras:
+        if extra == "defended":
+            defended = True
+        elif extra in DEFENCES:
+            defence = extra
+        else:
+            raise ValueError(f"unknown suffix {extra!r} in {name!r}; choose 'defended' or a defence from "
+                             f"{', '.join(DEFENCES)}")
+    return base, defence, defended
 
 
 def labeler_pool(spec: ExperimentSpec, classes: tuple[str, ...]) -> LabelerPool:
-    """The simulated crowd of the scenario: honest labelers with error rate pr, plus
-    ``n_malicious`` malicious ones in the malicious scenario only (the paper's poisoning
-    experiment, Table V, has honest labelers: the attack is in the pool, not in the crowd)."""
+    """The simulated crowd of the scenario: honest labelers with error rate pr, plus the
+    scenario's adversaries (:data:`ADVERSARIES`; ``n_malicious`` in the malicious scenario).
+    benign and poison have honest labelers only (the paper's poisoning experiment, Table V: the
+    attack is in the pool, not in the crowd)."""
     if spec.scenario in ("benign", "poison"):
         return LabelerPool.build(len(classes), n_labelers=spec.n_labelers, error_rate=spec.error_rate)
+    count, kind = ADVERSARIES[spec.scenario]
+    count = spec.n_malicious if count is None else count
+    if kind == "spammer":
+        return LabelerPool.build(len(classes), n_labelers=spec.n_labelers, error_rate=spec.error_rate,
+                                 n_malicious=count, kind=kind)
     names = spec.mapping or {k: v for k, v in DEFAULT_MAPPINGS.items() if k in classes and v in classes}
     if not names:
         raise ValueError(f"no malicious mapping given and no default applies to classes {classes}")
@@ -199,7 +218,7 @@ def labeler_pool(spec: ExperimentSpec, classes: tuple[str, ...]) -> LabelerPool:
     except ValueError:
         raise ValueError(f"mapping {names} names classes not in {classes}") from None
     return LabelerPool.build(len(classes), n_labelers=spec.n_labelers, error_rate=spec.error_rate,
-                             n_malicious=spec.n_malicious, mapping=mapping)
+                             n_malicious=count, mapping=mapping, kind=kind)
 
 
 def _one_run(data: LoopData, config: LoopConfig, labelers: LabelerPool, seed: int) -> RunResult:
@@ -241,10 +260,10 @@ def run_experiment(spec: ExperimentSpec, progress: bool = True, prepared: Prepar
     bar = tqdm(total=spec.runs * len(spec.strategies) * (2 if with_control else 1),
                desc=f"simulate {spec.scenario}", unit="run", disable=not progress)
     for name in spec.strategies:
-        strategy, defence = split_strategy(name, spec.loop.defence)
+        strategy, defence, defended = split_strategy(name, spec.loop.defence)
         config = LoopConfig(**{**asdict(spec.loop), "head": spec.loop.head, "trust": spec.loop.trust,
                                "strategy": strategy, "defence": defence, "target_accuracy": target,
-                               "budget": cap})
+                               "budget": cap, "defenses": True if defended else spec.loop.defenses})
         start = time.perf_counter()
         if prepared.poison_sets:
             sets = prepared.poison_sets
