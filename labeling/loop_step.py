@@ -73,7 +73,6 @@ def engine_state(project: Project, batch: QueryBatch) -> tuple[engine.EngineStat
                                   .values_list("item__index", flat=True)), dtype=np.int64)
     prev = IterationMetric.objects.filter(project=project, iteration=batch.iteration - 1).first()
     carry = dict(batch.loop_state or {})
-    n = pool.n
     state = engine.EngineState(
         labels=pool.labels.copy(), labeler_of=pool.labeler_of.copy(), discarded=pool.discarded.copy(),
         secured=pool.secured_items.copy(), secured_labels=np.where(pool.secured, pool.secured_labels, -1),
@@ -86,7 +85,6 @@ def engine_state(project: Project, batch: QueryBatch) -> tuple[engine.EngineStat
         perturbations={int(k): (math.inf if v is None else float(v)) for k, v in (carry.get("perturbations") or {}).items()},
         previous_secured_accuracy=prev.secured_accuracy if prev else None,
         reported_pairs=history.reported_pairs(project), carry=carry)
-    assert len(state.labels) == n
     return state, pool
 
 
