@@ -66,22 +66,19 @@ class LabelerProfileAdmin(admin.ModelAdmin):
     # recorded in the trust history (TrustEvent), and labeling never imports the trust app.
     @admin.action(description="Suspend (their open work goes to others)")
     def suspend(self, request, queryset):
-        done = 0
-        for profile in queryset:
-            try:
-                services.suspend(labeler=profile.user, actor=request.user, note="Django admin action")
-                done += 1
-            except services.ReviewError:
-                pass  # already suspended
-        messages.success(request, f"{done} labeler(s) suspended.")
+        self._review(request, queryset, services.suspend, "suspended")  # skips those already suspended
 
     @admin.action(description="Reinstate (clear flagged and suspended)")
     def reinstate(self, request, queryset):
+        self._review(request, queryset, services.reinstate, "reinstated")  # skips those neither flagged nor suspended
+
+    @staticmethod
+    def _review(request, queryset, action, done_word: str) -> None:
         done = 0
         for profile in queryset:
             try:
-                services.reinstate(labeler=profile.user, actor=request.user, note="Django admin action")
+                action(labeler=profile.user, actor=request.user, note="Django admin action")
                 done += 1
             except services.ReviewError:
-                pass  # neither flagged nor suspended
-        messages.success(request, f"{done} labeler(s) reinstated.")
+                pass
+        messages.success(request, f"{done} labeler(s) {done_word}.")

@@ -118,6 +118,16 @@ def test_annotator_labels_a_batch_with_the_keyboard_and_the_next_batch_appears(
         assert secret not in html
 
 
+@pytest.fixture
+def annotating(labeling_dirs, live_server, browser_page, monkeypatch):
+    """alice on the annotate page of a small started project (loop task not sent)."""
+    monkeypatch.setattr(workflow, "enqueue", lambda *args, **kwargs: None)
+    alice = AnnotatorFactory(username="alice")
+    project = digits_project(n=30, config={"initial_size": 4, "batch_size": 4, "secured_size": 4})
+    _login_and_open(browser_page, live_server, project)
+    return browser_page, alice
+
+
 def _login_and_open(page, live_server, project, username="alice"):
     page.goto(f"{live_server.url}/accounts/login/?next=/labeling/projects/{project.pk}/annotate/")
     page.fill("#id_username", username)
@@ -126,12 +136,8 @@ def _login_and_open(page, live_server, project, username="alice"):
     page.wait_for_selector("#work:not([hidden])")
 
 
-def test_a_failed_answer_stays_visible_and_can_be_sent_again(labeling_dirs, live_server, browser_page, monkeypatch):
-    monkeypatch.setattr(workflow, "enqueue", lambda *args, **kwargs: None)
-    alice = AnnotatorFactory(username="alice")
-    project = digits_project(n=30, config={"initial_size": 4, "batch_size": 4, "secured_size": 4})
-    page = browser_page
-    _login_and_open(page, live_server, project)
+def test_a_failed_answer_stays_visible_and_can_be_sent_again(annotating):
+    page, alice = annotating
     first = page.get_attribute("#annotate", "data-assignment")
     failures = {"left": 1}
 
@@ -155,15 +161,11 @@ def test_a_failed_answer_stays_visible_and_can_be_sent_again(labeling_dirs, live
     page.click("#retry")
     poll_js(page, f"document.getElementById('annotate').dataset.assignment !== '{first}'")
     assert page.is_hidden("#error")
-    assert Assignment.objects.get(pk=int(first)).status == "done" and alice.pk
+    assert Assignment.objects.get(pk=int(first)).labeler == alice and Assignment.objects.get(pk=int(first)).status == "done"
 
 
-def test_space_and_enter_never_label(labeling_dirs, live_server, browser_page, monkeypatch):
-    monkeypatch.setattr(workflow, "enqueue", lambda *args, **kwargs: None)
-    alice = AnnotatorFactory(username="alice")
-    project = digits_project(n=30, config={"initial_size": 4, "batch_size": 4, "secured_size": 4})
-    page = browser_page
-    _login_and_open(page, live_server, project)
+def test_space_and_enter_never_label(annotating):
+    page, alice = annotating
     first = page.get_attribute("#annotate", "data-assignment")
     page.locator("#classes button").first.click()  # a mouse answer leaves no focused button behind
     poll_js(page, f"document.getElementById('annotate').dataset.assignment !== '{first}'")

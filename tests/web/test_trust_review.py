@@ -216,3 +216,23 @@ def test_a_labeler_who_only_reannotated_still_gets_a_page(labeling_dirs):
     client.force_login(staff_user)
     assert client.get(f"/trust/labelers/{newcomer.pk}/").status_code == 200
     assert "newcomer" in client.get("/trust/").content.decode()
+
+
+def test_django_admin_actions_suspend_and_reinstate_with_history(labeling_dirs, annotators):
+    from django.contrib.auth import get_user_model
+
+    a = annotators[0]
+    boss = get_user_model().objects.create_superuser("boss_zq", password="boss-pass-123", email="")
+    c = Client()
+    c.force_login(boss)
+    profile = services.ensure_profile(a)
+    url = "/admin/labeling/labelerprofile/"
+    r = c.post(url, {"action": "suspend", "_selected_action": [profile.pk]}, follow=True)
+    assert r.status_code == 200 and "1 labeler(s) suspended." in r.content.decode()
+    assert LabelerProfile.objects.get(user=a).is_suspended
+    r = c.post(url, {"action": "reinstate", "_selected_action": [profile.pk]}, follow=True)
+    assert "1 labeler(s) reinstated." in r.content.decode() and not LabelerProfile.objects.get(user=a).is_suspended
+    r = c.post(url, {"action": "reinstate", "_selected_action": [profile.pk]}, follow=True)
+    assert "0 labeler(s) reinstated." in r.content.decode()  # nothing to reinstate: skipped, not an error
+    assert list(TrustEvent.objects.filter(labeler=a).values_list("reason", flat=True)) == [
+        "suspended_by_admin", "reinstated"]
