@@ -120,12 +120,11 @@ def start_project(*, project: Project) -> QueryBatch:
         items = list(project.items.order_by("index"))
         if not items:
             raise Conflict("the project has no items; import images first")
-        need = cfg.secured_size + cfg.initial_size + cfg.batch_size
-        if len(items) < need:
-            raise Conflict(f"the pool has {len(items)} images, but the settings need at least {need} before the model "
-                           f"can choose anything (secured set {cfg.secured_size} + first batch {cfg.initial_size} + "
-                           f"one queried batch {cfg.batch_size}); import more images or lower secured_size, "
-                           "initial_size or batch_size")
+        need = min(cfg.secured_size, len(items) - 1) + cfg.initial_size
+        if len(items) <= need:
+            raise Conflict(f"the pool has {len(items)} images: the secured set ({cfg.secured_size}) and the first "
+                           f"batch ({cfg.initial_size}) would take them all and leave the model nothing to choose; "
+                           "import more images or lower secured_size or initial_size")
         known = np.array([i.ground_truth is not None for i in items], dtype=bool)
         plan = engine.start(cfg, len(items), label_known=known, crowd=selectors.eligible_labelers())
         if len(plan.secured):

@@ -317,7 +317,7 @@ def test_a_pool_too_small_for_the_settings_is_refused_with_the_numbers(labeling_
     """40 images under the defaults (secured 50 + first batch 20) used to be consumed silently."""
     project = digits_project(name="small", n=40, config={"secured_size": 50, "initial_size": 20, "batch_size": 20},
                              start=False)
-    with pytest.raises(workflow.Conflict, match=r"has 40 images, but the settings need at least 90"):
+    with pytest.raises(workflow.Conflict, match=r"has 40 images: the secured set \(50\) and the first batch \(20\)"):
         services.start_project(project=project)
     project.refresh_from_db()
     assert project.state == Project.State.DRAFT and not project.batches.exists()

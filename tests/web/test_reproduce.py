@@ -33,7 +33,7 @@ def test_reproduce_paper_digits_smoke(tmp_path, monkeypatch):
 
 
 def test_reproduce_paper_rejects_bad_input(tmp_path):
-    with pytest.raises(CommandError, match="unknown defence"):
+    with pytest.raises(CommandError, match="unknown suffix"):
         call_command("reproduce_paper", "--strategies", "robust+magic", "--weights", "none",
                      "--docs", str(tmp_path), "--out", str(tmp_path))
     with pytest.raises(CommandError, match="weights file not found"):
