@@ -85,7 +85,7 @@ class LiveConfig:
     trust_penalty: float = 0.1
     trust_reward: float = 0.01
     alert_confidence: float = 0.9
-    flag_alpha: float = 0.02
+    flag_alpha: float = 0.03
     suspend_alpha: float = 1e-4
     audit_alpha: float = 0.01
     trust_window: int = 20

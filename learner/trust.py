@@ -60,7 +60,7 @@ class TrustPolicy:
     penalty: float = 0.1
     reward: float = 0.01
     alert_confidence: float = 0.9  # a disagreement the model is this sure of is recorded as an alert
-    flag_alpha: float = 0.02  # flag (pause + targeted audit) when the refuted labels are this improbable for an honest labeler
+    flag_alpha: float = 0.03  # flag (pause + targeted audit) when the refuted labels are this improbable for an honest labeler
     suspend_alpha: float = 1e-4  # suspend at once when they are this improbable
     audit_alpha: float = 0.01  # after a targeted audit: suspend when recent runs stay this improbable
     window: int = 20  # the longest recent run scanned besides all labels (see scan_lengths)
@@ -72,7 +72,7 @@ class TrustPolicy:
     @property
     def scan_lengths(self) -> tuple[int, ...]:
         """The recent-run lengths :func:`refutation_pvalue` scans (0: all labels)."""
-        return tuple(sorted({max(self.window // 5, 2), max(self.window // 2, 2), self.window})) + (0,)
+        return tuple(sorted({max(self.window // 5, 2), self.window})) + (0,)
 
 
 def required_labelers(p_h: float = 0.9995, p_1: float = 0.9391) -> int:
