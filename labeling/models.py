@@ -78,6 +78,9 @@ class Project(models.Model):
     iteration = models.PositiveIntegerField(default=0, help_text="Iteration of the open (or last) batch.")
     stop_reason = models.CharField(max_length=64, blank=True)
     loop_error = models.TextField(blank=True, help_text="Last failure of the loop task (cleared on success).")
+    paused_at = models.DateTimeField(null=True, blank=True,
+                                     help_text="Set while staff have paused the project: no work is handed out "
+                                               "(answers to work already shown are kept; the loop goes on).")
     storage_key = models.UUIDField(default=uuid.uuid4, unique=True, editable=False,
                                    help_text="Folder name of the project's images and caches.")
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
@@ -100,6 +103,10 @@ class Project(models.Model):
         from learner.live import LiveConfig
 
         return LiveConfig.from_dict(self.config)
+
+    @property
+    def is_paused(self) -> bool:
+        return self.paused_at is not None
 
     @property
     def n_classes(self) -> int:
