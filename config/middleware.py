@@ -56,7 +56,8 @@ LOGIN_LOCKED_MESSAGE = ("Too many failed logins for this account from your addre
 def login_locked_out(request, original_response=None, credentials=None):
     """Response to a login refused by django-axes (``AXES_LOCKOUT_CALLABLE``): 429 with a clear message.
 
-    JSON for the API (``/api/token/``), a short HTML page for the login forms; ``Retry-After``
+    JSON for the API (``/api/token/``), the styled page ``registration/locked_out.html`` for the
+    login forms (this callable replaces django-axes' ``AXES_LOCKOUT_TEMPLATE``); ``Retry-After``
     says when the lock lifts on its own.
     """
     seconds = int(float(getattr(settings, "AXES_COOLOFF_TIME", 0) or 0) * 3600)
@@ -64,12 +65,9 @@ def login_locked_out(request, original_response=None, credentials=None):
     if request.path.startswith("/api/") or "application/json" in request.headers.get("Accept", ""):
         response = JsonResponse({"detail": message, "code": "login_locked"}, status=429)
     else:
-        from django.utils.html import escape
+        from django.shortcuts import render
 
-        response = HttpResponse(
-            "<!doctype html><html><head><title>Login locked</title></head><body>"
-            f"<h1>Login locked</h1><p>{escape(message)}</p></body></html>",
-            status=429, content_type="text/html; charset=utf-8")
+        response = render(request, "registration/locked_out.html", {"message": message}, status=429)
     if seconds:
         response["Retry-After"] = str(seconds)
     return response

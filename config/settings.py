@@ -92,6 +92,8 @@ MIDDLEWARE = [
     "config.middleware.CSPMiddleware",  # django-csp's, with the static policy built once
     # Turns a locked-out login (too many failures) into a 429 with a clear message.
     "axes.middleware.AxesMiddleware",
+    # styled 404 (never Django's debug URL list, even with DEBUG=1), 403 for non-staff in the admin
+    "config.error_pages.FriendlyErrorPagesMiddleware",
     "config.middleware.DatabaseUnavailableMiddleware",  # DB down: a clear 503, not a traceback
 ]
 
@@ -252,6 +254,8 @@ CELERY_TIMEZONE = TIME_ZONE
 # (`celery -A config worker -B` or `celery -A config beat`).
 LABELING_SWEEP_AFTER_SECONDS = float(os.environ.get("LABELING_SWEEP_AFTER_SECONDS", 60))
 LABELING_STALE_TASK_SECONDS = float(os.environ.get("LABELING_STALE_TASK_SECONDS", 3600))
+# Shared queue: a claim on an item lasts this long; then anyone eligible may take the item over.
+LABELING_LEASE_SECONDS = float(os.environ.get("ROBUSTAL_LEASE_SECONDS", 300))
 if "LABELING_LOOP_DELAY_SECONDS" in os.environ:  # grace before the loop task; default: the undo window
     LABELING_LOOP_DELAY_SECONDS = float(os.environ["LABELING_LOOP_DELAY_SECONDS"])
 CELERY_BEAT_SCHEDULE = {

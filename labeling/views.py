@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 
 from django.contrib import messages
-from django.contrib.admin.views.decorators import staff_member_required
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.db import connection
@@ -17,6 +16,7 @@ from django.views.decorators.http import require_GET, require_POST
 from learner import selectors as learner_selectors
 
 from . import importers, selectors, services, workflow
+from .access import staff_only
 from .charts import accuracy_svg
 from .forms import ImportForm, ProjectForm
 from .models import Assignment, Project
@@ -77,7 +77,7 @@ def assignment_image(request, assignment_id: int):
 # ---- staff -----------------------------------------------------------------------------
 
 
-@staff_member_required
+@staff_only
 def staff_project_new(request):
     form = ProjectForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
@@ -102,13 +102,13 @@ def _staff_context(project: Project, *, import_form=None, report=None) -> dict:
     }
 
 
-@staff_member_required
+@staff_only
 def staff_project(request, project_id: int):
     project = get_object_or_404(Project, pk=project_id)
     return render(request, "labeling/staff_project.html", _staff_context(project))
 
 
-@staff_member_required
+@staff_only
 @require_POST
 def staff_project_import(request, project_id: int):
     project = get_object_or_404(Project, pk=project_id)
@@ -135,7 +135,7 @@ def staff_project_import(request, project_id: int):
                   status=200 if report is not None and report.ok else 400)
 
 
-@staff_member_required
+@staff_only
 @require_POST
 def staff_project_start(request, project_id: int):
     project = get_object_or_404(Project, pk=project_id)
@@ -148,7 +148,7 @@ def staff_project_start(request, project_id: int):
     return redirect("labeling:staff-project", project_id=project.pk)
 
 
-@staff_member_required
+@staff_only
 @require_POST
 def staff_project_resume(request, project_id: int):
     project = get_object_or_404(Project, pk=project_id)

@@ -1,18 +1,15 @@
 """Staff-only review of labelers (mounted at /trust/). Annotators get 403 on every page."""
 from __future__ import annotations
 
-from functools import wraps
-
 from django.contrib import messages
 from django.contrib.auth import get_user_model
-from django.contrib.auth.views import redirect_to_login
-from django.core.exceptions import PermissionDenied
 from django.http import FileResponse, Http404
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils.safestring import mark_safe
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
 
+from labeling.access import staff_only
 from labeling.models import Item
 
 from . import selectors, services
@@ -20,18 +17,6 @@ from .charts import trust_svg
 from .forms import DiscardForm, NoteForm
 
 User = get_user_model()
-
-
-def staff_only(view):
-    """Anonymous: to the login page; logged in but not staff: 403 (never a redirect loop)."""
-    @wraps(view)
-    def wrapped(request, *args, **kwargs):
-        if not request.user.is_authenticated:
-            return redirect_to_login(request.get_full_path())
-        if not (request.user.is_active and request.user.is_staff):
-            raise PermissionDenied("staff only")
-        return view(request, *args, **kwargs)
-    return wrapped
 
 
 @staff_only

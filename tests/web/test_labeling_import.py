@@ -167,7 +167,7 @@ def test_npz_dataset_import(project, settings, tmp_path):
 def test_staff_import_page(project, staff, annotators, client):
     url = f"/labeling/staff/projects/{project.pk}/import/"
     client.force_login(annotators[0])
-    assert client.post(url, {}).status_code == 302  # not staff: to the admin login
+    assert client.post(url, {}).status_code == 403  # not staff: the 403 page (not the admin login)
     client.force_login(staff)
     bad = client.post(url, {"archive": SimpleUploadedFile("x.zip", b"not a zip")})
     assert bad.status_code == 400 and b"not a valid zip" in bad.content
