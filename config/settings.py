@@ -267,6 +267,8 @@ LABELING_STALE_TASK_SECONDS = float(os.environ.get("LABELING_STALE_TASK_SECONDS"
 LABELING_LEASE_SECONDS = float(os.environ.get("ROBUSTAL_LEASE_SECONDS", 300))
 if "LABELING_LOOP_DELAY_SECONDS" in os.environ:  # grace before the loop task; default: the undo window
     LABELING_LOOP_DELAY_SECONDS = float(os.environ["LABELING_LOOP_DELAY_SECONDS"])
+# Workers write their own heartbeat row this often (learner/heartbeat.py; the staff home shows it).
+ROBUSTAL_WORKER_HEARTBEAT_SECONDS = float(os.environ.get("ROBUSTAL_WORKER_HEARTBEAT_SECONDS", 30))
 CELERY_BEAT_SCHEDULE = {
     "labeling-sweep-loop": {
         "task": "labeling.tasks.sweep_loop",

@@ -29,7 +29,7 @@ def home(request):
     projects = list(selectors.project_list_for(user)) if (user.is_staff or selectors.is_annotator(user)) else []
     rows = [{"project": p, "progress": selectors.progress_for(user, p)} for p in projects]
     return render(request, "home.html", {
-        "last_ping": learner_selectors.last_worker_ping() if user.is_staff else None,
+        "worker_status": learner_selectors.worker_status() if user.is_staff else None,
         "rows": rows, "is_annotator": selectors.is_annotator(user),
     })
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from celery import shared_task
 
+from . import heartbeat  # noqa: F401  (connects the worker's heartbeat signals)
 from . import services
 
 
