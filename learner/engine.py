@@ -222,6 +222,8 @@ def step(cfg: live.LiveConfig, pool: Pool, state: EngineState, *, previous_model
     plan = Plan(phase=REANNOTATION)
     if state.phase == LABELING:
         model = _after_labeling(cfg, pool, state, previous_model, plan)
+    elif cfg.redundancy > 1:
+        model = _after_redundancy(cfg, pool, state, plan)
     else:
         model = _after_reannotation(cfg, pool, state, previous_model, plan)
     if plan.requests:
@@ -247,7 +249,8 @@ def _train(cfg: live.LiveConfig, pool: Pool, state: EngineState):
             keep = pool.train_filter(items, labels[items])
             labels[items[~keep]] = -1  # their artificial copies go too (train_model skips them)
             state.filtered = int((~keep).sum())
-    return live.train_model(pool.features, labels, state.weights(), pool.n_classes, artificial=state.artificial,
+    weights = state.weights() if cfg.trust_weights else (labels >= 0).astype(float)
+    return live.train_model(pool.features, labels, weights, pool.n_classes, artificial=state.artificial,
                             augment_weight=cfg.augment_weight, standardizer=pool.standardizer,
                             seed=cfg.seed + state.iteration, head=pool.head)
 
@@ -293,6 +296,8 @@ def _after_labeling(cfg, pool: Pool, state: EngineState, previous, plan: Plan):
                    "perturbations": {str(k): (v if math.isfinite(v) else None) for k, v in perts.items()}}
     if cfg.defenses_on:
         _request(cfg, state, plan, sorted(todo))
+    elif cfg.redundancy > 1:
+        _request_redundant(cfg, state, plan, [int(x) for x in labeled_now if state.labeler_of[x] >= 0])
     return model
 
 
@@ -352,6 +357,70 @@ def _request(cfg, state: EngineState, plan: Plan, todo: list[int]) -> None:
         state.requests[item] = req
         plan.requests.append(req)
         left -= cfg.h
+
+
+def _request_redundant(cfg, state: EngineState, plan: Plan, items: list[int]) -> None:
+    """The redundancy baseline: ``redundancy - 1`` more labelers for each first label, at once."""
+    need = cfg.redundancy - 1
+    left = _budget_left(cfg, state)
+    load: Counter = Counter()
+    for item in items:
+        if left < need:
+            break
+        voters = live.choose_distinct(need, state.eligible(), exclude={int(state.labeler_of[item])}, load=load,
+                                      seed=cfg.seed + item)
+        if not voters:
+            continue
+        req = Request(item=item, original=int(state.labeler_of[item]), label=int(state.labels[item]),
+                      asked=list(voters), new_voters=list(voters))
+        load.update(voters)
+        state.requests[item] = req
+        plan.requests.append(req)
+        left -= len(voters)
+
+
+def _after_redundancy(cfg, pool: Pool, state: EngineState, plan: Plan):
+    """Aggregate the redundant labels (crowd-kit, :mod:`learner.aggregation`) and retrain.
+
+    Majority resolves the batch's items; Dawid-Skene re-estimates every labeler's confusion from
+    every answer bought so far and re-resolves every redundantly labeled item with it."""
+    from .aggregation import aggregate
+
+    need = cfg.redundancy - 1
+    load: Counter = Counter()
+    done: list[Request] = []
+    for item in sorted(state.requests):
+        req = state.requests[item]
+        req.new_voters = []
+        if len(req.votes) < need:
+            more = live.choose_distinct(need - len(req.votes), state.eligible(), exclude={req.original, *req.asked},
+                                        load=load, seed=cfg.seed + item + 7919 * len(req.asked))
+            if more:
+                req.asked += more
+                req.new_voters = list(more)
+                load.update(more)
+                plan.requests.append(req)
+                continue
+        done.append(req)
+    if plan.requests:
+        return None
+    for req in done:
+        del state.requests[req.item]
+    # the redundantly labeled items: every pool item answered more than once (S is bought apart)
+    counts = Counter(a[0] for a in state.answers)
+    redundant = {i for i, c in counts.items() if c > 1 and not state.secured[i]}
+    wanted = sorted(redundant) if cfg.aggregation == "dawid_skene" else [r.item for r in done]
+    answers = [a for a in state.answers if a[0] in redundant]
+    for item, label in aggregate(answers, cfg.aggregation, items=wanted).items():
+        state.labels[item], state.labeler_of[item] = label, -1
+    for req in done:
+        plan.rounds.append({"item_index": req.item,
+                            "outcome": Outcome.AGREED.value if all(v == req.label for v in req.votes)
+                            else Outcome.DISAGREED.value,
+                            "consensus_label": int(state.labels[req.item]), "prob_original": None,
+                            "prob_consensus": None})
+    state.carry["reannotated"] = int(state.carry.get("reannotated", 0)) + len(done)
+    return _train(cfg, pool, state)
 
 
 def _budget_left(cfg, state: EngineState) -> int:
@@ -529,14 +598,15 @@ def _finish(cfg, pool: Pool, state: EngineState, previous, model, plan: Plan) ->
     plan.carry = dict(carry)
     plan.phase = "closed"
     budget_left = _budget_left(cfg, state)
-    if budget_left <= 0:
+    per_item = max(cfg.redundancy, 1)  # labels one queried item costs
+    if budget_left < per_item:
         plan.stop = "budget"
     elif cfg.target is not None and s_acc is not None and s_acc >= cfg.target - 1e-12:
         plan.stop = "target"
     elif cfg.tau is not None and min_pert is not None and min_pert > cfg.tau:
         plan.stop = "tau"
     if not plan.stop:
-        k = min(cfg.batch_size, budget_left)
+        k = min(cfg.batch_size, budget_left // per_item)
         blocked = state.labeled | state.secured | state.discarded
         chosen = live.select_batch(cfg, pool.features, blocked, state.labels, model, k,
                                    perturbations=state.perturbations, seed=seed_of(cfg, state.iteration + 1, 4),

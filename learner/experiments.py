@@ -192,10 +192,34 @@ def split_strategy(name: str, default_defence: str | None = None) -> tuple[str, 
             defended = True
         elif extra in DEFENCES:
             defence = extra
-        else:
-            raise ValueError(f"unknown suffix {extra!r} in {name!r}; choose 'defended' or a defence from "
-                             f"{', '.join(DEFENCES)}")
+        elif extra not in VARIANTS:
+            raise ValueError(f"unknown suffix {extra!r} in {name!r}; choose 'defended', a defence from "
+                             f"{', '.join(DEFENCES)} or a variant from {', '.join(VARIANTS)}")
     return base, defence, defended
+
+
+# Suffixes that change the run's settings (LoopConfig fields): the practitioners' redundancy
+# baselines (k labels per item, aggregated by crowd-kit; learner.aggregation) and the defence
+# package's parts switched off one by one (ablation).
+VARIANTS = {
+    "vote3": {"redundancy": 3, "aggregation": "majority", "defenses": False},
+    "ds2": {"redundancy": 2, "aggregation": "dawid_skene", "defenses": False},
+    "ds3": {"redundancy": 3, "aggregation": "dawid_skene", "defenses": False},
+    "no-secured": {"secured_size": 0},
+    "no-audits": {"audit_confidence": None},
+    "no-augment": {"augment": ()},
+    "no-trust": {"trust_weights": False},
+    "no-confusion": {"confusion_min_rate": None},
+}
+
+
+def variant_overrides(name: str) -> dict:
+    """The LoopConfig fields a strategy name's variant suffixes set (``"margin+vote3"`` ->
+    redundancy 3 with majority vote, ``"robust+no-augment"`` -> no crafted copies)."""
+    out: dict = {}
+    for extra in name.split("+")[1:]:
+        out.update(VARIANTS.get(extra, {}))
+    return out
 
 
 def labeler_pool(spec: ExperimentSpec, classes: tuple[str, ...]) -> LabelerPool:
@@ -263,7 +287,8 @@ def run_experiment(spec: ExperimentSpec, progress: bool = True, prepared: Prepar
         strategy, defence, defended = split_strategy(name, spec.loop.defence)
         config = LoopConfig(**{**asdict(spec.loop), "head": spec.loop.head, "trust": spec.loop.trust,
                                "strategy": strategy, "defence": defence, "target_accuracy": target,
-                               "budget": cap, "defenses": True if defended else spec.loop.defenses})
+                               "budget": cap, "defenses": True if defended else spec.loop.defenses,
+                               **variant_overrides(name)})
         start = time.perf_counter()
         if prepared.poison_sets:
             sets = prepared.poison_sets
@@ -345,6 +370,41 @@ def budget_summary(runs: list[RunResult], cap: int) -> dict:
         "min": float(q[0]), "25%": float(q[1]), "50%": float(q[2]), "75%": float(q[3]), "max": float(q[4]),
         "reached": int(sum(r.reached for r in runs)), "runs": len(runs),
         "final_accuracy_mean": float(np.mean([r.final_accuracy for r in runs])),
+        # the labels bought, split by what they bought (at the target; a run that never reaches it: at the end)
+        "first_mean": float(np.mean([r.bought_by_kind.get("first", 0) for r in runs])),
+        "secured_mean": float(np.mean([r.bought_by_kind.get("secured", 0) for r in runs])),
+        "extra_mean": float(np.mean([r.bought_by_kind.get("reannotation", 0) for r in runs])),
+        # the dataset each run would export (resolved labels, S included) against the truth
+        "exported_accuracy_mean": _nanmean([r.exported_accuracy for r in runs]),
+        "exported_accuracy_min": _nanmin([r.exported_accuracy for r in runs]),
+        "exported_99": int(sum(r.exported_accuracy >= 0.99 for r in runs)),
+        # adversaries (the scenario's), and honest labelers, by how the run left them
+        **_statuses(runs),
+    }
+
+
+def _nanmean(values) -> float:
+    v = np.asarray(values, dtype=float)
+    return float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
+
+
+def _nanmin(values) -> float:
+    v = np.asarray(values, dtype=float)
+    return float(np.nanmin(v)) if np.isfinite(v).any() else float("nan")
+
+
+def _statuses(runs: list[RunResult]) -> dict:
+    """Runs in which every adversary ended suspended (and flagged or suspended), and honest
+    labelers suspended over all runs."""
+    adversarial = [r for r in runs if r.malicious]
+    def every(r, states):
+        return all(r.trust.get(i, {}).get("status") in states for i in r.malicious)
+    return {
+        "adversary_runs": len(adversarial),
+        "adversaries_suspended": int(sum(every(r, ("suspended",)) for r in adversarial)),
+        "adversaries_caught": int(sum(every(r, ("flagged", "suspended")) for r in adversarial)),
+        "honest_suspended": int(sum(1 for r in runs for i, t in r.trust.items()
+                                    if i not in r.malicious and t.get("status") == "suspended")),
     }
 
 
@@ -354,16 +414,27 @@ def summary_table(result: ExperimentResult) -> dict[str, dict]:
 
 def format_table(summary: dict[str, dict], pool_size: int | None = None) -> str:
     """The budget table as fixed-width text."""
-    cols = ["mean", "std", "min", "25%", "50%", "75%", "max"]
-    head = f"{'strategy':<10}" + "".join(f"{c:>9}" for c in cols) + f"{'reached':>10}"
+    cols = ["mean", "std", "min", "50%", "max"]
+    width = max([16] + [len(n) + 1 for n in summary])
+    head = f"{'strategy':<{width}}" + "".join(f"{c:>8}" for c in cols) + f"{'reached':>9}"
     if pool_size:
-        head += f"{'mean/pool':>11}"
+        head += f"{'/pool':>8}"
+    head += f"{'first':>7}{'S':>5}{'extra':>7}{'export ok':>11}{'>=99%':>7}{'adv susp':>10}{'honest susp':>12}"
     lines = [head, "-" * len(head)]
     for name, row in summary.items():
-        line = f"{name:<10}" + "".join(f"{row[c]:>9.1f}" for c in cols) + f"{row['reached']:>5}/{row['runs']:<4}"
+        line = (f"{name:<{width}}" + "".join(f"{row[c]:>8.1f}" for c in cols)
+                + f"{row['reached']:>5}/{row['runs']:<3}")
         if pool_size:
-            line += f"{100 * row['mean'] / pool_size:>10.1f}%"
+            line += f"{100 * row['mean'] / pool_size:>7.1f}%"
+        adv = f"{row['adversaries_suspended']}/{row['adversary_runs']}" if row.get("adversary_runs") else "-"
+        line += (f"{row['first_mean']:>7.0f}{row['secured_mean']:>5.0f}{row['extra_mean']:>7.0f}"
+                 f"{100 * row['exported_accuracy_mean']:>10.2f}%{row['exported_99']:>4}/{row['runs']:<2}"
+                 f"{adv:>10}{row['honest_suspended']:>12}")
         lines.append(line)
+    lines.append("first/S/extra: mean labels by kind (first labels, secured set, audits + re-annotations + "
+                 "redundant labels) at the target; export ok: mean share of the exported labels that are "
+                 "right; >=99%: runs whose export is at least 99 % right; adv susp: runs that ended with "
+                 "every adversary suspended; honest susp: honest labelers suspended over all runs")
     return "\n".join(lines)
 
 

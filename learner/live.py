@@ -30,6 +30,7 @@ BACKBONE_NAMES = ("flatten", "smallcnn", "resnet20", "resnet50")
 # settings of earlier versions, ignored when a stored project config is read (trust thresholds
 # replaced by the refuted-label test: flag_alpha, suspend_alpha)
 RETIRED_SETTINGS = ("flag_below", "suspend_below")
+AGGREGATIONS = ("majority", "dawid_skene")  # learner.aggregation
 
 
 # --------------------------------------------------------------------------------------
@@ -94,6 +95,14 @@ class LiveConfig:
     # >= min_count expected labels; null min_rate turns the check off
     confusion_min_rate: float | None = 0.5
     confusion_min_count: int = 3
+    # the practitioners' alternative to the defence package (learner.aggregation): every queried
+    # item labeled by ``redundancy`` distinct labelers at once and their answers aggregated by
+    # "majority" (Label Studio's overlap) or "dawid_skene" (crowd-kit, over every answer so far).
+    # 1: one label per item. Needs the defence package off.
+    redundancy: int = 1
+    aggregation: str = "majority"
+    # train with each label weighted by its labeler's trust (false: every label weight 1; ablation)
+    trust_weights: bool = True
 
     # -- parsing ---------------------------------------------------------------------------
     @classmethod
@@ -167,6 +176,14 @@ class LiveConfig:
             raise ValueError(f"reannotation must be 'adaptive' or 'parallel', got {self.reannotation!r}")
         _float("confusion_min_rate", 0.0, 1.0, none_ok=True)
         _int("confusion_min_count", 1, 1_000_000)
+        _int("redundancy", 1, 15)
+        if self.aggregation not in AGGREGATIONS:
+            raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {self.aggregation!r}")
+        if self.redundancy > 1 and self.defenses_on:
+            raise ValueError("redundancy > 1 is the alternative to the defence package (secured set, audits, "
+                             "trust): set defenses to false or redundancy to 1")
+        if not isinstance(self.trust_weights, bool):
+            raise ValueError("trust_weights must be true or false")
         if self.channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {self.channels!r}")
         if self.defenses is not None and not isinstance(self.defenses, bool):
@@ -333,8 +350,12 @@ def craft(features: np.ndarray, standardizer, model, items: np.ndarray, labels: 
 
 
 def min_perturbation(perturbations: dict[int, float]) -> float | None:
-    finite = [v for v in perturbations.values() if math.isfinite(v)]
-    return min(finite) if finite else None
+    """The smallest minimal perturbation over the batch's adversarial examples (the tau rule's
+    measure). An item the model already gets wrong (stored as 0) has no adversarial example and
+    does not count, nor does an attack that found none (inf): counting misclassified items as 0,
+    as an earlier version did, kept the rule from ever firing."""
+    crafted = [v for v in perturbations.values() if math.isfinite(v) and v > 0]
+    return min(crafted) if crafted else None
 
 
 # --------------------------------------------------------------------------------------

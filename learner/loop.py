@@ -14,6 +14,7 @@ no test set and stops on its secured set instead).
 """
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -57,6 +58,9 @@ class LoopConfig:
     defence_k: int = 25  # neighbours consulted by the dknn defence (>~ 3x the poisons labeled together)
     confusion_min_rate: float | None = 0.5  # Dawid-Skene check (None: off)
     confusion_min_count: int = 3
+    redundancy: int = 1  # labels per queried item (the practitioners' baselines; learner.aggregation)
+    aggregation: str = "majority"  # "majority" or "dawid_skene" (crowd-kit)
+    trust_weights: bool = True  # weight labels by their labeler's trust (ablation: false)
     head: HeadConfig = field(default_factory=HeadConfig)
     trust: TrustPolicy = field(default_factory=TrustPolicy)
 
@@ -91,7 +95,8 @@ class LoopConfig:
             pool_defence=self.defence if self.defence in POOL_DEFENCES else "none", seed=int(seed),
             trust_penalty=t.penalty, trust_reward=t.reward, alert_confidence=t.alert_confidence,
             flag_alpha=t.flag_alpha, suspend_alpha=t.suspend_alpha, audit_alpha=t.audit_alpha, trust_window=t.window, p1=t.p_1,
-            confusion_min_rate=self.confusion_min_rate, confusion_min_count=self.confusion_min_count)
+            confusion_min_rate=self.confusion_min_rate, confusion_min_count=self.confusion_min_count,
+            redundancy=self.redundancy, aggregation=self.aggregation, trust_weights=self.trust_weights)
 
 
 @dataclass
@@ -122,6 +127,7 @@ class IterationRecord:
     min_perturbation: float
     flagged: list[int]
     suspended: list[int]
+    bought_by_kind: dict[str, int] = field(default_factory=dict)  # first / secured / reannotation
 
 
 @dataclass
@@ -139,6 +145,10 @@ class RunResult:
     watch_predictions: list[int] | None = None  # final model on LoopData.watch_features
     defence_dropped: int = 0  # labeled items the defence left out of the last training
     quarantined: list[int] = field(default_factory=list)  # pool items a pool-level defence kept out
+    # what the run would export when it stops: every item with a resolved label (S included)
+    exported: int = 0
+    exported_accuracy: float = float("nan")  # share of those labels that are right
+    bought_by_kind: dict[str, int] = field(default_factory=dict)  # at the target (else at the end)
 
     @property
     def reached(self) -> bool:
@@ -164,6 +174,8 @@ class _Run:
             secured_labels=np.full(n, -1, dtype=np.int64),
             trust={i: LabelerTrust() for i in labelers.ids}, crowd=list(labelers.ids))
         self.times_answered: dict[tuple[int, int], int] = {}
+        self.bought_by_kind = {"first": 0, "secured": 0, "reannotation": 0}
+        self.redundant_given: Counter = Counter()  # labels a redundancy baseline's extra asks took
         self.history: list[IterationRecord] = []
 
     # ---- hooks of the engine that only the simulator has ------------------------------------
@@ -191,9 +203,15 @@ class _Run:
         nth = self.times_answered.get((labeler, item), 0)
         self.times_answered[(labeler, item)] = nth + 1
         first = kind == "first"
+        # a redundancy baseline's extra labels look like first labels to whoever gives them
+        # (nothing tells them apart), unlike a re-annotation request
         label = self.labelers.answer(labeler, item, int(self.data.pool_labels[item]), seed=self.seed, nth=nth,
-                                     first_label=first, given_before=len(st.first_labels.get(labeler, [])))
+                                     first_label=first or kind == "redundant",
+                                     given_before=len(st.first_labels.get(labeler, [])) + self.redundant_given[labeler])
+        if kind == "redundant":
+            self.redundant_given[labeler] += 1
         st.bought += 1
+        self.bought_by_kind["reannotation" if kind == "redundant" else kind] += 1
         st.trust[labeler].labels_given += 1
         st.answers.append((int(item), int(labeler), int(label)))
         if first:
@@ -217,7 +235,8 @@ class _Run:
             check_triggered=m["check_triggered"], reannotated=m["reannotated"], discarded=m["discarded"],
             min_perturbation=float("nan") if m["min_perturbation"] is None else m["min_perturbation"],
             flagged=[i for i, t in st.trust.items() if t.status is Status.FLAGGED],
-            suspended=[i for i, t in st.trust.items() if t.status is Status.SUSPENDED]))
+            suspended=[i for i, t in st.trust.items() if t.status is Status.SUSPENDED],
+            bought_by_kind=dict(self.bought_by_kind)))
 
     def evaluate(self, model: LinearHead) -> float:
         return accuracy(model, self.data.test_features, self.data.test_labels)
@@ -231,6 +250,7 @@ class _Run:
                           excluded=quarantined)
         st.secured[sp.secured] = True
         st.bought += sp.admin_labels
+        self.bought_by_kind["secured"] += sp.admin_labels
         for item in sp.secured:
             if known[item]:
                 st.secured_labels[item] = self.data.pool_labels[item]
@@ -245,7 +265,8 @@ class _Run:
             plan = engine.step(self.ecfg, self.pool, st, previous_model=previous)
             while not plan.closed:
                 for req in plan.requests:
-                    req.votes += [self.ask(v, req.item, "reannotation") for v in req.new_voters]
+                    kind = "redundant" if self.ecfg.redundancy > 1 else "reannotation"
+                    req.votes += [self.ask(v, req.item, kind) for v in req.new_voters]
                 plan = engine.step(self.ecfg, self.pool, st, previous_model=previous)
             self.record(plan, iteration)
             model = previous = plan.model
@@ -257,6 +278,11 @@ class _Run:
                 break
             self.label_batch(plan.next_items, plan.assignees)
         labeled = np.flatnonzero(st.labeled)
+        export = np.where(st.secured_labels >= 0, st.secured_labels, st.labels)
+        exported = np.flatnonzero(export >= 0)
+        reached = self._target_reached()
+        split = next((r.bought_by_kind for r in self.history if r.labels_bought == reached), None) \
+            if reached is not None else None
         return RunResult(
             strategy=self.cfg.strategy, seed=self.seed, history=self.history,
             target_accuracy=self.cfg.target_accuracy, labels_to_target=self._target_reached(),
@@ -270,6 +296,10 @@ class _Run:
                                if self.data.watch_features is not None else None),
             defence_dropped=st.filtered,
             quarantined=np.flatnonzero(quarantined).tolist(),
+            exported=int(len(exported)),
+            exported_accuracy=float((export[exported] == self.data.pool_labels[exported]).mean())
+            if len(exported) else float("nan"),
+            bought_by_kind=dict(split or self.bought_by_kind),
         )
 
     def _target_reached(self) -> int | None:
