@@ -50,7 +50,7 @@ def policy_of(cfg: live.LiveConfig) -> TrustPolicy:
     return TrustPolicy(epsilon=cfg.epsilon, penalty=cfg.trust_penalty, reward=cfg.trust_reward,
                        alert_confidence=cfg.alert_confidence, flag_alpha=cfg.flag_alpha,
                        suspend_alpha=cfg.suspend_alpha, audit_alpha=cfg.audit_alpha, window=cfg.trust_window,
-                       p_1=cfg.p1)
+                       p_1=cfg.p1, decrease=cfg.trust_decrease)
 
 
 @dataclass

@@ -210,6 +210,7 @@ VARIANTS = {
     "no-augment": {"augment": ()},
     "no-trust": {"trust_weights": False},
     "no-confusion": {"confusion_min_rate": None},
+    "paper-decrease": {"trust_decrease": "paper"},
 }
 
 
@@ -285,10 +286,14 @@ def run_experiment(spec: ExperimentSpec, progress: bool = True, prepared: Prepar
                desc=f"simulate {spec.scenario}", unit="run", disable=not progress)
     for name in spec.strategies:
         strategy, defence, defended = split_strategy(name, spec.loop.defence)
-        config = LoopConfig(**{**asdict(spec.loop), "head": spec.loop.head, "trust": spec.loop.trust,
+        overrides = variant_overrides(name)
+        trust = spec.loop.trust
+        if "trust_decrease" in overrides:  # a TrustPolicy field, not a LoopConfig one
+            trust = replace(trust, decrease=overrides.pop("trust_decrease"))
+        config = LoopConfig(**{**asdict(spec.loop), "head": spec.loop.head, "trust": trust,
                                "strategy": strategy, "defence": defence, "target_accuracy": target,
                                "budget": cap, "defenses": True if defended else spec.loop.defenses,
-                               **variant_overrides(name)})
+                               **overrides})
         start = time.perf_counter()
         if prepared.poison_sets:
             sets = prepared.poison_sets

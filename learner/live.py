@@ -103,6 +103,9 @@ class LiveConfig:
     aggregation: str = "majority"
     # train with each label weighted by its labeler's trust (false: every label weight 1; ablation)
     trust_weights: bool = True
+    # how much a refuted label costs its labeler's trust (learner.trust.trust_decrease): "ours"
+    # (1 - the model's probability of the refuted label) or "paper" (inverse to its confidence)
+    trust_decrease: str = "ours"
 
     # -- parsing ---------------------------------------------------------------------------
     @classmethod
@@ -182,6 +185,8 @@ class LiveConfig:
         if self.redundancy > 1 and self.defenses_on:
             raise ValueError("redundancy > 1 is the alternative to the defence package (secured set, audits, "
                              "trust): set defenses to false or redundancy to 1")
+        if self.trust_decrease not in ("ours", "paper"):
+            raise ValueError(f"trust_decrease must be 'ours' or 'paper', got {self.trust_decrease!r}")
         if not isinstance(self.trust_weights, bool):
             raise ValueError("trust_weights must be true or false")
         if self.channels not in (1, 3):

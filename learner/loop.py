@@ -96,7 +96,8 @@ class LoopConfig:
             trust_penalty=t.penalty, trust_reward=t.reward, alert_confidence=t.alert_confidence,
             flag_alpha=t.flag_alpha, suspend_alpha=t.suspend_alpha, audit_alpha=t.audit_alpha, trust_window=t.window, p1=t.p_1,
             confusion_min_rate=self.confusion_min_rate, confusion_min_count=self.confusion_min_count,
-            redundancy=self.redundancy, aggregation=self.aggregation, trust_weights=self.trust_weights)
+            redundancy=self.redundancy, aggregation=self.aggregation, trust_weights=self.trust_weights,
+            trust_decrease=t.decrease)
 
 
 @dataclass

@@ -64,6 +64,7 @@ class TrustPolicy:
     suspend_alpha: float = 1e-4  # suspend at once when they are this improbable
     audit_alpha: float = 0.01  # after a targeted audit: suspend when recent runs stay this improbable
     window: int = 20  # the longest recent run scanned besides all labels (see scan_lengths)
+    decrease: str = "ours"  # trust_decrease's rule: "ours" or "paper" (docs/method.md, measured)
 
     @property
     def h(self) -> int:
@@ -106,10 +107,26 @@ def resolve(original_label: int, reannotations: list[int]) -> tuple[Outcome, int
     return Outcome.DISAGREED, consensus
 
 
-def trust_decrease(prob_original_label: float, penalty: float = 0.2) -> float:
-    """``a``: how much a consistent disagreement costs the original labeler."""
+DECREASE_RULES = ("ours", "paper")
+
+
+def trust_decrease(prob_original_label: float, penalty: float = 0.2, *, rule: str = "ours",
+                   prob_consensus_label: float | None = None) -> float:
+    """``a``: how much a consistent disagreement costs the original labeler.
+
+    ``"ours"``: ``penalty * (1 - p)`` with ``p`` the model's probability of the refuted label, so a
+    label the model also found plausible costs little. ``"paper"``: ``a`` inversely proportional to
+    the model's confidence in its classification, ``penalty * 0.5 / max(c, 0.5)`` with ``c`` the
+    larger of the two probabilities (the paper gives no constant; this one makes both rules cost
+    ``penalty`` at most). docs/method.md reports the measured difference.
+    """
     p = min(max(float(prob_original_label), 0.0), 1.0)
-    return penalty * (1.0 - p)
+    if rule == "ours":
+        return penalty * (1.0 - p)
+    if rule == "paper":
+        c = max(p, float(prob_consensus_label or 0.0), 0.5)
+        return penalty * 0.5 / c
+    raise ValueError(f"unknown trust decrease rule {rule!r}; choose from {DECREASE_RULES}")
 
 
 def is_alert(prob_consensus_label: float, alert_confidence: float = 0.9) -> bool:
@@ -167,7 +184,8 @@ def apply_outcome(state: LabelerTrust, outcome: Outcome, *, prob_original: float
     if outcome is Outcome.AGREED:
         state.trust += min(policy.reward, 1.0 - state.trust)
         return "agreed"
-    state.trust = max(0.0, state.trust - trust_decrease(prob_original, policy.penalty))
+    state.trust = max(0.0, state.trust - trust_decrease(prob_original, policy.penalty, rule=policy.decrease,
+                                                        prob_consensus_label=prob_consensus))
     state.disagreements += 1
     alert = is_alert(prob_consensus, policy.alert_confidence)
     state.alerts += int(alert)

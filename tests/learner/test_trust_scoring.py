@@ -126,3 +126,13 @@ def test_audit_threshold_rises_only_for_proven_labelers():
     assert audit_threshold(refuted, 0.5, 0.9, proven_after=10) == 0.5
     flagged = LabelerTrust(checked=20, disagreements=0, status=Status.FLAGGED)
     assert audit_threshold(flagged, 0.5, 0.9, proven_after=10) == 0.5
+
+
+def test_paper_decrease_is_inverse_to_the_model_confidence():
+    # the paper: a inversely proportional to the model's confidence in its classification
+    sure, unsure = trust_decrease(0.02, 0.1, rule="paper", prob_consensus_label=0.98), \
+        trust_decrease(0.45, 0.1, rule="paper", prob_consensus_label=0.55)
+    assert sure < unsure <= 0.1
+    assert trust_decrease(0.5, 0.1, rule="paper", prob_consensus_label=0.5) == pytest.approx(0.1)
+    with pytest.raises(ValueError):
+        trust_decrease(0.5, 0.1, rule="magic")
