@@ -9,16 +9,18 @@ from django.core.exceptions import PermissionDenied
 from django.db import connection
 from django.http import FileResponse, Http404, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.utils.safestring import mark_safe
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
 
 from learner import selectors as learner_selectors
+from learner.live import LiveConfig
 
-from . import importers, selectors, services, workflow
+from . import config_fields, importers, project_settings, selectors, services, workflow
 from .access import staff_only
 from .charts import accuracy_svg
-from .forms import ImportForm, ProjectForm
+from .forms import ImportForm, InstructionsForm, ProjectForm, SettingsForm
 from .models import Assignment, Project
 
 
@@ -80,25 +82,40 @@ def assignment_image(request, assignment_id: int):
 @staff_only
 def staff_project_new(request):
     form = ProjectForm(request.POST or None)
-    if request.method == "POST" and form.is_valid():
+    settings_form = SettingsForm(request.POST or None)
+    if request.method == "POST" and form.is_valid() and settings_form.is_valid():
         try:
-            project = services.create_project(created_by=request.user, **form.cleaned_data)
+            project = services.create_project(created_by=request.user, **form.cleaned_data,
+                                              config=settings_form.cleaned_config)
         except Exception as exc:  # ValidationError from full_clean, e.g. a duplicate name
             form.add_error(None, str(getattr(exc, "messages", [exc])[0]))
         else:
             messages.success(request, f"Project {project.name} created. Import images next.")
             return redirect("labeling:staff-project", project_id=project.pk)
-    return render(request, "labeling/staff_project_new.html", {"form": form})
+    return render(request, "labeling/staff_project_new.html", {
+        "form": form, "settings_form": settings_form,
+        "pool_fit": config_fields.pool_fit(LiveConfig.from_dict({}), 0)})
 
 
-def _staff_context(project: Project, *, import_form=None, report=None) -> dict:
+def _settings_form(project: Project, data=None) -> SettingsForm:
+    return SettingsForm(data, current=project.config, started=project.state != Project.State.DRAFT,
+                        finished=project.state == Project.State.FINISHED)
+
+
+def _staff_context(project: Project, *, import_form=None, report=None, settings_form=None,
+                   instructions_form=None) -> dict:
     metrics = selectors.metric_history(project)
+    n_items = selectors.item_count(project)
     return {
         "project": project, "metrics": metrics, "chart": mark_safe(accuracy_svg(metrics)),  # built from numbers only
-        "config_json": json.dumps(project.config, sort_keys=True),
-        "batches": project.batches.order_by("-iteration")[:20], "n_items": selectors.item_count(project),
+        "config_json": json.dumps(project.config, sort_keys=True, indent=1),
+        "batches": project.batches.order_by("-iteration")[:20], "n_items": n_items,
         "labels_bought": selectors.labels_bought(project), "import_form": import_form or ImportForm(),
         "report": report, "open_batch": selectors.open_batch(project),
+        "settings_form": settings_form or _settings_form(project),
+        "instructions_form": instructions_form or InstructionsForm(initial={"description": project.description}),
+        "pool_fit": config_fields.pool_fit(project.live_config, n_items),
+        "live_editable": [config_fields.FIELDS[k].label for k in config_fields.LIVE_EDITABLE],
     }
 
 
@@ -106,6 +123,27 @@ def _staff_context(project: Project, *, import_form=None, report=None) -> dict:
 def staff_project(request, project_id: int):
     project = get_object_or_404(Project, pk=project_id)
     return render(request, "labeling/staff_project.html", _staff_context(project))
+
+
+@staff_only
+@require_POST
+def staff_project_settings(request, project_id: int):
+    """Instructions and settings; after start only the settings that may still change."""
+    project = get_object_or_404(Project, pk=project_id)
+    settings_form = _settings_form(project, request.POST)
+    instructions_form = InstructionsForm(request.POST)
+    if settings_form.is_valid() and instructions_form.is_valid():
+        try:
+            project_settings.update_project(project=project, config=settings_form.cleaned_config,
+                                            description=instructions_form.cleaned_data["description"])
+        except (workflow.LabelingError, ValueError) as exc:
+            settings_form.add_error(None, getattr(exc, "message", str(exc)))
+        else:
+            messages.success(request, "Settings saved.")
+            return redirect(reverse("labeling:staff-project", args=[project.pk]) + "#settings")
+    return render(request, "labeling/staff_project.html",
+                  _staff_context(project, settings_form=settings_form, instructions_form=instructions_form),
+                  status=400)
 
 
 @staff_only
