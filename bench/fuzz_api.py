@@ -38,6 +38,8 @@ class FuzzResult:
     per_operation: Counter = field(default_factory=Counter)  # (role, "METHOD path") -> count
     by_operation_status: Counter = field(default_factory=Counter)  # ("METHOD path", status) -> count
     failures: list[dict] = field(default_factory=list)
+    # operations with nothing a request could get wrong (no parameter, no body): no negative case exists
+    no_negative: set = field(default_factory=set)
 
     def merge_failure(self, item: dict) -> None:
         key = (item["role"], item["operation"], item["status"], item["problem"])
@@ -113,6 +115,8 @@ def fuzz(app, headers: dict[str, dict], *, examples: int, negative: bool = True,
 
 def _run_operation(op, name, role, role_headers, mode, examples, seed, real_ids, result: FuzzResult) -> None:
     from hypothesis import HealthCheck, Phase, given, seed as hseed, settings
+    from hypothesis.errors import Unsatisfiable
+    from schemathesis.generation import GenerationMode
 
     @hseed(seed)
     @settings(max_examples=examples, database=None, deadline=None, suppress_health_check=list(HealthCheck),
@@ -142,7 +146,12 @@ def _run_operation(op, name, role, role_headers, mode, examples, seed, real_ids,
                                   "body": response.content[:300].decode("utf-8", "replace")})
 
     counter = [0]
-    run()
+    try:
+        run()
+    except Unsatisfiable:
+        if mode != GenerationMode.NEGATIVE or op.path_parameters or op.query or op.body:
+            raise
+        result.no_negative.add(name)  # e.g. GET /api/labeling/projects/: no input to violate
 
 
 def table(result: FuzzResult, seconds: float) -> str:
@@ -164,6 +173,8 @@ def table(result: FuzzResult, seconds: float) -> str:
         counts = sorted((s, n) for (o, s), n in result.by_operation_status.items() if o == op)
         lines.append(f"  {op:<60} " + ", ".join(f"{s}: {n}" for s, n in counts))
     lines.append("")
+    if result.no_negative:
+        lines.append(f"no negative cases (nothing to violate): {', '.join(sorted(result.no_negative))}")
     fives = sum(v for (_, s), v in result.statuses.items() if s >= 500)
     lines.append(f"5xx responses: {fives}; distinct failures: {len(result.failures)}")
     for f in result.failures:

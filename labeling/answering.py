@@ -33,7 +33,8 @@ def next_assignment(*, user, project: Project | None = None) -> Assignment | Non
     if asg is not None or user.pk not in set(selectors.eligible_labelers()):
         return asg
     paused = (Assignment.objects.filter(status=Assignment.Status.PAUSED, labeler__isnull=True,
-                                        batch__closed_at__isnull=True, batch__project__state=Project.State.LABELING)
+                                        batch__closed_at__isnull=True, batch__project__state=Project.State.LABELING,
+                                        batch__project__paused_at__isnull=True)
               .exclude(original_labeler=user).order_by("id"))
     if project is not None:
         paused = paused.filter(batch__project=project)

@@ -46,8 +46,9 @@ def _project_or_404(request, project_id) -> Project:
 
 
 def status_payload(user, project: Project) -> dict:
-    data = {"id": project.pk, "name": project.name, "state": project.state, "iteration": project.iteration,
-            "classes": project.classes, "progress": selectors.progress_for(user, project)}
+    data = {"id": project.pk, "name": project.name, "state": project.state, "paused": project.is_paused,
+            "iteration": project.iteration, "classes": project.classes,
+            "progress": selectors.progress_for(user, project)}
     if user.is_staff:
         data.update({
             "stop_reason": project.stop_reason, "labels_bought": selectors.labels_bought(project),
@@ -84,6 +85,8 @@ class NextAssignmentView(APIView):
         elif standing == "flagged":
             message = ("Other annotators are double-checking some of your recent answers. New work comes back "
                        "when the check is done; nothing you did is lost.")
+        elif project is not None and project.is_paused and state != Project.State.FINISHED:
+            message = "The project staff paused this project; work comes back when they resume it."
         elif state == Project.State.UPDATING:
             message = "The model is updating; new work will appear shortly."
         elif state == Project.State.FINISHED:

@@ -1,6 +1,7 @@
 """Import images into a draft project (services: they write files and rows).
 
-Sources: an uploaded zip (images at the top level, or one sub-folder per class), a folder on the
+Sources: an uploaded zip (images at the top level, or one sub-folder per class), uploaded image
+files (:func:`import_files`: no class, so no ground truth), a folder on the
 server (inside the allowed import roots), a data set known to :func:`learner.data.load_dataset`
 (``.npz``, CIFAR-10 python archive, JPEG tarball, ``digits``) or arrays.
 
@@ -310,6 +311,34 @@ def _folder_entries(root: Path, classes: list[str], report: ImportReport) -> Ite
         yield _Entry(rel, read, cls, size)
 
 
+def _upload_entries(files: list, report: ImportReport) -> Iterator[_Entry]:
+    """Uploaded image files (multipart): no folders, so no class and no ground truth."""
+    if len(files) > max_files():
+        raise ImportFailed(f"{len(files)} files uploaded; the limit is {max_files()}")
+    limit = max_image_bytes()
+    for upload in files:
+        name = str(getattr(upload, "name", "") or "upload")
+        if _is_junk(name):
+            report.skipped.append((name, "system file"))
+            continue
+        if not name.lower().endswith(IMAGE_EXTENSIONS):
+            report.skipped.append((name, "not an image file name (extension)"))
+            continue
+        size = getattr(upload, "size", None)
+        if size is not None and size > limit:
+            report.errors.append((name, f"file too large ({size} bytes; limit {limit})"))
+            continue
+
+        def read(upload=upload) -> bytes:
+            upload.seek(0)
+            data = upload.read(limit + 1)
+            if len(data) > limit:
+                raise FileProblem(f"file too large (more than {limit} bytes)")
+            return data
+
+        yield _Entry(name, read, None, size)
+
+
 # --------------------------------------------------------------------------------------
 # The shared pipeline
 # --------------------------------------------------------------------------------------
@@ -401,6 +430,12 @@ def import_zip(*, project: Project, file, strict: bool = True) -> ImportReport:
         raise ImportFailed(f"not a valid zip archive ({exc})") from None
     with zf:
         return _run(project, lambda report: _zip_entries(zf, list(project.classes), report), strict)
+
+
+def import_files(*, project: Project, files: Iterable, strict: bool = True) -> ImportReport:
+    """Import uploaded image files (file objects with a ``name``, e.g. a multipart upload's)."""
+    files = list(files)
+    return _run(project, lambda report: _upload_entries(files, report), strict)
 
 
 def resolve_import_path(path: str | os.PathLike) -> Path:

@@ -90,10 +90,10 @@ def batch_is_complete(batch: QueryBatch) -> bool:
 
 
 def next_assignment_for(user, project: Project | None = None) -> Assignment | None:
-    """The user's oldest open assignment in a project that is labeling (optionally one project)."""
+    """The user's oldest open assignment in a project that is labeling and not paused (optionally one project)."""
     qs = Assignment.objects.filter(
         labeler=user, status=Assignment.Status.OPEN, batch__closed_at__isnull=True,
-        batch__project__state=Project.State.LABELING,
+        batch__project__state=Project.State.LABELING, batch__project__paused_at__isnull=True,  # staff pause
     ).select_related("batch", "batch__project", "item")
     if project is not None:
         qs = qs.filter(batch__project=project)

@@ -80,6 +80,7 @@ class StatusOutSerializer(serializers.Serializer):
     id = serializers.IntegerField()
     name = serializers.CharField()
     state = serializers.CharField()
+    paused = serializers.BooleanField(help_text="Staff paused the project: no work is handed out.")
     iteration = serializers.IntegerField()
     classes = serializers.ListField(child=serializers.CharField())
     progress = ProgressSerializer()

@@ -165,6 +165,36 @@ def resume_loop(*, project: Project) -> bool:
     return True
 
 
+def pause_project(*, project: Project) -> Project:
+    """Stop handing out the project's work (staff); idempotent.
+
+    Annotators get no new assignment from it until :func:`unpause_project`; an answer to work
+    already on someone's screen is still accepted (nothing is lost), and a batch that completes
+    meanwhile is still processed by the loop (its next batch is assigned, and handed out after the
+    resume).
+    """
+    with transaction.atomic():
+        p = Project.objects.select_for_update().get(pk=project.pk)
+        if p.state not in (Project.State.LABELING, Project.State.UPDATING):
+            raise Conflict(f"only a project that is labeling can be paused; {p.name!r} is {p.get_state_display()}")
+        if p.paused_at is None:
+            p.paused_at = timezone.now()
+            p.save(update_fields=["paused_at"])  # not updated_at: the loop sweeper's clock
+    log.info("project %s paused", p.pk)
+    return p
+
+
+def unpause_project(*, project: Project) -> Project:
+    """Hand out the project's work again after :func:`pause_project`; idempotent."""
+    with transaction.atomic():
+        p = Project.objects.select_for_update().get(pk=project.pk)
+        if p.paused_at is not None:
+            p.paused_at = None
+            p.save(update_fields=["paused_at"])
+    log.info("project %s resumed", p.pk)
+    return p
+
+
 def sweep_stalled_loops(*, older_than: float | None = None) -> list[int]:
     """Send the loop task again for complete batches whose task was lost; returns their batch ids.
 
