@@ -104,6 +104,10 @@ _INFO = {
     "candidate_factor": ("defences", "Candidates per pick", "robust considers this many times N_c of a cluster's "
                          "most fragile unlabeled items before picking the N_c farthest from the labeled ones.",
                          _METHOD),
+    "robust_pick": ("defences", "Pick inside a cluster", "robust's choice among a cluster's candidates: farthest "
+                    "(farthest from the labeled items, the paper's eq. 4) or margin (the most uncertain).", _METHOD),
+    "robust_size_weight": ("defences", "Cluster size weight", "Weight of a cluster's size next to its fragility when "
+                           "robust shares the batch out among clusters.", _METHOD),
     "redundancy": ("defences", "Labels per item (redundancy)", "Every queried item labeled by this many different "
                    "annotators at once and their answers aggregated: the usual alternative to the defences (needs "
                    "the defences off). 1: one label per item.", _METHOD),
@@ -117,6 +121,11 @@ _INFO = {
     "audit_confidence_proven": ("trust", "Audit confidence (proven annotators)", "For an annotator whose checked "
                                 "labels mostly held, only contradictions this sure are re-annotated.", _TRUST,
                                 "every annotator at the audit confidence"),
+    "recheck": ("trust", "Re-check standing labels", "With each new model, re-examine every label still standing on "
+                "one annotator's word, not only the new batch's.", _TRUST),
+    "audit_posterior": ("trust", "Audit by posterior", "Audit a contradicted label when it is more than this likely "
+                        "to be wrong given its annotator's record (replaces the two audit confidences).", _TRUST,
+                        "off"),
     "audit_proven_after": ("trust", "Proven after", "Checked labels before an annotator can count as proven.",
                            _TRUST),
     "trust_penalty": ("trust", "Trust penalty", "Trust (the weight of an annotator's labels) lost per refuted "
@@ -163,8 +172,8 @@ _CHOICES = {
     "backbone": tuple((s, s) for s in BACKBONE_NAMES),
     "channels": ((1, "1 (grayscale)"), (3, "3 (colour)")),
     "defenses": (("auto", "auto"), ("on", "on"), ("off", "off")),
-    "trust_weights": (("on", "on"), ("off", "off")),
     "trust_decrease": (("ours", "ours"), ("paper", "paper")),
+    "robust_pick": (("farthest", "farthest"), ("margin", "margin")),
     "aggregation": tuple((s, s) for s in getattr(live, "AGGREGATIONS", ("majority", "dawid_skene"))),
 }
 
@@ -181,8 +190,11 @@ def _info(f: dataclasses.Field) -> FieldInfo:
         locked = ""
     elif not locked:
         locked = "it may not change once labeling has started"
+    kind = _kind(f)
+    choices = _CHOICES.get(f.name) or {"bool": (("on", "on"), ("off", "off")),
+                                       "tristate": (("auto", "auto"), ("on", "on"), ("off", "off"))}.get(kind, ())
     return FieldInfo(name=f.name, group=group, label=label, help=text, locked_reason=locked,
-                     choices=_CHOICES.get(f.name, ()), blank_means=blank, optional=_optional(f), kind=_kind(f))
+                     choices=choices, blank_means=blank, optional=_optional(f), kind=kind)
 
 
 def _kind(f: dataclasses.Field) -> str:

@@ -25,7 +25,7 @@ from learner import engine, live
 from learner.trust import LabelerTrust, Status
 
 from . import features as feature_cache
-from . import history, selectors
+from . import history, notifications, selectors
 from .models import Annotation, Assignment, IterationMetric, LabelerProfile, Project, QueryBatch
 from . import workflow
 from .services import _assign_first_labels, release_open_work
@@ -172,6 +172,7 @@ def _persist(snap: _Snapshot, plan: engine.Plan) -> str:
         if not selectors.batch_is_complete(batch):
             return "noop: batch changed meanwhile"
         newly_blocked = _save_trust(plan, project=project)
+        notifications.after_commit(project=project, events=plan.events)  # staff are mailed once this commits
         for uid in sorted(newly_blocked):  # their open work elsewhere goes to others
             transaction.on_commit(lambda uid=uid: _release_after_commit(uid))
         if plan.rounds:

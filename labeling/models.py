@@ -449,3 +449,17 @@ class DiscardedAnnotation(models.Model):
 
     def __str__(self) -> str:
         return f"discarded annotation {self.annotation_id}"
+
+
+class TrustNoticeSeen(models.Model):
+    """Up to when a staff member has seen the notices of labelers flagged or suspended by the rules
+    (the banner on the staff pages lists the newer ones)."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    seen_until = models.DateTimeField()
+
+    class Meta:
+        app_label = "trust"
+
+    def __str__(self) -> str:
+        return f"{self.user} saw trust notices until {self.seen_until:%Y-%m-%d %H:%M}"

@@ -8,6 +8,7 @@ app_name = "labeling"
 urlpatterns = [
     path("projects/<int:project_id>/annotate/", views.annotate, name="annotate"),
     path("assignments/<int:assignment_id>/image", views.assignment_image, name="assignment-image"),
+    path("staff/notices/seen/", views.staff_notices_seen, name="staff-notices-seen"),
     path("staff/projects/new/", views.staff_project_new, name="staff-project-new"),
     path("staff/projects/<int:project_id>/", views.staff_project, name="staff-project"),
     path("staff/projects/<int:project_id>/settings/", views.staff_project_settings, name="staff-project-settings"),

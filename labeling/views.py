@@ -10,6 +10,8 @@ from django.db import connection
 from django.http import FileResponse, Http404, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
+from django.utils.dateparse import parse_datetime
+from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.safestring import mark_safe
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
@@ -17,7 +19,8 @@ from django.views.decorators.http import require_GET, require_POST
 from learner import selectors as learner_selectors
 from learner.live import LiveConfig
 
-from . import config_fields, importers, project_settings, selectors, services, workflow
+from . import (config_fields, importers, notice_selectors, notifications, project_settings, selectors, services,
+               workflow)
 from .access import staff_only
 from .charts import accuracy_svg
 from .forms import ImportForm, InstructionsForm, ProjectForm, SettingsForm
@@ -32,6 +35,7 @@ def home(request):
     rows = [{"project": p, "progress": selectors.progress_for(user, p)} for p in projects]
     return render(request, "home.html", {
         "worker_status": learner_selectors.worker_status() if user.is_staff else None,
+        "notices": notice_selectors.trust_notices(user) if user.is_staff else None,
         "rows": rows, "is_annotator": selectors.is_annotator(user),
     })
 
@@ -102,7 +106,7 @@ def _settings_form(project: Project, data=None) -> SettingsForm:
                         finished=project.state == Project.State.FINISHED)
 
 
-def _staff_context(project: Project, *, import_form=None, report=None, settings_form=None,
+def _staff_context(project: Project, *, user=None, import_form=None, report=None, settings_form=None,
                    instructions_form=None) -> dict:
     metrics = selectors.metric_history(project)
     n_items = selectors.item_count(project)
@@ -116,13 +120,26 @@ def _staff_context(project: Project, *, import_form=None, report=None, settings_
         "instructions_form": instructions_form or InstructionsForm(initial={"description": project.description}),
         "pool_fit": config_fields.pool_fit(project.live_config, n_items),
         "live_editable": [config_fields.FIELDS[k].label for k in config_fields.LIVE_EDITABLE],
+        "notices": notice_selectors.trust_notices(user, project=project) if user is not None else None,
     }
 
 
 @staff_only
 def staff_project(request, project_id: int):
     project = get_object_or_404(Project, pk=project_id)
-    return render(request, "labeling/staff_project.html", _staff_context(project))
+    return render(request, "labeling/staff_project.html", _staff_context(project, user=request.user))
+
+
+@staff_only
+@require_POST
+def staff_notices_seen(request):
+    """The staff member has seen the flag and suspension notices up to the time the page showed."""
+    until = parse_datetime(request.POST.get("until") or "")
+    notifications.mark_seen(user=request.user, until=until if until and until.tzinfo else None)
+    target = request.POST.get("next") or ""
+    if not url_has_allowed_host_and_scheme(target, allowed_hosts={request.get_host()}, require_https=request.is_secure()):
+        target = reverse("home")
+    return redirect(target)
 
 
 @staff_only
@@ -142,7 +159,8 @@ def staff_project_settings(request, project_id: int):
             messages.success(request, "Settings saved.")
             return redirect(reverse("labeling:staff-project", args=[project.pk]) + "#settings")
     return render(request, "labeling/staff_project.html",
-                  _staff_context(project, settings_form=settings_form, instructions_form=instructions_form),
+                  _staff_context(project, user=request.user, settings_form=settings_form,
+                                 instructions_form=instructions_form),
                   status=400)
 
 
@@ -169,7 +187,8 @@ def staff_project_import(request, project_id: int):
             (messages.success if report.ok else messages.error)(request, report.summary())
             if report.ok and not report.errors and not report.skipped:
                 return redirect("labeling:staff-project", project_id=project.pk)
-    return render(request, "labeling/staff_project.html", _staff_context(project, import_form=form, report=report),
+    return render(request, "labeling/staff_project.html",
+                  _staff_context(project, user=request.user, import_form=form, report=report),
                   status=200 if report is not None and report.ok else 400)
 
 

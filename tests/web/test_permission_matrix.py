@@ -179,6 +179,8 @@ CASES = [
     Case("labeling/staff/projects/<int:project_id>/", "GET", (LOGIN, 403, 403, 200), P),
     Case("labeling/staff/projects/<int:project_id>/import/", "POST", (LOGIN, 403, 403, 400), P,
          data={"dataset": "digits"}),
+    Case("labeling/staff/notices/seen/", "POST", (LOGIN, 403, 403, 302), data={"until": "2020-01-01T00:00:00+00:00"}),
+    Case("labeling/staff/notices/seen/", "GET", (LOGIN, 403, 403, 405)),
     Case("labeling/staff/projects/<int:project_id>/settings/", "POST", (LOGIN, 403, 403, 302), P,
          data={"budget": "50", "description": "instructions"}),
     Case("labeling/staff/projects/<int:project_id>/start/", "POST", (LOGIN, 403, 403, 302), P),
