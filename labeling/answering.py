@@ -159,7 +159,7 @@ def _answer_in_one_statement(user, assignment_id: int, label, seconds: float | N
     general path writes. Returns None, having written nothing, when the assignment is not the
     user's, not open, its batch or project not taking answers, or the label not a class index.
     """
-    if type(label) is not int or label < 0 or not 0 < assignment_id < 2**63:
+    if type(label) is not int or not 0 <= label < 2**15 or not 0 < assignment_id < 2**63:  # label: smallint
         return None
     now = timezone.now()
     params = {"aid": assignment_id, "uid": user.pk, "label": label, "seconds": seconds, "now": now,

@@ -86,6 +86,18 @@ def test_api_paths_that_match_no_route_answer_json_404(path, world):
     assert json.loads(r.content)["detail"].startswith("Not found")
 
 
+@pytest.mark.parametrize("label", [40000, 2**31, 2**62])
+def test_a_label_beyond_smallint_is_refused_with_a_reason(world, label):
+    """PostgreSQL's one-statement answer bound such a label as an integer wider than the column: 500."""
+    from labeling.models import Assignment
+
+    asg = Assignment.objects.filter(labeler__username="fuzz_ann_a", status=Assignment.Status.OPEN).first()
+    r = Client().post(f"/api/labeling/assignments/{asg.pk}/annotation/", {"label": label},
+                      content_type="application/json",
+                      HTTP_AUTHORIZATION=world["headers"]["annotator"]["Authorization"])
+    assert r.status_code == 400 and "label" in r.json()["detail"], r.content
+
+
 def test_pages_keep_the_html_404(world):
     r = Client().get("/labeling/nothing-here/")
     assert r.status_code == 404 and r["Content-Type"].startswith("text/html")
