@@ -16,7 +16,7 @@ from django.db import IntegrityError, OperationalError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from . import selectors, workflow
+from . import queue, selectors, workflow
 from .db import prepared_cursor
 from .models import Annotation, Assignment, LabelerProfile, Project, QueryBatch
 from .workflow import Conflict, InvalidInput, NotFound, loop_delay_seconds, undo_seconds
@@ -28,27 +28,8 @@ from .workflow import Conflict, InvalidInput, NotFound, loop_delay_seconds, undo
 
 
 def next_assignment(*, user, project: Project | None = None) -> Assignment | None:
-    """The user's next open assignment; claims a paused one when they have none."""
-    asg = selectors.next_assignment_for(user, project)
-    if asg is not None or user.pk not in set(selectors.eligible_labelers()):
-        return asg
-    paused = (Assignment.objects.filter(status=Assignment.Status.PAUSED, labeler__isnull=True,
-                                        batch__closed_at__isnull=True, batch__project__state=Project.State.LABELING,
-                                        batch__project__paused_at__isnull=True)
-              .exclude(original_labeler=user).order_by("id"))
-    if project is not None:
-        paused = paused.filter(batch__project=project)
-    for candidate in paused[:50]:
-        with transaction.atomic():
-            Project.objects.select_for_update().get(pk=candidate.batch.project_id)
-            asg = Assignment.objects.select_for_update().filter(pk=candidate.pk, status=Assignment.Status.PAUSED,
-                                                                labeler__isnull=True).first()
-            if asg is None or Assignment.objects.filter(item=asg.item_id, batch=asg.batch_id, labeler=user).exists():
-                continue
-            asg.labeler, asg.status = user, Assignment.Status.OPEN
-            asg.save(update_fields=["labeler", "status"])
-        return selectors.next_assignment_for(user, project)
-    return None
+    """The item the user should label now: their current claim, or a new one from the shared queue."""
+    return queue.next_work(user=user, project=project).current
 
 
 @functools.cache
@@ -72,7 +53,7 @@ def _answer_sql(vendor: str) -> dict[str, str]:
         "assignment": (f"SELECT a.*, b.project_id AS batch_project_id, b.closed_at IS NOT NULL AS batch_closed, "
                        f"b.frozen_at IS NOT NULL AS batch_frozen FROM {a} a JOIN {b} b ON b.id = a.batch_id "
                        "WHERE a.id = %s AND a.labeler_id = %s" + (" FOR NO KEY UPDATE OF a" if locks else "")),
-        "open_left": f"SELECT EXISTS(SELECT 1 FROM {a} WHERE batch_id = %s AND status IN (%s, %s))",
+        "open_left": f"SELECT EXISTS(SELECT 1 FROM {a} WHERE batch_id = %s AND status IN (%s, %s))",  # open, queued
         "mark": f"UPDATE {a} SET status = %s, completed_at = %s WHERE id = %s",
         "count_label": (f"UPDATE {q(LabelerProfile._meta.db_table)} SET labels_given = labels_given + 1 "
                         "WHERE user_id = %s"),
@@ -143,7 +124,7 @@ WITH prj AS MATERIALIZED (
     WHERE user_id = %(uid)s AND EXISTS (SELECT 1 FROM mark) RETURNING user_id
 ), other_open AS MATERIALIZED (
     SELECT o.id FROM {a} o JOIN asg ON o.batch_id = asg.batch_id
-    WHERE o.status IN (%(open)s, %(paused)s) AND o.id <> asg.id LIMIT 1 FOR SHARE OF o SKIP LOCKED
+    WHERE o.status IN (%(open)s, %(queued)s) AND o.id <> asg.id LIMIT 1 FOR SHARE OF o SKIP LOCKED
 )
 SELECT ins.id, prj.id, asg.batch_id, EXISTS (SELECT 1 FROM other_open), (SELECT count(*) FROM counted)
 FROM ins JOIN asg ON asg.id = ins.assignment_id CROSS JOIN prj
@@ -163,7 +144,7 @@ def _answer_in_one_statement(user, assignment_id: int, label, seconds: float | N
         return None
     now = timezone.now()
     params = {"aid": assignment_id, "uid": user.pk, "label": label, "seconds": seconds, "now": now,
-              "open": Assignment.Status.OPEN.value, "paused": Assignment.Status.PAUSED.value,
+              "open": Assignment.Status.OPEN.value, "queued": Assignment.Status.QUEUED.value,
               "done": Assignment.Status.DONE.value, "labeling": Project.State.LABELING.value}
     # No BEGIN/COMMIT of our own: a single statement is atomic, and in autocommit it commits at
     # once (inside a caller's transaction it simply joins it).
@@ -184,10 +165,10 @@ def _answer_in_one_statement(user, assignment_id: int, label, seconds: float | N
 
 
 def _batch_has_open_work(batch_id: int) -> bool:
-    """Whether an assignment of the batch is open or waiting for a labeler (a cheap EXISTS)."""
+    """Whether an assignment of the batch is claimed or waiting in the queue (a cheap EXISTS)."""
     with connection.cursor() as cursor:
         cursor.execute(_answer_sql(connection.vendor)["open_left"],
-                       [batch_id, Assignment.Status.OPEN.value, Assignment.Status.PAUSED.value])
+                       [batch_id, Assignment.Status.OPEN.value, Assignment.Status.QUEUED.value])
         return bool(cursor.fetchone()[0])
 
 
@@ -286,7 +267,13 @@ def submit_annotation(*, user, assignment_id: int, label, seconds: float | None 
 
 
 def skip_assignment(*, user, assignment_id: int) -> Assignment:
-    """Skip an item (it returns to the pool). Skipping a skipped assignment is harmless."""
+    """Skip an item: it goes back to the queue for someone else. Skipping twice is harmless.
+
+    The skipped assignment stays as a record (``skipped``, with the user's name, so the queue never
+    hands them that item again in this batch) and a new queued slot takes its place
+    (``requeued_as``), unless no other eligible member could label it: then the item leaves the
+    batch (it returns to the pool, where the strategy may pick it again).
+    """
     with transaction.atomic():
         project, asg = _lock_assignment(user, assignment_id)
         if asg.status == Assignment.Status.SKIPPED:
@@ -294,7 +281,12 @@ def skip_assignment(*, user, assignment_id: int) -> Assignment:
         if asg.status != Assignment.Status.OPEN:
             raise Conflict(f"this assignment is {asg.status}")
         _check_answerable(project, asg)
-        _mark(asg, Assignment.Status.SKIPPED)
+        asg.status, asg.completed_at, asg.lease_until, asg.prefetched = (
+            Assignment.Status.SKIPPED, timezone.now(), None, False)
+        asg.save(update_fields=["status", "completed_at", "lease_until", "prefetched"])
+        if queue.someone_else_may_take(asg, user, project):
+            asg.requeued_as = queue.requeue(asg)
+            asg.save(update_fields=["requeued_as"])
         _after_progress(project, asg.batch_id)
     return asg
 
@@ -362,7 +354,11 @@ def _start_update(project: Project, batch: QueryBatch) -> bool:
 
 
 def undo(*, user, assignment_id: int | None = None) -> Assignment:
-    """Take back the user's last answer (or skip) within the undo window while the batch is open."""
+    """Take back the user's last answer (or skip) within the undo window while the batch is open.
+
+    The item is theirs again (a fresh claim). Undoing a skip takes its item back from the queue,
+    unless someone else claimed it meanwhile (then the skip stands: 409).
+    """
     since = timezone.now() - timedelta(seconds=undo_seconds())
     if assignment_id is None:
         last = selectors.last_undoable(user, since=since)
@@ -380,8 +376,15 @@ def undo(*, user, assignment_id: int | None = None) -> Assignment:
         if asg.status == Assignment.Status.DONE:
             Annotation.objects.filter(assignment=asg).delete()
             LabelerProfile.objects.filter(user=user, labels_given__gt=0).update(labels_given=F("labels_given") - 1)
-        asg.status, asg.completed_at = Assignment.Status.OPEN, None
-        asg.save(update_fields=["status", "completed_at"])
+        elif asg.requeued_as_id is not None:
+            copy = Assignment.objects.select_for_update().filter(pk=asg.requeued_as_id).first()
+            if copy is not None and copy.status != Assignment.Status.QUEUED:
+                raise Conflict("too late to undo the skip: someone else is already labeling this image")
+            if copy is not None:
+                copy.delete()
+        asg.status, asg.completed_at, asg.requeued_as = Assignment.Status.OPEN, None, None
+        asg.lease_until, asg.prefetched = timezone.now() + timedelta(seconds=queue.lease_seconds()), False
+        asg.save(update_fields=["status", "completed_at", "requeued_as", "lease_until", "prefetched"])
         if project.state == Project.State.UPDATING:
             workflow.transition(project, Project.State.LABELING)
             project.save(update_fields=["state", "updated_at"])

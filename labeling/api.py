@@ -19,7 +19,7 @@ from rest_framework.fields import DateTimeField
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from . import answering, selectors, workflow
+from . import answering, queue, selectors, workflow
 from .models import Project
 from .permissions import IsAnnotator, IsStaff
 from .serializers import (AnnotationOutSerializer, AnswerInSerializer, AssignmentOutSerializer, MetricSerializer,
@@ -62,8 +62,11 @@ class NextAssignmentView(APIView):
     permission_classes = [IsAnnotator]
 
     @extend_schema(
-        summary="Your next assignment",
-        parameters=[OpenApiParameter("project", int, required=False, description="Only this project.")],
+        summary="Your next assignment (claimed from the project's shared queue)",
+        parameters=[OpenApiParameter("project", int, required=False, description="Only this project."),
+                    OpenApiParameter("prefetch", bool, required=False,
+                                     description="Also hold the next item (``upcoming``) so its image can be loaded "
+                                                 "ahead; anyone who runs out of work may take it over.")],
         responses=NextOutSerializer,
     )
     def get(self, request):
@@ -73,30 +76,36 @@ class NextAssignmentView(APIView):
                 project = _project_or_404(request, int(request.query_params["project"]))
             except ValueError:
                 return Response({"detail": "project must be an integer id"}, status=400)
-        asg = answering.next_assignment(user=request.user, project=project)
+        prefetch = request.query_params.get("prefetch", "").lower() in ("1", "true", "yes")
+        work = queue.next_work(user=request.user, project=project, prefetch=prefetch)
+        asg = work.current
         if asg is not None:
-            project = asg.batch.project
-        state = project.state if project else None
-        standing = selectors.labeler_standing(request.user)
-        if asg is not None:
-            message = ""
-        elif standing == "suspended":
-            message = "Your account is paused for a review by the project staff; please contact them."
-        elif standing == "flagged":
-            message = ("Other annotators are double-checking some of your recent answers. New work comes back "
-                       "when the check is done; nothing you did is lost.")
-        elif project is not None and project.is_paused and state != Project.State.FINISHED:
-            message = "The project staff paused this project; work comes back when they resume it."
-        elif state == Project.State.UPDATING:
-            message = "The model is updating; new work will appear shortly."
-        elif state == Project.State.FINISHED:
-            message = "This project is finished. Thank you!"
-        else:
-            message = "Nothing to label right now. Waiting for the others to finish this batch."
+            project = work.project
         return Response(NextOutSerializer({
-            "assignment": asg, "project_state": state,
-            "progress": selectors.progress_for(request.user, project) if project else None, "message": message,
+            "assignment": asg, "upcoming": work.upcoming, "project_state": project.state if project else None,
+            "progress": selectors.progress_for(request.user, project) if project else None,
+            "message": "" if asg is not None else _no_work_message(request.user, project),
         }).data)
+
+
+def _no_work_message(user, project: Project | None) -> str:
+    standing = selectors.labeler_standing(user)
+    state = project.state if project else None
+    if standing == "suspended":
+        return "Your account is paused for a review by the project staff; please contact them."
+    if standing == "flagged":
+        return ("Other annotators are double-checking some of your recent answers. New work comes back "
+                "when the check is done; nothing you did is lost.")
+    if project is not None and project.is_paused and state != Project.State.FINISHED:
+        return "The project staff paused this project; work comes back when they resume it."
+    if state == Project.State.UPDATING:
+        return "The model is updating; new work will appear shortly."
+    if state == Project.State.FINISHED:
+        return "This project is finished. Thank you!"
+    if project is not None and not user.is_staff and not selectors.may_claim(user, project):
+        return "You are not among this project's annotators (any more); the project staff choose who labels it."
+    return ("Nothing to label right now: every image of this batch is taken. New work comes when the batch "
+            "is done, or when someone else's time on an image runs out.")
 
 
 class AnswerView(APIView):
@@ -152,7 +161,7 @@ def annotation_payload(annotation) -> dict:
 class SkipView(APIView):
     permission_classes = [IsAnnotator]
 
-    @extend_schema(summary="Skip an assignment (the item returns to the pool)", request=None,
+    @extend_schema(summary="Skip an assignment (the item returns to the queue for someone else)", request=None,
                    responses=AssignmentOutSerializer)
     def post(self, request, assignment_id: int):
         try:

@@ -1,7 +1,7 @@
 """JSON API of the labeling app (mounted at /api/labeling/)."""
 from django.urls import path
 
-from . import api, staff_api
+from . import api, api_members, staff_api
 
 app_name = "labeling-api"
 
@@ -13,6 +13,7 @@ urlpatterns = [
     path("projects/<int:project_id>/status/", api.ProjectStatusView.as_view(), name="status"),
     path("projects/<int:project_id>/metrics/", api.ProjectMetricsView.as_view(), name="metrics"),
     path("projects/<int:project_id>/export/<str:kind>.<str:fmt>", api.ExportView.as_view(), name="export"),
+    path("projects/<int:project_id>/members/", api_members.ProjectMembersView.as_view(), name="project-members"),
     # staff: script a project (labeling/staff_api.py)
     path("projects/", staff_api.ProjectsView.as_view(), name="projects"),
     path("projects/<int:project_id>/", staff_api.ProjectDetailView.as_view(), name="project"),

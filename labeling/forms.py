@@ -196,3 +196,19 @@ class ImportForm(forms.Form):
             raise forms.ValidationError("give exactly one source: a zip upload, a server folder or a data set")
         return data
 
+
+class MembersForm(forms.Form):
+    """The project's annotators (only they are handed its work)."""
+
+    members = forms.ModelMultipleChoiceField(
+        queryset=None, required=False, widget=forms.CheckboxSelectMultiple, label="Annotators of this project",
+        help_text="Only members are handed the project's images. Someone removed gives back the images they hold; "
+                  "their answers stay.")
+
+    def __init__(self, *args, project, **kwargs):
+        from . import selectors
+
+        super().__init__(*args, **kwargs)
+        self.fields["members"].queryset = selectors.annotators().order_by("username")
+        if not self.is_bound:
+            self.initial["members"] = list(project.members.values_list("pk", flat=True))

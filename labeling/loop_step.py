@@ -61,7 +61,7 @@ def engine_state(project: Project, batch: QueryBatch) -> tuple[engine.EngineStat
     first_labels: dict[int, list[tuple[int, int]]] = {}
     for uid, index, label in firsts:
         first_labels.setdefault(int(uid), []).append((int(index), int(label)))
-    crowd = [int(u) for u in selectors.annotators().order_by("id").values_list("id", flat=True)]
+    crowd = [int(u) for u in selectors.member_ids(project)]
     people = set(crowd) | set(first_labels) | {int(u) for u in pool.labeler_of if u >= 0}
     profiles = {p.user_id: p for p in LabelerProfile.objects.filter(user_id__in=people)}
     trust = {uid: _trust_of(profiles.get(uid), project) for uid in sorted(people)}
@@ -196,9 +196,10 @@ def _persist(snap: _Snapshot, plan: engine.Plan) -> str:
             project.stop_reason = plan.stop
             project.save(update_fields=["state", "stop_reason", "loop_error", "updated_at"])
             return f"finished: {plan.stop}"
-        nxt = QueryBatch.objects.create(project=project, iteration=batch.iteration + 1, strategy=snap.cfg.strategy)
+        nxt = QueryBatch.objects.create(project=project, iteration=batch.iteration + 1, strategy=snap.cfg.strategy,
+                                        bought_before=selectors.labels_bought(project))
         items = {i.index: i for i in project.items.filter(index__in=plan.next_items)}
-        _assign_first_labels(nxt, [items[k] for k in plan.next_items], plan.assignees)
+        _assign_first_labels(nxt, [items[k] for k in plan.next_items])  # queued: whoever asks first labels them
         project.iteration = nxt.iteration
         workflow.transition(project, Project.State.LABELING)
         project.save(update_fields=["state", "iteration", "loop_error", "updated_at"])
@@ -233,13 +234,14 @@ def _save_trust(plan: engine.Plan, *, project: Project) -> set[int]:
 
 
 def _open_reannotation(batch: QueryBatch, requests: list[engine.Request]) -> int:
-    """The plan's new voters of each round, never the original labeler (the DB refuses that too)."""
+    """One queued slot per new voter of each round; the queue hands them to distinct members,
+    never the original labeler (the database refuses that too)."""
     items = {i.index: i for i in batch.project.items.filter(index__in=[r.item for r in requests])}
     created = 0
     for req in requests:
-        made = [Assignment.objects.create(item=items[req.item], batch=batch, labeler_id=voter,
-                                          original_labeler_id=req.original, kind=Assignment.Kind.REANNOTATION)
-                for voter in req.new_voters]
+        made = [Assignment.objects.create(item=items[req.item], batch=batch, original_labeler_id=req.original,
+                                          kind=Assignment.Kind.REANNOTATION, status=Assignment.Status.QUEUED)
+                for _ in req.new_voters]
         created += len(made)
         history.open_round(batch=batch, item=items[req.item], original_labeler_id=req.original,
                                   assignments=made)

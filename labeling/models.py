@@ -3,8 +3,11 @@
 Models hold data and invariants only; writes go through ``labeling/services.py`` and reads
 through ``labeling/selectors.py``. The invariants the database itself enforces:
 
-* an item gets at most one *first label* assignment per batch, and a labeler at most one
-  assignment per item and batch;
+* an item gets at most one live *first label* assignment per batch (a skipped one is a record and
+  does not count), and a labeler at most one assignment per item and batch, so nobody gets an
+  item twice in a batch (a skip record keeps its labeler: they are not handed that item again);
+* an assignment waits in the shared queue exactly when nobody holds it (``queued`` <=> no
+  labeler), and a claim (``open``) always has a lease;
 * a re-annotation never goes to the item's original labeler (``original_labeler`` is stored on
   the re-annotation and a CHECK constraint compares the two columns);
 * an assignment has at most one annotation (one-to-one), so a double submit cannot create two;
@@ -87,6 +90,10 @@ class Project(models.Model):
                                    on_delete=models.SET_NULL, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
+    members = models.ManyToManyField(settings.AUTH_USER_MODEL, through="ProjectMember",
+                                     through_fields=("project", "user"), related_name="member_projects",
+                                     blank=True, help_text="The annotators staff chose for this project: only they "
+                                                           "are handed its work.")
 
     class Meta:
         ordering = ["-created_at"]
@@ -118,6 +125,23 @@ class Project(models.Model):
     def clean(self) -> None:
         validate_classes(self.classes)
         validate_config(self.config)
+
+
+class ProjectMember(models.Model):
+    """An annotator staff chose for a project (writes: :mod:`labeling.membership`)."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="memberships")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="project_memberships")
+    added_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                 related_name="+")
+    added_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["project", "user"]
+        constraints = [models.UniqueConstraint(fields=["project", "user"], name="labeling_one_membership")]
+
+    def __str__(self) -> str:
+        return f"{self.user} in {self.project}"
 
 
 def item_upload_to(instance: "Item", filename: str) -> str:
@@ -177,6 +201,9 @@ class QueryBatch(models.Model):
     opened_at = models.DateTimeField(auto_now_add=True)
     frozen_at = models.DateTimeField(null=True, blank=True)
     closed_at = models.DateTimeField(null=True, blank=True)
+    bought_before = models.PositiveIntegerField(null=True, blank=True,
+                                                help_text="Labels bought before the batch opened (progress adds "
+                                                          "the batch's own answers instead of counting the project).")
 
     class Meta:
         ordering = ["project", "iteration"]
@@ -196,10 +223,13 @@ class QueryBatch(models.Model):
 
 
 class Assignment(models.Model):
-    """One item for one labeler in one batch.
+    """One item to be labeled once in one batch: a slot of the batch's shared queue.
 
-    ``paused``: nobody eligible holds it right now (e.g. its labeler was suspended and no one
-    else was free); the next eligible labeler who asks for work claims it.
+    ``queued``: waiting for a labeler (no labeler). Someone who asks for work claims the first
+    queued slot they may label (:mod:`labeling.queue`): it becomes ``open`` with their name and a
+    lease; after the lease anyone eligible may take it over (the holder may answer until then).
+    ``done``: answered. ``skipped``: a record that this labeler skipped it; the item went back to
+    the queue as a new slot (``requeued_as``) unless nobody else could label it.
     """
 
     class Kind(models.TextChoices):
@@ -208,20 +238,31 @@ class Assignment(models.Model):
         SECURED = "secured", "secured set"
 
     class Status(models.TextChoices):
-        OPEN = "open", "open"
+        QUEUED = "queued", "waiting for a labeler"
+        OPEN = "open", "claimed"
         DONE = "done", "done"
         SKIPPED = "skipped", "skipped"
-        PAUSED = "paused", "paused"
 
     item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="assignments")
     batch = models.ForeignKey(QueryBatch, on_delete=models.CASCADE, related_name="assignments")
     labeler = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT,
-                                related_name="labeling_assignments")
+                                related_name="labeling_assignments",
+                                help_text="Who claimed it (empty while it waits in the queue).")
     original_labeler = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
                                          on_delete=models.PROTECT, related_name="+",
-                                         help_text="Re-annotations: who gave the label under review.")
+                                         help_text="Who may never take it: re-annotations, the labeler whose label "
+                                                   "is under review; re-queued first labels, the one whose label "
+                                                   "was discarded.")
     kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.FIRST_LABEL)
-    status = models.CharField(max_length=16, choices=Status.choices, default=Status.OPEN)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    lease_until = models.DateTimeField(null=True, blank=True,
+                                       help_text="End of the claim: then anyone eligible may take it over.")
+    prefetched = models.BooleanField(default=False,
+                                     help_text="Claimed ahead so the page can preload the image; anyone who runs "
+                                               "out of work may take it over.")
+    requeued_as = models.OneToOneField("self", null=True, blank=True, on_delete=models.SET_NULL,
+                                       related_name="requeued_from",
+                                       help_text="A skip: the slot that put the item back in the queue.")
     created_at = models.DateTimeField(auto_now_add=True)
     completed_at = models.DateTimeField(null=True, blank=True)
 
@@ -229,12 +270,15 @@ class Assignment(models.Model):
         ordering = ["batch", "id"]
         indexes = [
             models.Index(fields=["labeler", "status"], name="labeling_asg_labeler_status"),
-            # batch completion (any open/paused left?) and progress counts on the answer path
+            # batch completion (any queued/open left?) and progress counts
             models.Index(fields=["batch", "status"], name="labeling_asg_batch_status"),
             models.Index(fields=["batch", "labeler", "status"], name="labeling_asg_batch_lab_status"),
+            # the shared queue: the next waiting slot in the batch's order, and expired claims
+            models.Index(fields=["batch", "id"], condition=Q(status="queued"), name="labeling_asg_queue"),
+            models.Index(fields=["batch", "lease_until"], condition=Q(status="open"), name="labeling_asg_claims"),
         ]
         constraints = [
-            models.UniqueConstraint(fields=["item", "batch"], condition=Q(kind="first_label"),
+            models.UniqueConstraint(fields=["item", "batch"], condition=Q(kind="first_label") & ~Q(status="skipped"),
                                     name="labeling_one_first_label_per_item_batch"),
             models.UniqueConstraint(fields=["item", "batch", "labeler"],
                                     name="labeling_one_assignment_per_labeler_item_batch"),
@@ -242,9 +286,12 @@ class Assignment(models.Model):
                                    name="labeling_reannotation_has_original"),
             models.CheckConstraint(condition=~Q(labeler=F("original_labeler")),
                                    name="labeling_reannotation_not_original_labeler"),
-            models.CheckConstraint(condition=Q(labeler__isnull=False) | Q(status="paused"),
-                                   name="labeling_unowned_assignment_is_paused"),
-            models.CheckConstraint(condition=Q(status__in=["open", "done", "skipped", "paused"]),
+            models.CheckConstraint(condition=(Q(status="queued") & Q(labeler__isnull=True))
+                                   | (~Q(status="queued") & Q(labeler__isnull=False)),
+                                   name="labeling_queued_iff_unclaimed"),
+            models.CheckConstraint(condition=~Q(status="open") | Q(lease_until__isnull=False),
+                                   name="labeling_claim_has_lease"),
+            models.CheckConstraint(condition=Q(status__in=["queued", "open", "done", "skipped"]),
                                    name="labeling_assignment_status_valid"),
         ]
 

@@ -11,7 +11,7 @@ from django.db.models import Count, Q, QuerySet
 from learner.engine import secured_label
 
 from .models import (ANNOTATORS_GROUP, Annotation, Assignment, Item, IterationMetric, LabelerProfile, Project,
-                     QueryBatch, ReannotationRound)
+                     ProjectMember, QueryBatch, ReannotationRound)
 
 User = get_user_model()
 
@@ -30,15 +30,29 @@ def annotators() -> QuerySet:
     return User.objects.filter(groups__name=ANNOTATORS_GROUP, is_active=True).distinct()
 
 
-def eligible_labelers() -> list[int]:
-    """Ids of annotators who may get new work: active, not suspended, not flagged.
+def member_ids(project: Project) -> list[int]:
+    """The project's members who can work (active annotators), by id: the loop's crowd."""
+    return list(annotators().filter(project_memberships__project=project).order_by("id").values_list("id", flat=True))
 
-    When every annotator is flagged, flagged ones are used rather than none (as the simulator
+
+def eligible_labelers(project: Project) -> list[int]:
+    """Members who may get new work in ``project``: active, not suspended, not flagged.
+
+    When every member is flagged, flagged ones are used rather than none (as the loop engine
     does); suspended annotators never get work.
     """
-    base = annotators().exclude(labeler_profile__is_suspended=True)
+    base = annotators().filter(project_memberships__project=project).exclude(labeler_profile__is_suspended=True)
     ids = list(base.exclude(labeler_profile__is_flagged=True).order_by("id").values_list("id", flat=True))
     return ids or list(base.order_by("id").values_list("id", flat=True))
+
+
+def may_claim(user, project: Project) -> bool:
+    """Whether ``user`` may claim new work in ``project`` (:func:`eligible_labelers`, for one user)."""
+    row = (ProjectMember.objects.filter(project=project, user=user, user__is_active=True)
+           .values_list("user__labeler_profile__is_suspended", "user__labeler_profile__is_flagged").first())
+    if row is None or row[0]:
+        return False
+    return not row[1] or user.pk in eligible_labelers(project)
 
 
 def labeler_standing(user) -> str:
@@ -47,13 +61,6 @@ def labeler_standing(user) -> str:
     if row is None:
         return "active"
     return "suspended" if row[0] else "flagged" if row[1] else "active"
-
-
-def open_load(batch: QueryBatch) -> dict[int, int]:
-    """Open assignments per labeler in ``batch`` (for balancing)."""
-    rows = (Assignment.objects.filter(batch=batch, status=Assignment.Status.OPEN, labeler__isnull=False)
-            .values("labeler_id").annotate(n=Count("id")))
-    return {r["labeler_id"]: r["n"] for r in rows}
 
 
 def labeler_weights() -> dict[int, float]:
@@ -70,14 +77,15 @@ def suspended_ids() -> set[int]:
 
 
 def project_list_for(user) -> QuerySet:
-    """Staff: every project. Annotators: projects in which they have (or had) assignments."""
+    """Staff: every project. Annotators: projects they are members of or have had work in."""
     if user.is_staff:
         return Project.objects.all()
-    return Project.objects.filter(batches__assignments__labeler=user).distinct()
+    return Project.objects.filter(Q(memberships__user=user) | Q(batches__assignments__labeler=user)).distinct()
 
 
 def project_visible_to(user, project: Project) -> bool:
-    return user.is_staff or Assignment.objects.filter(batch__project=project, labeler=user).exists()
+    return (user.is_staff or ProjectMember.objects.filter(project=project, user=user).exists()
+            or Assignment.objects.filter(batch__project=project, labeler=user).exists())
 
 
 def open_batch(project: Project) -> QueryBatch | None:
@@ -85,19 +93,31 @@ def open_batch(project: Project) -> QueryBatch | None:
 
 
 def batch_is_complete(batch: QueryBatch) -> bool:
-    """True when no assignment of the batch is open or waiting for a labeler."""
-    return not batch.assignments.filter(status__in=[Assignment.Status.OPEN, Assignment.Status.PAUSED]).exists()
+    """True when no assignment of the batch waits in the queue or is claimed."""
+    return not batch.assignments.filter(status__in=[Assignment.Status.QUEUED, Assignment.Status.OPEN]).exists()
 
 
-def next_assignment_for(user, project: Project | None = None) -> Assignment | None:
-    """The user's oldest open assignment in a project that is labeling and not paused (optionally one project)."""
-    qs = Assignment.objects.filter(
-        labeler=user, status=Assignment.Status.OPEN, batch__closed_at__isnull=True,
-        batch__project__state=Project.State.LABELING, batch__project__paused_at__isnull=True,  # staff pause
-    ).select_related("batch", "batch__project", "item")
-    if project is not None:
-        qs = qs.filter(batch__project=project)
-    return qs.order_by("batch__project_id", "id").first()
+# --------------------------------------------------------------------------------------
+# The work queue (writes: labeling.queue)
+# --------------------------------------------------------------------------------------
+
+
+def claimable_projects(user) -> list[Project]:
+    """Projects whose work ``user`` may be handed now: member, labeling, not paused by staff."""
+    return list(Project.objects.filter(memberships__user=user, state=Project.State.LABELING,
+                                       paused_at__isnull=True).order_by("id"))
+
+
+def held_claims(user, batch_id: int) -> list[Assignment]:
+    """The user's claims in one batch: the one on screen first (not prefetched, latest lease)."""
+    return list(Assignment.objects.filter(labeler=user, status=Assignment.Status.OPEN, batch_id=batch_id)
+                .select_related("batch", "batch__project", "item").order_by("prefetched", "-lease_until", "id"))
+
+
+def item_holders(assignment: Assignment) -> set[int]:
+    """Everyone who has (or had: answered, skipped) a slot of the same item in the same batch."""
+    return set(Assignment.objects.filter(item=assignment.item_id, batch=assignment.batch_id, labeler__isnull=False)
+               .values_list("labeler_id", flat=True))
 
 
 def assignment_for_user(user, assignment_id: int) -> Assignment | None:
@@ -107,18 +127,21 @@ def assignment_for_user(user, assignment_id: int) -> Assignment | None:
 
 
 def progress_for(user, project: Project) -> dict:
-    """The user's progress in the open batch, and the batch's overall progress (no one's labels)."""
+    """The open batch's progress and the project's budget (nobody's share: the queue is shared).
+
+    One indexed count per call (``GROUP BY status`` on the batch's (batch, status) index): the
+    batch's items done and still to do, and the labels bought so far (those before the batch,
+    stored when it opened, plus the batch's own answers).
+    """
+    budget = (project.config or {}).get("budget")
     batch = open_batch(project)
     if batch is None:
-        return {"done": 0, "total": 0, "batch_done": 0, "batch_total": 0}
-    counts = batch.assignments.aggregate(
-        total=Count("id"),
-        done=Count("id", filter=Q(status__in=[Assignment.Status.DONE, Assignment.Status.SKIPPED])),
-        mine=Count("id", filter=Q(labeler=user)),
-        mine_done=Count("id", filter=Q(labeler=user, status__in=[Assignment.Status.DONE, Assignment.Status.SKIPPED])),
-    )
-    return {"done": counts["mine_done"], "total": counts["mine"],
-            "batch_done": counts["done"], "batch_total": counts["total"]}
+        return {"batch_done": 0, "batch_total": 0, "bought": labels_bought(project), "budget": budget}
+    counts = dict(Assignment.objects.filter(batch=batch).order_by().values_list("status").annotate(n=Count("id")))
+    done = counts.get(Assignment.Status.DONE, 0)
+    total = done + counts.get(Assignment.Status.OPEN, 0) + counts.get(Assignment.Status.QUEUED, 0)
+    bought = batch.bought_before + done if batch.bought_before is not None else labels_bought(project)
+    return {"batch_done": done, "batch_total": total, "bought": bought, "budget": budget}
 
 
 def labels_bought(project: Project) -> int:

@@ -28,10 +28,10 @@ class UndoInSerializer(serializers.Serializer):
 
 
 class ProgressSerializer(serializers.Serializer):
-    done = serializers.IntegerField()
-    total = serializers.IntegerField()
-    batch_done = serializers.IntegerField()
-    batch_total = serializers.IntegerField()
+    batch_done = serializers.IntegerField(help_text="Items of the open batch labeled so far (by anyone).")
+    batch_total = serializers.IntegerField(help_text="Items of the open batch (skipped items that left it aside).")
+    bought = serializers.IntegerField(help_text="Labels bought in the project so far.")
+    budget = serializers.IntegerField(allow_null=True, help_text="The project's label budget (null: none).")
 
 
 class AssignmentOutSerializer(serializers.Serializer):
@@ -46,8 +46,18 @@ class AssignmentOutSerializer(serializers.Serializer):
         return reverse("labeling:assignment-image", args=[obj.pk])
 
 
+class UpcomingSerializer(serializers.Serializer):
+    id = serializers.IntegerField(source="pk")
+    image_url = serializers.SerializerMethodField()
+
+    def get_image_url(self, obj) -> str:
+        return reverse("labeling:assignment-image", args=[obj.pk])
+
+
 class NextOutSerializer(serializers.Serializer):
     assignment = AssignmentOutSerializer(allow_null=True)
+    upcoming = UpcomingSerializer(allow_null=True, required=False,
+                                  help_text="With prefetch: the item after this one (load its image ahead).")
     project_state = serializers.CharField(allow_null=True)
     progress = ProgressSerializer(allow_null=True)
     message = serializers.CharField()

@@ -26,7 +26,7 @@ from django.utils import timezone
 
 from learner import engine, live
 
-from . import answering, selectors, workflow
+from . import answering, queue, selectors, workflow
 from .workflow import Conflict, loop_delay_seconds
 from .models import ANNOTATORS_GROUP, Assignment, Item, LabelerProfile, Project, QueryBatch
 
@@ -51,7 +51,7 @@ def add_annotator(user) -> LabelerProfile:
 
 
 def set_labeler_status(*, user, suspended: bool | None = None, flagged: bool | None = None) -> LabelerProfile:
-    """Suspend/reinstate or flag/unflag a labeler; their open work goes to others when they stop."""
+    """Suspend/reinstate or flag/unflag a labeler; the items they hold return to the queue when they stop."""
     with transaction.atomic():
         profile = ensure_profile(user)
         profile = LabelerProfile.objects.select_for_update().get(pk=profile.pk)
@@ -66,29 +66,8 @@ def set_labeler_status(*, user, suspended: bool | None = None, flagged: bool | N
 
 
 def release_open_work(*, user) -> int:
-    """Hand ``user``'s open assignments in open batches to other eligible labelers (or pause them)."""
-    moved = 0
-    project_ids = (Assignment.objects.filter(labeler=user, status=Assignment.Status.OPEN, batch__closed_at__isnull=True)
-                   .values_list("batch__project_id", flat=True).distinct())
-    for project_id in sorted(set(project_ids)):
-        with transaction.atomic():
-            Project.objects.select_for_update().get(pk=project_id)
-            eligible = [u for u in selectors.eligible_labelers() if u != user.pk]
-            for asg in (Assignment.objects.select_for_update()
-                        .filter(labeler=user, status=Assignment.Status.OPEN, batch__project_id=project_id,
-                                batch__closed_at__isnull=True).order_by("id")):
-                holders = set(Assignment.objects.filter(item=asg.item_id, batch=asg.batch_id)
-                              .exclude(labeler__isnull=True).values_list("labeler_id", flat=True))
-                exclude = holders | ({asg.original_labeler_id} if asg.original_labeler_id else set())
-                choice = live.choose_distinct(1, eligible, exclude=exclude, load=selectors.open_load(asg.batch),
-                                              seed=asg.pk)
-                if choice:
-                    asg.labeler_id = choice[0]
-                else:
-                    asg.labeler_id, asg.status = None, Assignment.Status.PAUSED
-                asg.save(update_fields=["labeler", "status"])
-                moved += 1
-    return moved
+    """Return every item ``user`` holds in open batches to the shared queue, for the others."""
+    return queue.release_claims(user=user)
 
 
 # --------------------------------------------------------------------------------------
@@ -106,11 +85,12 @@ def create_project(*, name: str, classes: list[str], description: str = "", conf
 
 
 def start_project(*, project: Project) -> QueryBatch:
-    """Draft -> labeling: choose the secured set and the random initial batch, assign it.
+    """Draft -> labeling: choose the secured set and the random initial batch, queue it.
 
     Secured items with an imported ground truth count as admin-verified (one label each);
-    the others go to ``h`` labelers each (consensus). Feature extraction starts in the
-    background (chunked over workers) while the first batch is labeled.
+    the others are queued ``h`` times each (consensus of distinct members). Feature extraction
+    starts in the background (chunked over workers) while the first batch is labeled. A project
+    without members is refused: staff choose who labels it first.
     """
     with transaction.atomic():
         project = Project.objects.select_for_update().get(pk=project.pk)
@@ -125,17 +105,20 @@ def start_project(*, project: Project) -> QueryBatch:
             raise Conflict(f"the pool has {len(items)} images: the secured set ({cfg.secured_size}) and the first "
                            f"batch ({cfg.initial_size}) would take them all and leave the model nothing to choose; "
                            "import more images or lower secured_size or initial_size")
+        if not selectors.member_ids(project):
+            raise Conflict("the project has no annotators: choose its members first")
         known = np.array([i.ground_truth is not None for i in items], dtype=bool)
-        plan = engine.start(cfg, len(items), label_known=known, crowd=selectors.eligible_labelers())
+        plan = engine.start(cfg, len(items), label_known=known, crowd=selectors.eligible_labelers(project))
         if len(plan.secured):
             Item.objects.filter(project=project, index__in=plan.secured.tolist()).update(is_secured=True)
         if len(plan.initial) == 0:
             raise Conflict("nothing to label: the pool is empty or the budget is spent by the secured set")
-        batch = QueryBatch.objects.create(project=project, iteration=0, strategy="random")
-        _assign_first_labels(batch, [items[i] for i in plan.initial], plan.assignees)
-        for index, voters in plan.secured_voters.items():
-            for voter in voters:
-                Assignment.objects.create(item=items[index], batch=batch, labeler_id=voter, kind=Assignment.Kind.SECURED)
+        batch = QueryBatch.objects.create(project=project, iteration=0, strategy="random",
+                                          bought_before=selectors.labels_bought(project))
+        _assign_first_labels(batch, [items[i] for i in plan.initial])
+        # The engine's voters only size the queue: h slots per secured item, claimed by distinct members.
+        Assignment.objects.bulk_create([Assignment(item=items[index], batch=batch, kind=Assignment.Kind.SECURED)
+                                        for index, voters in plan.secured_voters.items() for _ in voters])
         workflow.transition(project, Project.State.LABELING)
         project.iteration = 0
         project.save(update_fields=["state", "iteration", "updated_at"])
@@ -143,12 +126,10 @@ def start_project(*, project: Project) -> QueryBatch:
     return batch
 
 
-def _assign_first_labels(batch: QueryBatch, items: list[Item], who: list[int | None]) -> list[Assignment]:
-    """One first-label assignment per item for the engine's assignee (paused when there is none)."""
-    rows = [Assignment(item=item, batch=batch, labeler_id=w, kind=Assignment.Kind.FIRST_LABEL,
-                       status=Assignment.Status.OPEN if w is not None else Assignment.Status.PAUSED)
-            for item, w in zip(items, who)]
-    return Assignment.objects.bulk_create(rows)
+def _assign_first_labels(batch: QueryBatch, items: list[Item]) -> list[Assignment]:
+    """One queued first-label slot per item, in the engine's order (the queue's order)."""
+    return Assignment.objects.bulk_create([Assignment(item=item, batch=batch, kind=Assignment.Kind.FIRST_LABEL)
+                                           for item in items])
 
 
 def resume_loop(*, project: Project) -> bool:

@@ -13,6 +13,7 @@ urlpatterns = [
     path("staff/projects/<int:project_id>/", views.staff_project, name="staff-project"),
     path("staff/projects/<int:project_id>/settings/", views.staff_project_settings, name="staff-project-settings"),
     path("staff/projects/<int:project_id>/import/", views.staff_project_import, name="staff-project-import"),
+    path("staff/projects/<int:project_id>/members/", views.staff_project_members, name="staff-project-members"),
     path("staff/projects/<int:project_id>/start/", views.staff_project_start, name="staff-project-start"),
     path("staff/projects/<int:project_id>/resume/", views.staff_project_resume, name="staff-project-resume"),
 ]

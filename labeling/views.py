@@ -20,7 +20,7 @@ from learner import selectors as learner_selectors
 from learner.live import LiveConfig
 
 from . import (config_fields, importers, notice_selectors, notifications, project_settings, selectors, services,
-               workflow)
+               staff_selectors, workflow)
 from .access import staff_only
 from .charts import accuracy_svg
 from .forms import ImportForm, InstructionsForm, ProjectForm, SettingsForm
@@ -121,6 +121,7 @@ def _staff_context(project: Project, *, user=None, import_form=None, report=None
         "pool_fit": config_fields.pool_fit(project.live_config, n_items),
         "live_editable": [config_fields.FIELDS[k].label for k in config_fields.LIVE_EDITABLE],
         "notices": notice_selectors.trust_notices(user, project=project) if user is not None else None,
+        "annotator_rows": staff_selectors.annotator_progress(project),
     }
 
 

@@ -277,6 +277,8 @@ def _after_labeling(cfg, pool: Pool, state: EngineState, previous, plan: Plan):
                                    standardizer=pool.standardizer, seed=cfg.seed, head=pool.head)
     if cfg.defenses_on and auditor is not None and cfg.audit_confidence is not None:
         suspicious = _audit(cfg, pool, state, auditor, labeled_now, plan)
+        if cfg.recheck and previous is not None:
+            suspicious = np.concatenate([suspicious, _recheck(cfg, pool, state, previous, batch)])
     if pool.crafter is not None and previous is not None and cfg.augmentations and len(labeled_now):
         rows, perts = pool.crafter(previous, labeled_now, state.labels[labeled_now], seed_of(cfg, state.iteration, 3))
     else:
@@ -325,6 +327,40 @@ def _audit(cfg, pool: Pool, state: EngineState, model, items: np.ndarray, plan: 
     return suspicious
 
 
+def _recheck(cfg, pool: Pool, state: EngineState, model, batch: np.ndarray) -> np.ndarray:
+    """Earlier labels still standing on one labeler's word that the newer model contradicts at
+    their labeler's threshold (ours): a label given near the boundary, where the model of its day
+    could not judge it, is judged again once the model has learned more. No trust is earned here
+    (a label confirmed once is not confirmed again)."""
+    older = np.flatnonzero(state.labeler_of >= 0)
+    older = older[~np.isin(older, batch) & ~np.isin(older, list(state.requests))]
+    if not len(older):
+        return older
+    contra = np.array([_audit_threshold(cfg, state, int(u)) for u in state.labeler_of[older]], dtype=float)
+    _, suspicious = live.audit(model, pool.features, older, state.labels, cfg.audit_confidence,
+                               contradiction_confidence=contra)
+    return suspicious
+
+
+def posterior_threshold(trust: LabelerTrust, wrong: float, p1: float, *, n_classes: int = 2,
+                        prior_labels: float = 10.0) -> float:
+    """The model confidence above which a contradicted label of this labeler is more than
+    ``wrong`` likely to be wrong (ours: ``LiveConfig.audit_posterior``).
+
+    The labeler's accuracy ``a`` is the posterior mean of their re-annotated labels that held,
+    with a prior of ``prior_labels`` labels at ``p1``. A label the model gives probability ``q``
+    is wrong with probability ``r (1 - q) / (r (1 - q) + a q)``, ``r = (1 - a) / (K - 1)``; that
+    exceeds ``wrong`` when ``q <= r (1 - wrong) / (r (1 - wrong) + wrong a)``. The threshold on the
+    model's top class is ``1 - q*`` (exact for two classes, conservative for more). An honest
+    labeler is audited only where the model is sure; one whose labels were refuted, everywhere.
+    """
+    held = trust.checked - trust.disagreements
+    a = (held + prior_labels * p1) / (trust.checked + prior_labels)
+    r = (1.0 - a) / max(n_classes - 1, 1)
+    q = r * (1.0 - wrong) / (r * (1.0 - wrong) + wrong * a)
+    return float(min(max(1.0 - q, 0.0), 1.0))
+
+
 def _audit_threshold(cfg, state: EngineState, uid: int) -> float:
     """The labeler's audit threshold (:func:`learner.trust.audit_threshold`); a labeler with a
     refuted label among their last ``trust_window`` first labels is not proven (ours: a sleeper's
@@ -332,6 +368,8 @@ def _audit_threshold(cfg, state: EngineState, uid: int) -> float:
     trust = state.trust.get(uid)
     if trust is None:
         return cfg.audit_confidence
+    if cfg.audit_posterior is not None:
+        return posterior_threshold(trust, cfg.audit_posterior, cfg.p1, n_classes=2)
     recent = state.history(uid)[-cfg.trust_window:]
     if any(c is not None and c != g for g, c in recent):
         return cfg.audit_confidence

@@ -211,6 +211,13 @@ VARIANTS = {
     "no-trust": {"trust_weights": False},
     "no-confusion": {"confusion_min_rate": None},
     "paper-decrease": {"trust_decrease": "paper"},
+    "recheck": {"recheck": True},
+    "no-recheck": {"recheck": False},
+    "pick-margin": {"robust_pick": "margin"},
+    "size0": {"robust_size_weight": 0.0},
+    "post10": {"audit_posterior": 0.1},
+    "post20": {"audit_posterior": 0.2},
+    "post35": {"audit_posterior": 0.35},
 }
 
 

@@ -63,6 +63,12 @@ class LiveConfig:
     # confidence (learner.trust.audit_threshold); null: every labeler at audit_confidence
     audit_confidence_proven: float | None = 0.9
     audit_proven_after: int = 10
+    # re-examine every label still standing on one labeler's word with each new model, not only
+    # the new batch's (learner.engine._recheck; ours, measured in docs/method.md)
+    recheck: bool = False
+    # audit a contradicted label when it is more than this likely to be wrong given its labeler's
+    # record (learner.engine.posterior_threshold; replaces audit_confidence(_proven)); null: off
+    audit_posterior: float | None = None
     # "adaptive": a re-annotation round asks one labeler first and the other h - 1 only when that
     # one disagrees with the label under review; "parallel": h at once (learner.trust.resolve_votes)
     reannotation: str = "adaptive"
@@ -72,6 +78,10 @@ class LiveConfig:
     overshoot: float = 0.02
     n_clusters: int = 10
     candidate_factor: float = 3.0
+    # robust's pick inside a cluster (learner.strategies.RobustMinimax): "farthest" or "margin",
+    # and the weight of a cluster's size next to its fragility when sharing out the batch
+    robust_pick: str = "farthest"
+    robust_size_weight: float = 1.0
     # "density": never query items of an abnormally dense feature-space cluster (feature-collision
     # poisons; learner.defences.dense_cluster_mask); "none": query from the whole pool
     pool_defence: str = "none"
@@ -187,6 +197,12 @@ class LiveConfig:
                              "trust): set defenses to false or redundancy to 1")
         if self.trust_decrease not in ("ours", "paper"):
             raise ValueError(f"trust_decrease must be 'ours' or 'paper', got {self.trust_decrease!r}")
+        _float("audit_posterior", 0.0, 1.0, none_ok=True)
+        if self.robust_pick not in ("farthest", "margin"):
+            raise ValueError(f"robust_pick must be 'farthest' or 'margin', got {self.robust_pick!r}")
+        _float("robust_size_weight", 0.0, 100.0)
+        if not isinstance(self.recheck, bool):
+            raise ValueError("recheck must be true or false")
         if not isinstance(self.trust_weights, bool):
             raise ValueError("trust_weights must be true or false")
         if self.channels not in (1, 3):
@@ -385,7 +401,8 @@ def select_batch(cfg: LiveConfig, features: np.ndarray, blocked: np.ndarray, lab
         return np.empty(0, dtype=np.int64)
     kwargs = {}
     if cfg.strategy == "robust":
-        kwargs = {"n_clusters": cfg.n_clusters, "candidate_factor": cfg.candidate_factor, "seed": cfg.seed}
+        kwargs = {"n_clusters": cfg.n_clusters, "candidate_factor": cfg.candidate_factor, "seed": cfg.seed,
+                  "pick": cfg.robust_pick, "size_weight": cfg.robust_size_weight}
     key = (cache_key, cfg.strategy, tuple(sorted(kwargs.items())))
     strategy = _STRATEGY_CACHE.get(key) if cache_key else None
     if strategy is None:

@@ -45,6 +45,8 @@ class LoopConfig:
     audit_confidence: float | None = 0.5  # ours: re-annotate labels the model contradicts this surely
     audit_confidence_proven: float | None = 0.9  # ours: ... once the labeler's checked labels mostly held
     audit_proven_after: int = 10  # checked labels before a labeler can be proven
+    recheck: bool = False  # ours: audit earlier standing labels the newer model contradicts
+    audit_posterior: float | None = None  # ours: audit where a label is this likely wrong (engine.posterior_threshold)
     reannotation: str = "adaptive"  # ours: ask one re-annotator first, the others only on a disagreement
     augment: tuple[str, ...] | None = None  # subset of ATTACKS (None: all for robust, none otherwise)
     augment_space: str = "feature"  # "feature" (exact, frozen backbone) or "pixel" (through it)
@@ -54,6 +56,8 @@ class LoopConfig:
     noise_variance: float = 0.3  # paper: variance 0.3 "on the model's input scale"
     n_clusters: int = 10
     candidate_factor: float = 3.0
+    robust_pick: str = "farthest"  # ours: "margin" (fragile first, near-duplicates skipped)
+    robust_size_weight: float = 1.0
     defence: str | None = None  # training-set filter before each head training (learner.defences)
     defence_k: int = 25  # neighbours consulted by the dknn defence (>~ 3x the poisons labeled together)
     confusion_min_rate: float | None = 0.5  # Dawid-Skene check (None: off)
@@ -89,9 +93,10 @@ class LoopConfig:
             secured_size=self.secured_size, epsilon=t.epsilon, h=t.h, budget=self.budget, target=None,
             tau=self.tau, defenses=self.defenses, audit_confidence=self.audit_confidence,
             audit_confidence_proven=self.audit_confidence_proven, audit_proven_after=self.audit_proven_after,
-            reannotation=self.reannotation, augment=None if self.augment is None else tuple(self.augment),
+            recheck=self.recheck, audit_posterior=self.audit_posterior, reannotation=self.reannotation, augment=None if self.augment is None else tuple(self.augment),
             augment_weight=self.augment_weight, noise_variance=self.noise_variance, overshoot=self.overshoot,
-            n_clusters=self.n_clusters, candidate_factor=self.candidate_factor,
+            n_clusters=self.n_clusters, candidate_factor=self.candidate_factor, robust_pick=self.robust_pick,
+            robust_size_weight=self.robust_size_weight,
             pool_defence=self.defence if self.defence in POOL_DEFENCES else "none", seed=int(seed),
             trust_penalty=t.penalty, trust_reward=t.reward, alert_confidence=t.alert_confidence,
             flag_alpha=t.flag_alpha, suspend_alpha=t.suspend_alpha, audit_alpha=t.audit_alpha, trust_window=t.window, p1=t.p_1,

@@ -141,6 +141,35 @@ def k_center_greedy(candidates: np.ndarray, features: np.ndarray, centers: np.nd
     return candidates[np.asarray(chosen, dtype=np.int64)]
 
 
+def fragile_first(candidates: np.ndarray, features: np.ndarray, centers: np.ndarray, k: int,
+                  duplicate: float = 0.5) -> np.ndarray:
+    """Take ``candidates`` in their order (most fragile first), skipping near-duplicates: a
+    candidate closer to a labeled or already taken item than ``duplicate`` times the candidates'
+    median nearest-neighbour distance waits until the others are taken."""
+    if k <= 0 or len(candidates) == 0:
+        return np.empty(0, dtype=np.int64)
+    x = np.asarray(features[candidates], dtype=np.float64)
+    dist = min_sq_distances(x, features[centers]) if len(centers) else np.full(len(candidates), np.inf)
+    floor = 0.0
+    if len(candidates) > 1:
+        sq = (x * x).sum(axis=1)
+        pair = np.maximum(sq[:, None] + sq[None, :] - 2.0 * (x @ x.T), 0.0)
+        np.fill_diagonal(pair, np.inf)
+        floor = duplicate ** 2 * float(np.median(pair.min(axis=1)))
+    taken = np.zeros(len(candidates), dtype=bool)
+    chosen: list[int] = []
+    for j in range(len(candidates)):
+        if len(chosen) == k:
+            break
+        if dist[j] >= floor:
+            chosen.append(j)
+            taken[j] = True
+            np.minimum(dist, ((x - x[j]) ** 2).sum(axis=1, dtype=np.float64), out=dist)
+    for j in np.flatnonzero(~taken)[: k - len(chosen)]:  # not enough distinct ones: the rest in order
+        chosen.append(int(j))
+    return candidates[np.asarray(chosen, dtype=np.int64)]
+
+
 class CoreSet:
     """k-center greedy over the whole pool (Sener & Savarese 2018)."""
 
@@ -195,6 +224,10 @@ class RobustMinimax:
     candidate_factor: float = 3.0
     seed: int = 0
     fit_sample: int = 50_000
+    # inside a cluster: "farthest" (the paper's eq. 4 among the fragile candidates) or "margin"
+    # (ours: the most fragile first, skipping near-duplicates of labeled or picked items)
+    pick: str = "farthest"
+    size_weight: float = 1.0  # weight of a cluster's share of the unlabeled pool in N_c (fragility: 1)
     name: str = "robust"
     labels_of_labeled: np.ndarray | None = None  # set by the loop: labels used for cluster error
     _cluster_cache: dict = field(default_factory=dict, repr=False)
@@ -257,7 +290,7 @@ class RobustMinimax:
                     adv[c] = float(np.clip(global_med / max(med_c, 1e-12), 0.5, 2.0))
         # fragility share blended with the cluster's share of the unlabeled pool (representativeness)
         size = np.bincount(cluster, weights=unl.astype(float), minlength=k)
-        share = mass / max(mass.sum(), 1e-12) + size / max(size.sum(), 1e-12)
+        share = mass / max(mass.sum(), 1e-12) + self.size_weight * size / max(size.sum(), 1e-12)
         weight = share * (0.5 + err) * adv
         caps = np.bincount(cluster, weights=unl.astype(float), minlength=k).astype(np.int64)
         return cluster, largest_remainder(weight, batch_size, caps), dist
@@ -275,7 +308,10 @@ class RobustMinimax:
             members = np.flatnonzero((cluster == c) & ~labeled_mask)
             m = max(int(np.ceil(self.candidate_factor * n_c[c])), n_c[c])
             cand = members[np.argsort(dist[members], kind="stable")[:m]]
-            chosen = k_center_greedy(cand, features, centers, int(n_c[c]), rng)
+            if self.pick == "margin":
+                chosen = fragile_first(cand, features, centers, int(n_c[c]))
+            else:
+                chosen = k_center_greedy(cand, features, centers, int(n_c[c]), rng)
             picked.append(chosen)
             centers = np.concatenate([centers, chosen])
         return np.concatenate(picked) if picked else np.empty(0, dtype=np.int64)

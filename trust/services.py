@@ -74,11 +74,10 @@ def discard_labels_since(*, labeler, since: datetime, actor, note: str = "") -> 
     Discarded answers stay in the database (and in the budget: they were bought) but the loop no
     longer reads them. An item whose first label is discarded and that has no other first label
     gets a new first-label assignment in its project's open batch when that batch is still being
-    labeled (not frozen by the loop task), given to another eligible labeler; otherwise it simply
+    labeled (not frozen by the loop task), queued for the other members; otherwise it simply
     returns to the unlabeled pool, where the query strategy can pick it again.
     """
     from labeling import selectors as labeling_selectors
-    from learner import live
 
     if since > timezone.now():
         raise ReviewError("the date lies in the future")
@@ -121,12 +120,10 @@ def discard_labels_since(*, labeler, since: datetime, actor, note: str = "") -> 
                           .values_list("item_id", flat=True))
             todo = sorted({i.pk: i for i in items if i.pk not in present}.values(), key=lambda i: i.index)
             returned += len(items) - len(todo)
-            eligible = [u for u in labeling_selectors.eligible_labelers() if u != labeler.pk]
-            who = live.spread(len(todo), eligible, labeling_selectors.open_load(batch), seed=event.pk)
+            # queued for the other members (original_labeler: the discarded labeler may not take it)
             Assignment.objects.bulk_create([
-                Assignment(item=i, batch=batch, labeler_id=w, kind=Assignment.Kind.FIRST_LABEL,
-                           status=Assignment.Status.OPEN if w is not None else Assignment.Status.PAUSED)
-                for i, w in zip(todo, who)])
+                Assignment(item=i, batch=batch, original_labeler=labeler, kind=Assignment.Kind.FIRST_LABEL,
+                           status=Assignment.Status.QUEUED) for i in todo])
             requeued += len(todo)
         summary = (f"{len(anns)} label(s) since {since:%Y-%m-%d %H:%M} discarded; {requeued} item(s) re-queued "
                    f"in open batches, {returned} returned to the pool")

@@ -7,11 +7,20 @@ seeds). Eleven annotator accounts answer their assignments with :mod:`learner.or
 complete batch the loop service runs synchronously. Answers come from
 :meth:`learner.oracles.LabelerPool.answer`, the same function the simulator asks.
 
+The labelers are the project's members and take their work from the shared queue
+(:func:`labeling.answering.next_assignment`) as people do. To answer the same items as the
+simulator (whose labelers answer what the engine planned for them), the engine's plan is
+recorded (:func:`_recording_plans`: ``assignees`` of a new batch, ``new_voters`` of
+re-annotation rounds) and the planned labeler of each queued slot asks for work when that slot
+is the first one waiting: the queue hands out slots in the batch's order, so they get exactly
+it. ``SimulationResult.off_plan`` counts answers given by someone other than the planned labeler
+(0 when the queue follows the plan; the parity test checks it).
+
 Two things production does after a commit are done here directly, because the harness runs
 inside one test transaction where ``on_commit`` hooks never fire: the loop task is *not* sent
-(we call :func:`labeling.services.advance_loop` ourselves) and a labeler who was just flagged or
-suspended has their open work handed to others (:func:`labeling.services.release_open_work`,
-what ``_release_after_commit`` does). Flagged labelers stay flagged (no simulated admin review):
+(we call :func:`labeling.loop_step.advance_loop` ourselves) and a labeler who was just flagged or
+suspended gives back the items they hold (:func:`labeling.services.release_open_work`, what
+``_release_after_commit`` does). Flagged labelers stay flagged (no simulated admin review):
 the run measures what the rules flag by themselves.
 """
 from __future__ import annotations
@@ -40,6 +49,8 @@ class SimulationResult:
     wrong_before_flag: dict[int, int] = field(default_factory=dict)  # adversary -> wrong first labels given until flagged
     project_id: int | None = None
     suggestions: dict[int, str] = field(default_factory=dict)  # blocked labeler -> suggested review at the end
+    answers: int = 0  # answers given through the queue
+    off_plan: int = 0  # of them, answered by someone other than the labeler the engine planned
 
     @property
     def malicious_flagged_after(self) -> int | None:
@@ -54,6 +65,34 @@ class SimulationResult:
     @property
     def honest_false_flag_rate(self) -> float:
         return self.honest_flagged / max(len(self.honest_ids), 1)
+
+
+@contextmanager
+def _recording_plans():
+    """Record who the loop engine planned for each slot it makes, in the order the slots are created:
+    a new batch's first labels (then, at the start, the secured set's voters), or the new voters of
+    each re-annotation round."""
+    from learner import engine
+
+    planned: list[int | None] = []
+    start, step = engine.start, engine.step
+
+    def recording_start(*args, **kwargs):
+        plan = start(*args, **kwargs)
+        planned[:] = list(plan.assignees) + [v for voters in plan.secured_voters.values() for v in voters]
+        return plan
+
+    def recording_step(*args, **kwargs):
+        plan = step(*args, **kwargs)
+        planned[:] = ([v for req in plan.requests for v in req.new_voters] if plan.requests
+                      else list(plan.assignees))
+        return plan
+
+    engine.start, engine.step = recording_start, recording_step
+    try:
+        yield planned
+    finally:
+        engine.start, engine.step = start, step
 
 
 @contextmanager
@@ -85,7 +124,7 @@ def run(*, seed: int = 0, n_labelers: int = 11, n_malicious: int = 1, mapping: d
     """
     from django.contrib.auth import get_user_model
 
-    from labeling import importers, loop_step, selectors, services
+    from labeling import importers, loop_step, membership, selectors, services
     from labeling.models import LabelerProfile, Project
     from learner.data import load_digits
     from learner.oracles import LabelerPool
@@ -107,6 +146,7 @@ def run(*, seed: int = 0, n_labelers: int = 11, n_malicious: int = 1, mapping: d
            "backbone": "flatten", "feature_size": 8, "channels": 1, "n_clusters": 5, "seed": seed,
            **(config or {})}
     project = services.create_project(name=f"{prefix} digits {seed}", classes=list(classes), config=cfg)
+    membership.set_members(project=project, users=users)
     report = importers.import_arrays(project=project, images=data.x_pool, labels=data.y_pool, upscale=2)
     if not report.ok:
         raise RuntimeError(report.summary())
@@ -115,7 +155,7 @@ def run(*, seed: int = 0, n_labelers: int = 11, n_malicious: int = 1, mapping: d
                               honest_ids=[u.pk for u in users[:n_labelers - n_malicious]])
     oracle_of = {u.pk: j for j, u in enumerate(users)}
     t0 = time.perf_counter()
-    with _no_task_sending():
+    with _no_task_sending(), _recording_plans() as planned:
         services.start_project(project=project)
         while True:
             project.refresh_from_db()
@@ -123,7 +163,9 @@ def run(*, seed: int = 0, n_labelers: int = 11, n_malicious: int = 1, mapping: d
                 result.stop = project.stop_reason
                 break
             batch = selectors.open_batch(project)
-            _answer_everything(project, users, asker, oracle_of)
+            answered, off_plan = _answer_everything(project, users, asker, oracle_of, planned)
+            result.answers += answered
+            result.off_plan += off_plan
             if not selectors.batch_is_complete(batch):
                 result.stop = "stuck: nobody eligible for the remaining work"
                 break
@@ -187,22 +229,31 @@ class _Asker:
         return label
 
 
-def _answer_everything(project, users, asker, oracle_of) -> int:
-    """Every eligible simulated labeler answers its open work and claims paused work until none is left."""
-    from labeling import answering, selectors
+def _answer_everything(project, users, asker, oracle_of, planned: list) -> tuple[int, int]:
+    """The simulated labelers empty the open batch's queue; returns (answers, answers off plan).
 
-    n = 0
-    progress = True
-    while progress:
-        progress = False
-        eligible = set(selectors.eligible_labelers())
-        for u in users:
-            if u.pk not in eligible:
-                continue
-            while (asg := answering.next_assignment(user=u, project=project)) is not None:
-                label = asker(oracle_of[u.pk], int(asg.item.index), int(asg.item.ground_truth),
-                              asg.kind == "first_label")
-                answering.submit_annotation(user=u, assignment_id=asg.pk, label=label, seconds=1.0)
-                n += 1
-                progress = True
-    return n
+    The slot waiting first is asked for by the labeler the engine planned for it (then, if they
+    get nothing, by the others in order): the queue hands out its first slot they may take.
+    """
+    from labeling import answering, selectors
+    from labeling.models import Assignment
+
+    batch = selectors.open_batch(project)
+    waiting = Assignment.objects.filter(batch=batch, status=Assignment.Status.QUEUED).order_by("id")
+    slots = list(waiting.values_list("id", flat=True))
+    plan_of = dict(zip(slots, planned)) if len(slots) == len(planned) else {}
+    by_id = {u.pk: u for u in users}
+    n = off_plan = 0
+    while (first := waiting.first()) is not None:
+        who = by_id.get(plan_of.get(first.pk))
+        for u in ([who] if who is not None else []) + [u for u in users if u is not who]:
+            asg = answering.next_assignment(user=u, project=project)
+            if asg is not None:
+                break
+        else:
+            break  # nobody may take what is left
+        label = asker(oracle_of[u.pk], int(asg.item.index), int(asg.item.ground_truth), asg.kind == "first_label")
+        answering.submit_annotation(user=u, assignment_id=asg.pk, label=label, seconds=1.0)
+        n += 1
+        off_plan += int(plan_of.get(asg.pk, -1) not in (None, u.pk))  # no plan for the slot: off plan
+    return n, off_plan

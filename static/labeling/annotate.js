@@ -54,9 +54,34 @@
   }
   function setProgress(p) {
     if (!p) return;
-    var pct = p.total ? Math.round(100 * p.done / p.total) : 0;
+    var pct = p.batch_total ? Math.round(100 * p.batch_done / p.batch_total) : 0;
     el.bar.style.width = pct + "%";
-    el.progress.textContent = "You: " + p.done + " / " + p.total + " · batch: " + p.batch_done + " / " + p.batch_total;
+    el.progress.textContent = "Batch: " + p.batch_done + " / " + p.batch_total +
+      (p.budget ? " · labels: " + p.bought + " / " + p.budget : "");
+  }
+  // The next item's image loads while the current one is shown (next/?prefetch=1 holds it for
+  // us); when it comes up, the loaded <img> takes the place of the old one: no new request.
+  var ahead = null;
+  function preload(up) {
+    if (!up) { ahead = null; return; }
+    if (ahead && ahead.id === up.id) return;
+    var img = new Image();
+    img.alt = el.image.alt;
+    img.draggable = false;
+    img.src = up.image_url;
+    ahead = { id: up.id, img: img };
+  }
+  function showImage(a) {
+    if (ahead && ahead.id === a.id) {
+      var img = ahead.img;
+      img.id = el.image.id;
+      img.className = el.image.className;
+      el.image.replaceWith(img);
+      el.image = img;
+    } else {
+      el.image.src = a.image_url;
+    }
+    ahead = null;
   }
   // Keyboard shortcut of each class. Classes named by single digits ("0".."9", e.g. digit data
   // sets) use their own digit, so the key pressed is the label seen; otherwise keys 1-9 then 0
@@ -124,7 +149,7 @@
   }
 
   function loadNext() {
-    return api(cfg.nextUrl).then(function (r) {
+    return api(cfg.nextUrl + (cfg.nextUrl.indexOf("?") < 0 ? "?" : "&") + "prefetch=1").then(function (r) {
       if (r.status === 401 || r.status === 403) {
         showError("Your session ended. Please log in again.");
         return;
@@ -145,7 +170,8 @@
       current = a;
       renderClasses(a.classes);
       showBanner("");
-      el.image.src = a.image_url;
+      showImage(a);
+      preload(r.data.upcoming);
       el.work.hidden = false;
       root.dataset.assignment = String(a.id);
       shownAt = Date.now();

@@ -108,3 +108,23 @@ def test_tau_fires_once_the_model_is_robust(binary):
     assert stopped.history[-1].labels_bought < 400
     assert stopped.history[-1].min_perturbation > tau
     assert stopped.final_accuracy >= 0.99
+
+
+def test_fragile_first_takes_fragile_items_and_skips_near_duplicates():
+    from learner.strategies import fragile_first
+
+    features = np.array([[0.0, 0.0], [0.01, 0.0], [1.0, 1.0], [2.0, 0.0], [5.0, 5.0]])
+    centers = np.array([4])  # one labeled item far away
+    # candidates in fragility order: 0, then 1 (a near-duplicate of 0), then 2 and 3
+    chosen = fragile_first(np.array([0, 1, 2, 3]), features, centers, 3)
+    assert chosen.tolist() == [0, 2, 3]
+    assert fragile_first(np.array([0, 1]), features, centers, 2).tolist() == [0, 1]  # too few: fill in order
+
+
+def test_posterior_threshold_audits_an_honest_labeler_only_where_the_model_is_sure():
+    from learner.engine import posterior_threshold
+
+    fresh = posterior_threshold(LabelerTrust(), 0.2, 0.9391)
+    refuted = posterior_threshold(LabelerTrust(checked=4, disagreements=4), 0.2, 0.9391)
+    held = posterior_threshold(LabelerTrust(checked=30, disagreements=0), 0.2, 0.9391)
+    assert refuted < 0.5 < fresh < held < 1.0

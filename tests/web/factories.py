@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import io
+from datetime import timedelta
 
 import factory
 import numpy as np
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.core.files.base import ContentFile
+from django.utils import timezone
 from factory.django import DjangoModelFactory
 from PIL import Image
 
@@ -92,6 +94,8 @@ class AssignmentFactory(DjangoModelFactory):
     item = factory.LazyAttribute(lambda o: ItemFactory(project=o.batch.project))
     labeler = factory.SubFactory(AnnotatorFactory)
     kind = Assignment.Kind.FIRST_LABEL
+    status = Assignment.Status.OPEN  # claimed by its labeler (pass labeler=None, status="queued" for a waiting slot)
+    lease_until = factory.LazyFunction(lambda: timezone.now() + timedelta(hours=1))
 
 
 class AnnotationFactory(DjangoModelFactory):

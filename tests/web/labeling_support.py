@@ -36,12 +36,17 @@ DEFAULT_CONFIG = {"strategy": "robust", "batch_size": 6, "initial_size": 6, "sec
                   "backbone": "flatten", "feature_size": 8, "channels": 1, "budget": 60, "n_clusters": 3}
 
 
-def digits_project(*, name="digits", n=48, classes=("0", "1", "2"), config=None, start=True) -> Project:
-    """A small project of real 8x8 digits (upscaled 4x), ground truth hidden, optionally started."""
+def digits_project(*, name="digits", n=48, classes=("0", "1", "2"), config=None, start=True,
+                   members=None) -> Project:
+    """A small project of real 8x8 digits (upscaled 4x), ground truth hidden, optionally started.
+
+    ``members``: its annotators (default: every active annotator that exists now)."""
+    from labeling import membership, selectors
     from learner.data import load_digits
 
     data = load_digits(classes=list(classes), pool_size=n, test_size=0, seed=0)
     project = services.create_project(name=name, classes=list(classes), config={**DEFAULT_CONFIG, **(config or {})})
+    membership.set_members(project=project, users=list(selectors.annotators()) if members is None else members)
     report = importers.import_arrays(project=project, images=data.x_pool, labels=data.y_pool, upscale=4)
     assert report.ok, report.errors
     if start:
@@ -50,19 +55,45 @@ def digits_project(*, name="digits", n=48, classes=("0", "1", "2"), config=None,
     return project
 
 
-def answer_open(project: Project, *, truthful=True, wrong_for=()) -> int:
-    """Answer every open assignment of the project's open batch (ground truth, or wrong for some users)."""
+def take_turns(project: Project):
+    """Yield ``(user, assignment)`` as the project's members take turns asking for work, until
+    nobody gets any. Answer (or skip) each before taking the next: a member who still holds an
+    item is handed the same one again."""
+    from django.contrib.auth import get_user_model
+
     from labeling import selectors
 
-    batch = selectors.open_batch(project)
+    users = list(get_user_model().objects.filter(pk__in=selectors.member_ids(project)).order_by("id"))
+    misses, k = 0, 0
+    while users and misses < len(users):
+        user = users[k % len(users)]
+        k += 1
+        asg = answering.next_assignment(user=user, project=project)
+        if asg is None:
+            misses += 1
+            continue
+        misses = 0
+        yield user, asg
+
+
+def answer_open(project: Project, *, truthful=True, wrong_for=()) -> int:
+    """The project's members take turns taking work from the queue and answering it until nobody
+    gets any (ground truth, or wrong for ``wrong_for`` usernames); returns the answers given."""
     n = 0
-    for asg in Assignment.objects.filter(batch=batch, status=Assignment.Status.OPEN).select_related("item", "labeler"):
+    for user, asg in take_turns(project):
         label = asg.item.ground_truth
-        if not truthful or asg.labeler.username in wrong_for:
+        if not truthful or user.username in wrong_for:
             label = (label + 1) % project.n_classes
-        answering.submit_annotation(user=asg.labeler, assignment_id=asg.pk, label=label, seconds=0.5)
+        answering.submit_annotation(user=user, assignment_id=asg.pk, label=label, seconds=0.5)
         n += 1
     return n
+
+
+def claim(user, project: Project) -> Assignment:
+    """``user`` asks for work in ``project`` and gets an item (fails the test otherwise)."""
+    asg = answering.next_assignment(user=user, project=project)
+    assert asg is not None and asg.labeler_id == user.pk and asg.status == Assignment.Status.OPEN, asg
+    return asg
 
 
 def finish_batch(project: Project, batch, *, wrong_for=()) -> str:

@@ -29,7 +29,7 @@ from labeling import answering, loop_step, services
 from labeling.models import Annotation, Assignment, IterationMetric, Project, QueryBatch
 from tests.conftest import REPO_ROOT
 from tests.web.conftest import WorkerProcess, database_url_for_tests, wait_until
-from tests.web.labeling_support import annotators, digits_project, labeling_dirs  # noqa: F401
+from tests.web.labeling_support import annotators, digits_project, labeling_dirs, take_turns  # noqa: F401
 from tests.web.test_labeling_worker import answer_batch
 
 ENQUEUED = "enqueued labeling.tasks.train.process_batch"
@@ -219,23 +219,25 @@ def test_redis_down_answers_are_stored_and_the_loop_catches_up_once(labeling_dir
         with producer_to(worker):
             project = digits_project(n=36, config={"secured_size": 6, "initial_size": 6, "batch_size": 6})
             batch0 = QueryBatch.objects.get(project=project, iteration=0)
-            todo = list(Assignment.objects.filter(batch=batch0, status="open").select_related("item", "labeler"))
-            assert len(todo) == 6
+            turns = take_turns(project)
 
-            def answer(asg):
+            def answer(user, asg):
                 api = APIClient()
-                api.force_authenticate(asg.labeler)
+                api.force_authenticate(user)
                 return api.post(f"/api/labeling/assignments/{asg.pk}/annotation/",
                                 {"label": asg.item.ground_truth, "seconds": 1}, format="json")
 
-            for asg in todo[:3]:
-                assert answer(asg).status_code == 201
+            for _ in range(3):
+                assert answer(*next(turns)).status_code == 201
             private_redis.stop()
-            for asg in todo[3:]:  # the last one completes the batch: its enqueue fails
-                r = answer(asg)
+            answered = 3
+            for user, asg in turns:  # the last one completes the batch: its enqueue fails
+                r = answer(user, asg)
                 assert r.status_code == 201, r.content
+                answered += 1
+            assert answered == 6
             api = APIClient()
-            api.force_authenticate(todo[0].labeler)
+            api.force_authenticate(annotators[0])
             r = api.get(f"/api/labeling/next/?project={project.pk}")
             assert r.status_code == 200 and r.json()["project_state"] == "updating", r.content
             messages = enqueue_records(caplog)
@@ -279,9 +281,9 @@ def test_sweeper_resends_only_lost_loop_tasks(labeling_dirs, annotators, setting
 
     with django_capture_on_commit_callbacks(execute=True):
         assert services.sweep_stalled_loops() == []  # labeling, batch incomplete: nothing
-    for asg in Assignment.objects.filter(batch=batch0, status="open").select_related("item", "labeler"):
+    for user, asg in take_turns(project):
         with django_capture_on_commit_callbacks(execute=True):
-            answering.submit_annotation(user=asg.labeler, assignment_id=asg.pk, label=asg.item.ground_truth)
+            answering.submit_annotation(user=user, assignment_id=asg.pk, label=asg.item.ground_truth)
     assert sent == [batch0.pk]  # the normal send after the last answer
     project.refresh_from_db()
     assert project.state == "updating"
@@ -332,9 +334,9 @@ def test_enqueue_failure_is_logged_and_the_answer_commits(labeling_dirs, annotat
     caplog.set_level(logging.INFO, logger="labeling.workflow")
     project = digits_project(n=36, config={"secured_size": 6, "initial_size": 6, "batch_size": 6})
     batch0 = QueryBatch.objects.get(project=project, iteration=0)
-    for asg in Assignment.objects.filter(batch=batch0, status="open").select_related("item", "labeler"):
+    for user, asg in take_turns(project):
         api = APIClient()
-        api.force_authenticate(asg.labeler)
+        api.force_authenticate(user)
         with django_capture_on_commit_callbacks(execute=True):
             r = api.post(f"/api/labeling/assignments/{asg.pk}/annotation/", {"label": asg.item.ground_truth},
                          format="json")

@@ -36,7 +36,8 @@ def project(labeling_dirs, annotators):
 
 
 def open_assignment(user, project) -> Assignment:
-    return Assignment.objects.filter(labeler=user, status="open", batch__project=project).order_by("id").first()
+    """The item ``user`` holds now (claimed from the queue if they hold none)."""
+    return answering.next_assignment(user=user, project=project)
 
 
 def walk_keys(obj):
@@ -240,13 +241,17 @@ def test_last_answer_puts_the_project_in_updating_and_undo_reverts_it(project, a
                                                                        django_capture_on_commit_callbacks):
     sent = []
     monkeypatch.setattr(workflow, "enqueue", lambda name, *args, countdown=None: sent.append((name, args)))
+    answered = 0
     with django_capture_on_commit_callbacks(execute=True):  # incl. the after-commit completion re-checks
-        for asg in Assignment.objects.filter(batch__project=project, status="open").order_by("id"):
-            answering.submit_annotation(user=asg.labeler, assignment_id=asg.pk, label=0)
-            last = asg
+        for k in range(6):
+            user = annotators[k % 3]
+            asg = answering.next_assignment(user=user, project=project)
+            answering.submit_annotation(user=user, assignment_id=asg.pk, label=0)
+            last, answered = asg, answered + 1
             if len(sent) == 0:
                 project.refresh_from_db()
                 assert project.state == Project.State.LABELING
+    assert answered == 6
     assert sent == [("process_batch", (last.batch_id,))]  # exactly one loop task, sent by the batch's last answer
     project.refresh_from_db()
     assert project.state == Project.State.UPDATING
@@ -319,8 +324,9 @@ def test_a_flagged_or_suspended_annotator_is_told_why_there_is_no_work(project, 
     services.set_labeler_status(user=a, flagged=False, suspended=True)
     body = c.get(f"/api/labeling/next/?project={project.pk}").json()
     assert body.get("assignment") is None and "paused for a review" in body["message"]
-    b = annotators[1]  # an active annotator with nothing open sees the usual message
-    for asg in Assignment.objects.filter(labeler=b, status="open"):
-        answering.skip_assignment(user=b, assignment_id=asg.pk)
-    message = client_for(b).get(f"/api/labeling/next/?project={project.pk}").json()["message"]
-    assert "double-checking" not in message and "paused" not in message
+    b, c = annotators[1:]  # an active annotator who finds every item taken sees the usual message
+    Assignment.objects.filter(batch__project=project, status="queued").update(
+        labeler=c, status="open", lease_until=timezone.now() + timedelta(minutes=5))
+    body = client_for(b).get(f"/api/labeling/next/?project={project.pk}").json()
+    assert body["assignment"] is None and "every image of this batch is taken" in body["message"]
+    assert "double-checking" not in body["message"] and "paused" not in body["message"]

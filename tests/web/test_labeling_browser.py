@@ -56,6 +56,8 @@ def test_annotator_labels_a_batch_with_the_keyboard_and_the_next_batch_appears(
     project = digits_project(n=30, config={"strategy": "robust", "initial_size": 4, "batch_size": 4,
                                            "secured_size": 4, "budget": 40})
     page = browser_page
+    requested = []  # paths the page asked for, in order (prefetch: each image once, ahead of time)
+    page.on("request", lambda req: requested.append((req.method, req.url.split(live_server.url, 1)[-1])))
 
     page.goto(f"{live_server.url}/accounts/login/?next=/labeling/projects/{project.pk}/annotate/")
     page.fill("#id_username", alice.username)
@@ -97,7 +99,16 @@ def test_annotator_labels_a_batch_with_the_keyboard_and_the_next_batch_appears(
         press_answer(asg)
     page.wait_for_selector("#banner.updating:not([hidden])")
     assert "updating" in page.inner_text("#banner").lower()
-    assert page.inner_text("#progress-text").startswith("You: 4 / 4")
+    assert page.inner_text("#progress-text").startswith("Batch: 4 / 4")
+    # the next image loads while the current one is shown: the second one before the first answer,
+    # and those after the undo's reshuffle exactly once (the preloaded picture is shown, not fetched again)
+    images = [path for method, path in requested if path.endswith("/image")]
+    later = [a.pk for a in batch0.assignments.order_by("id")][2:]
+    assert all(images.count(f"/labeling/assignments/{pk}/image") == 1 for pk in later), images
+    answers = [k for k, (method, path) in enumerate(requested) if method == "POST" and path.endswith("/annotation/")]
+    second = next(k for k, (m, path) in enumerate(requested) if path.endswith("/image") and first.pk != int(
+        path.split("/")[-2]))
+    assert second < answers[0], requested
     assert sent == [("prepare_features", (project.pk,)), ("process_batch", (batch0.pk,))]
 
     # the "worker": run the loop task in-process; the page's status polling picks up the new batch

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
+from datetime import timedelta
 
 import pytest
 from django.db import connection, connections
@@ -71,8 +72,22 @@ def meet_on_first_call(fn, barrier: threading.Barrier, timeout: float):
     return wrapped
 
 
+def claim_all(project: Project) -> None:
+    """Every waiting item of the open batch claimed by the members in turn (one UPDATE each: the
+    races here are the answers', the queue's own are in test_races.py and test_queue.py)."""
+    from labeling import selectors
+
+    members = selectors.member_ids(project)
+    batch = QueryBatch.objects.get(project=project, closed_at__isnull=True)
+    for k, pk in enumerate(Assignment.objects.filter(batch=batch, status="queued").order_by("id")
+                           .values_list("pk", flat=True)):
+        Assignment.objects.filter(pk=pk).update(labeler_id=members[k % len(members)], status="open",
+                                                lease_until=timezone.now() + timedelta(hours=1))
+
+
 def answer_all_but(project: Project, keep: int) -> list[Assignment]:
-    """Answer every open assignment of the open batch except the last ``keep``; return those."""
+    """Answer every item of the open batch (all claimed first) except the last ``keep``; return those."""
+    claim_all(project)
     batch = QueryBatch.objects.get(project=project, closed_at__isnull=True)
     todo = list(Assignment.objects.filter(batch=batch, status="open").select_related("labeler").order_by("id"))
     assert len(todo) > keep
@@ -102,7 +117,7 @@ def test_two_concurrent_last_answers_send_the_loop_task_exactly_once(pg, labelin
     batch = last[0].batch
     assert project.state == Project.State.UPDATING
     assert sent[1:] == [("process_batch", (batch.pk,))]
-    assert not Assignment.objects.filter(batch=batch, status__in=["open", "paused"]).exists()
+    assert not Assignment.objects.filter(batch=batch, status__in=["open", "queued"]).exists()
 
 
 def test_the_completion_lock_is_held_until_the_update_is_saved(pg, labeling_dirs, annotators, sent, monkeypatch):
@@ -152,6 +167,7 @@ def test_a_double_submit_of_the_last_answer_neither_deadlocks_nor_duplicates(pg,
 def test_the_loop_tasks_project_lock_keeps_answers_out_and_they_see_the_freeze(pg, labeling_dirs, annotators, sent):
     """An answer arriving while the loop task holds the project FOR UPDATE waits, then sees the frozen batch."""
     project = digits_project()
+    claim_all(project)
     asg = Assignment.objects.filter(batch__project=project, status="open").select_related("labeler").first()
     locked = threading.Event()
     release = threading.Event()
@@ -194,6 +210,7 @@ def test_a_first_answer_is_one_statement_that_writes_what_the_general_path_write
     from labeling.models import LabelerProfile
 
     project = digits_project()
+    claim_all(project)
     fast = Assignment.objects.filter(batch__project=project, status="open").select_related("labeler").first()
     general = (Assignment.objects.filter(batch__project=project, status="open").exclude(labeler=fast.labeler)
                .select_related("labeler").first())
@@ -244,6 +261,7 @@ def test_hot_path_statements_are_prepared_on_the_server(pg, labeling_dirs, annot
     from rest_framework.test import APIClient
 
     project = digits_project()
+    claim_all(project)
     ann = annotators[0]
     asg = Assignment.objects.filter(batch__project=project, labeler=ann, status=Assignment.Status.OPEN).first()
     assert asg is not None

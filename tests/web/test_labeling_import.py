@@ -190,6 +190,13 @@ def test_staff_creates_and_starts_a_project(staff, annotators, client, labeling_
     project = Project.objects.get(name="p")
     assert r.status_code == 302 and project.classes == ["cat", "dog"] and project.config["initial_size"] == 2
     importers.import_zip(project=project, file=io.BytesIO(make_zip({f"cat/{k}.png": png_bytes(value=k) for k in range(4)})))
+    r = client.post(f"/labeling/staff/projects/{project.pk}/start/", follow=True)
+    project.refresh_from_db()
+    assert project.state == "draft" and b"choose its members first" in r.content  # nobody to label it yet
+    page = client.get(f"/labeling/staff/projects/{project.pk}/").content.decode()
+    assert 'id="members-form"' in page and all(a.username in page for a in annotators)
+    r = client.post(f"/labeling/staff/projects/{project.pk}/members/", {"members": [a.pk for a in annotators[:2]]})
+    assert r.status_code == 302 and sorted(project.members.values_list("pk", flat=True)) == [a.pk for a in annotators[:2]]
     r = client.post(f"/labeling/staff/projects/{project.pk}/start/")
     project.refresh_from_db()
     assert r.status_code == 302 and project.state == "labeling"
@@ -202,7 +209,8 @@ def test_load_demo_project_command(labeling_dirs):
     assert project.state == "labeling" and project.items.count() == 40
     assert project.items.filter(is_secured=True).count() == 5
     assert project.items.filter(ground_truth__isnull=True).count() == 0
-    assert Assignment.objects.filter(batch__project=project).values("labeler").distinct().count() == 3
+    assert sorted(project.members.values_list("username", flat=True)) == ["alice", "bob", "carol"]
+    assert set(Assignment.objects.filter(batch__project=project).values_list("status", flat=True)) == {"queued"}
     first = project.items.first()
     assert (first.width, first.height) == (64, 64)
     call_command("load_demo_project")  # idempotent

@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import pytest
 from django.db import IntegrityError, transaction
+from django.db.models import Count
+from django.utils import timezone
 
 from labeling import answering, features, loop_step, selectors, services, tasks, workflow
 from labeling.models import Annotation, Assignment, IterationMetric, LabelerProfile, Project, QueryBatch
 from tests.web.factories import AnnotatorFactory, AssignmentFactory, ItemFactory, QueryBatchFactory
-from tests.web.labeling_support import annotators, answer_open, digits_project, labeling_dirs, staff  # noqa: F401
+from tests.web.labeling_support import (annotators, answer_open, claim, digits_project, labeling_dirs,  # noqa: F401
+                                        staff)
 
 pytestmark = pytest.mark.django_db
 
@@ -22,7 +25,8 @@ def test_start_opens_a_random_batch_with_a_secured_set(project, annotators):
     batch = QueryBatch.objects.get(project=project)
     asg = list(batch.assignments.all())
     assert len(asg) == 6 and {a.kind for a in asg} == {"first_label"}
-    assert {a.labeler_id for a in asg} == {u.pk for u in annotators}  # spread over all three
+    assert {(a.labeler_id, a.status) for a in asg} == {(None, "queued")}  # the members' shared queue
+    assert batch.bought_before == 6  # the secured set's admin-verified labels
     secured = set(project.items.filter(is_secured=True).values_list("pk", flat=True))
     assert len(secured) == 6 and not secured & {a.item_id for a in asg}
     with pytest.raises(workflow.Conflict):
@@ -106,8 +110,7 @@ def test_suspicious_labels_go_to_other_labelers_then_resolve(project, annotators
     batch1.refresh_from_db()
     re = Assignment.objects.filter(batch=batch1, kind="reannotation")
     assert outcome.startswith("reannotation") and batch1.phase == "reannotation" and re.exists()
-    for asg in re:
-        assert asg.labeler_id != asg.original_labeler_id
+    assert {(asg.labeler_id, asg.status) for asg in re} == {(None, "queued")}  # for whoever asks (not the original)
     assert re.filter(original_labeler=a).exists()  # ann_a's wrong labels (F_0 may also doubt honest ones)
     for item in re.values_list("item", flat=True).distinct():
         assert re.filter(item=item).count() == 1  # adaptive: one re-annotator first
@@ -124,6 +127,7 @@ def test_suspicious_labels_go_to_other_labelers_then_resolve(project, annotators
     assert outcome.startswith("opened batch 2") and rounds >= 2
     for item in re.filter(original_labeler=a).values_list("item", flat=True).distinct():
         assert re.filter(item=item).values("labeler").distinct().count() == 2  # h = 2 distinct others
+    assert all(asg.labeler_id not in (None, asg.original_labeler_id) for asg in re.all())
     metric = IterationMetric.objects.get(project=project, iteration=1)
     assert metric.reannotated == re.values("item").distinct().count()
     profile = LabelerProfile.objects.get(user=a)
@@ -138,10 +142,14 @@ def test_the_database_refuses_a_reannotation_by_the_original_labeler(project, an
     a = annotators[0]
     batch = QueryBatch.objects.get(project=project, iteration=0)
     item = project.items.filter(is_secured=False).last()
+    claimed = {"status": "open", "lease_until": timezone.now()}
     with pytest.raises(IntegrityError), transaction.atomic():
-        Assignment.objects.create(item=item, batch=batch, labeler=a, original_labeler=a, kind="reannotation")
+        Assignment.objects.create(item=item, batch=batch, labeler=a, original_labeler=a, kind="reannotation",
+                                  **claimed)
     with pytest.raises(IntegrityError), transaction.atomic():
-        Assignment.objects.create(item=item, batch=batch, labeler=a, kind="reannotation")  # no original
+        Assignment.objects.create(item=item, batch=batch, labeler=a, kind="reannotation", **claimed)  # no original
+    Assignment.objects.create(item=item, batch=batch, labeler=annotators[1], original_labeler=a,
+                              kind="reannotation", **claimed)  # someone else: fine
 
 
 def test_the_database_refuses_two_first_labels_per_item_and_batch(labeling_dirs):
@@ -160,25 +168,28 @@ def test_one_annotation_per_assignment(labeling_dirs):
         Annotation.objects.create(assignment=asg, label=1)
 
 
-def test_suspending_a_labeler_moves_their_open_work(project, annotators):
+def test_suspending_a_labeler_returns_their_item_to_the_queue_at_once(project, annotators):
     a, b, c = annotators
-    mine = set(Assignment.objects.filter(labeler=a, status="open").values_list("pk", flat=True))
+    held = claim(a, project)
     services.set_labeler_status(user=a, suspended=True)
-    moved = Assignment.objects.filter(pk__in=mine)
-    assert all(m.labeler_id in (b.pk, c.pk) and m.status == "open" for m in moved)
+    held.refresh_from_db()
+    assert (held.labeler_id, held.status, held.lease_until) == (None, "queued", None)
     assert answering.next_assignment(user=a, project=project) is None
-    assert a.pk not in selectors.eligible_labelers()
+    assert a.pk not in selectors.eligible_labelers(project)
+    assert claim(b, project).pk == held.pk  # the first waiting item again, for the next who asks
 
 
-def test_paused_work_is_claimed_by_the_next_eligible_labeler(project, annotators):
-    a, b, c = annotators
-    for u in (b, c):
+def test_waiting_work_goes_to_a_member_who_joins(project, annotators):
+    from labeling import membership
+
+    for u in annotators:
+        claim(u, project)
         services.set_labeler_status(user=u, suspended=True)
-    services.set_labeler_status(user=a, suspended=True)
-    assert Assignment.objects.filter(batch__project=project, status="paused", labeler__isnull=True).count() == 6
+    assert Assignment.objects.filter(batch__project=project, status="queued", labeler__isnull=True).count() == 6
     newcomer = AnnotatorFactory(username="newcomer")
-    asg = answering.next_assignment(user=newcomer, project=project)
-    assert asg is not None and asg.labeler_id == newcomer.pk and asg.status == "open"
+    assert answering.next_assignment(user=newcomer, project=project) is None  # not a member
+    membership.add_members(project=project, users=[newcomer])
+    assert claim(newcomer, project).batch.project_id == project.pk
 
 
 def test_budget_stops_the_project(labeling_dirs, annotators):
@@ -196,15 +207,28 @@ def test_secured_set_without_ground_truth_goes_to_h_labelers(labeling_dirs, anno
     from labeling import importers
     from tests.web.labeling_support import random_images
 
+    from labeling import membership
+
     project = services.create_project(name="nogt", classes=["a", "b"],
                                       config={"secured_size": 3, "initial_size": 4, "h": 2, "feature_size": 8,
                                               "channels": 1})
     importers.import_arrays(project=project, images=random_images(12))
+    with pytest.raises(workflow.Conflict, match="no annotators"):
+        services.start_project(project=project)  # staff choose the members first
+    membership.set_members(project=project, users=annotators)
     batch = services.start_project(project=project)
     secured = batch.assignments.filter(kind="secured")
     assert secured.count() == 6 and secured.values("item").distinct().count() == 3
+    answered = 0  # label 0 for everything (no ground truth)
+    for _ in range(4):
+        for u in annotators:
+            asg = answering.next_assignment(user=u, project=project)
+            if asg is not None:
+                answering.submit_annotation(user=u, assignment_id=asg.pk, label=0)
+                answered += 1
+    assert answered == 10 and not Assignment.objects.filter(batch=batch, status__in=["queued", "open"]).exists()
     for item in secured.values_list("item", flat=True).distinct():
-        assert secured.filter(item=item).values("labeler").distinct().count() == 2
+        assert secured.filter(item=item).values("labeler").distinct().count() == 2  # two distinct members
 
 
 def test_chunked_feature_extraction_matches_in_process(project, settings):
@@ -267,10 +291,19 @@ def test_a_failing_loop_task_is_recorded_for_staff_and_cleared_by_a_retry(projec
     assert project.loop_error == "" and project.state == "labeling"
 
 
-def test_a_batch_whose_items_were_all_skipped_still_moves_on(project):
-    for asg in Assignment.objects.filter(batch__project=project, status="open"):
-        answering.skip_assignment(user=asg.labeler, assignment_id=asg.pk)
+def test_a_batch_whose_items_were_all_skipped_still_moves_on(project, annotators):
+    """A skip gives the item to someone else; once every member skipped it, it leaves the batch."""
+    skips, progress = 0, True
+    while progress:
+        progress = False
+        for u in annotators:
+            asg = answering.next_assignment(user=u, project=project)
+            if asg is not None:
+                answering.skip_assignment(user=u, assignment_id=asg.pk)
+                skips, progress = skips + 1, True
     batch0 = QueryBatch.objects.get(project=project, iteration=0)
+    assert skips == 6 * 3  # each of the six items went to all three members
+    assert {(s, n) for s, n in batch0.assignments.values_list("status").annotate(n=Count("id"))} == {("skipped", 18)}
     skipped = set(batch0.assignments.values_list("item_id", flat=True))
     assert loop_step.advance_loop(batch_id=batch0.pk).startswith("opened batch 1")
     assert IterationMetric.objects.get(project=project, iteration=0).n_labeled == 0

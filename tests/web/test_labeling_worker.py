@@ -9,6 +9,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 
 import pytest
+from django.contrib.auth import get_user_model
 from rest_framework.test import APIClient
 
 from labeling import tasks
@@ -41,17 +42,26 @@ def producer_to(worker):
 
 
 def answer_batch(project, *, wrong_for=()) -> int:
-    """Every open assignment answered through the API by its labeler."""
-    n = 0
-    for asg in Assignment.objects.filter(batch__project=project, status="open").select_related("item", "labeler"):
-        label = asg.item.ground_truth
-        if asg.labeler.username in wrong_for:
-            label = (label + 1) % project.n_classes
-        api = APIClient()
-        api.force_authenticate(asg.labeler)
-        r = api.post(f"/api/labeling/assignments/{asg.pk}/annotation/", {"label": label, "seconds": 1}, format="json")
-        assert r.status_code == 201, r.content
-        n += 1
+    """The members take turns asking the API for work (next/) and answering it, until nobody gets any."""
+    from labeling import selectors
+
+    users = list(get_user_model().objects.filter(pk__in=selectors.member_ids(project)).order_by("id"))
+    n, progress = 0, True
+    while progress:
+        progress = False
+        for user in users:
+            api = APIClient()
+            api.force_authenticate(user)
+            got = api.get(f"/api/labeling/next/?project={project.pk}").json()["assignment"]
+            if got is None:
+                continue
+            label = Assignment.objects.select_related("item").get(pk=got["id"]).item.ground_truth
+            if user.username in wrong_for:
+                label = (label + 1) % project.n_classes
+            r = api.post(f"/api/labeling/assignments/{got['id']}/annotation/", {"label": label, "seconds": 1},
+                         format="json")
+            assert r.status_code == 201, r.content
+            n, progress = n + 1, True
     return n
 
 
@@ -61,7 +71,7 @@ def labeling_again(project, iteration):
         return project.state in ("labeling", "finished") and (
             project.iteration > iteration or project.state == "finished"
             or QueryBatch.objects.filter(project=project, iteration=iteration, phase="reannotation").exists()
-            and Assignment.objects.filter(batch__project=project, status="open").exists())
+            and Assignment.objects.filter(batch__project=project, status="queued").exists())
     return check
 
 

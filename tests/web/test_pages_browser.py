@@ -59,7 +59,7 @@ def open_annotate(page, live_server, project, username):
 
 def screenshot(page, name):
     if os.environ.get("ROBUSTAL_SCREENSHOT_DIR"):  # for looking at the page by eye
-        page.screenshot(path=os.path.join(os.environ["ROBUSTAL_SCREENSHOT_DIR"], name))
+        page.screenshot(path=os.path.join(os.environ["ROBUSTAL_SCREENSHOT_DIR"], name), full_page=name.startswith(("staff", "settings")))
 
 
 def project_with(classes, *, description=INSTRUCTIONS, upscale=4, name="digits"):
@@ -209,3 +209,132 @@ def test_photos_are_scaled_smoothly(labeling_dirs, live_server, chromium, monkey
     assert page.evaluate("document.getElementById('image').naturalWidth") == 256
     s = stage_state(page)
     assert (s["rendering"], s["css"]) == ("smooth", "auto")
+
+
+# ---- staff pages ----------------------------------------------------------------------------------
+
+
+def login(page, live_server, username, next_url="/"):
+    page.goto(f"{live_server.url}/accounts/login/?next={next_url}")
+    page.fill("#id_username", username)
+    page.fill("#id_password", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_load_state()
+
+
+def no_page_scroll_sideways(page):
+    width = page.viewport_size["width"]  # a phone widens its layout viewport to overflowing content: compare with the screen
+    assert page.evaluate("document.documentElement.scrollWidth") <= width, page.url
+
+
+@pytest.mark.parametrize("options", [DESKTOP, PHONE], ids=["desktop", "phone"])
+def test_staff_settings_form_warns_live_and_saves(options, labeling_dirs, live_server, chromium):
+    from tests.web.factories import ItemFactory, ProjectFactory, StaffFactory
+
+    StaffFactory(username="form_boss")
+    project = ProjectFactory(name="small pool", config={"secured_size": 50, "initial_size": 20})
+    for _ in range(40):
+        ItemFactory(project=project)
+    page = chromium(**options)
+    login(page, live_server, "form_boss", f"/labeling/staff/projects/{project.pk}/")
+    warning = page.locator("#start-fit")
+    assert "warn" in warning.get_attribute("class") and "start will refuse" in warning.inner_text()
+    no_page_scroll_sideways(page)
+    live = page.locator("#settings-form #pool-fit")
+    assert "start will refuse" in live.inner_text()
+    page.fill("#settings-form [data-setting=secured_size]", "10")
+    page.fill("#settings-form [data-setting=initial_size]", "10")
+    assert "10 go to the secured set, 10 to the first batch, 20 remain" in live.inner_text()  # as typed
+    assert "warn" not in live.get_attribute("class")
+    assert page.is_visible("#setting-budget .help .default")  # each setting says its default...
+    assert "Default:" in page.inner_text("#setting-batch_size") and "Items queried per iteration" in \
+        page.inner_text("#setting-batch_size")  # ...and what it does
+    page.click("#settings-form button[type=submit]")
+    page.wait_for_selector(".messages li")
+    assert "Settings saved." in page.inner_text(".messages")
+    assert "warn" not in page.get_attribute("#start-fit", "class")
+    project.refresh_from_db()
+    assert (project.config["secured_size"], project.config["initial_size"]) == (10, 10)
+    screenshot(page, f"settings-{'phone' if options is PHONE else 'desktop'}.png")
+
+
+def test_new_project_page_explains_the_pool_it_needs(labeling_dirs, live_server, chromium):
+    from labeling.models import Project
+    from tests.web.factories import StaffFactory
+
+    StaffFactory(username="new_boss")
+    page = chromium(**PHONE)
+    login(page, live_server, "new_boss", "/labeling/staff/projects/new/")
+    assert "Start needs more than 70" in page.inner_text("#pool-fit")
+    page.fill("#id_name", "from the browser")
+    page.fill("#id_classes", "cat, dog")
+    page.fill("#id_description", "Cats left, dogs right.")
+    page.fill("[data-setting=secured_size]", "5")
+    assert "Start needs more than 25" in page.inner_text("#pool-fit")
+    page.select_option("[data-setting=strategy]", "margin")
+    no_page_scroll_sideways(page)
+    page.click("#project-form button[type=submit]")
+    page.wait_for_selector(".messages li")
+    p = Project.objects.get(name="from the browser")
+    assert (p.config["secured_size"], p.config["strategy"], p.description) == (5, "margin", "Cats left, dogs right.")
+
+
+@pytest.mark.parametrize("options", [DESKTOP, PHONE], ids=["desktop", "phone"])
+def test_staff_see_flagged_labelers_and_annotator_statistics(options, labeling_dirs, live_server, chromium):
+    from labeling.models import TrustEvent
+    from tests.web.factories import StaffFactory
+    from tests.web.test_annotator_stats import build
+
+    StaffFactory(username="notice_boss")
+    project, good, sloppy = build()
+    TrustEvent.objects.create(labeler=sloppy, project=project, reason="flagged", trust_after=0.7, note="p = 0.001")
+    page = chromium(**options)
+    login(page, live_server, "notice_boss")
+    banner = page.locator("#trust-notices")
+    assert banner.is_visible() and "st_sloppy" in banner.inner_text() and "flagged" in banner.inner_text()
+    no_page_scroll_sideways(page)
+    page.click("#trust-notices a.button")
+    page.wait_for_selector("#labeler-state")
+    assert page.url.endswith(f"/trust/labelers/{sloppy.pk}/")
+    page.goto(f"{live_server.url}/labeling/staff/projects/{project.pk}/")
+    assert page.is_visible("#trust-notices")
+    rows = page.locator("#annotator-stats tr.annotator-row")
+    assert rows.count() == 2 and "flagged" in rows.nth(1).inner_text()
+    no_page_scroll_sideways(page)  # the wide table scrolls inside its card
+    screenshot(page, f"staff-project-{'phone' if options is PHONE else 'desktop'}.png")
+    page.click("#trust-notices button[type=submit]")
+    page.wait_for_load_state()
+    assert page.locator("#trust-notices").count() == 0
+    page.goto(f"{live_server.url}/")
+    assert page.locator("#trust-notices").count() == 0
+
+
+def test_error_pages_in_the_browser(labeling_dirs, live_server, chromium, settings):
+    settings.DEBUG = True  # run.sh's default: still no URL list
+    AnnotatorFactory(username="lost_ann")
+    page = chromium(**PHONE)
+    login(page, live_server, "lost_ann")
+    for url, status, text in (("/labeling/staff/projects/new/", 403, "This page is for staff"),
+                              ("/admin/", 403, "This page is for staff"),
+                              ("/no/such/page/", 404, "Page not found")):
+        response = page.goto(f"{live_server.url}{url}")
+        assert response.status == status, url
+        assert text in page.inner_text("#error-page") and "Using the URLconf" not in page.content()
+        no_page_scroll_sideways(page)
+    page.click("#error-page a.button")
+    page.wait_for_load_state()
+    assert page.url == f"{live_server.url}/"
+
+
+def test_staff_pages_fit_a_phone(labeling_dirs, live_server, chromium):
+    from tests.web.factories import StaffFactory
+    from tests.web.test_annotator_stats import build
+
+    StaffFactory(username="phone_boss")
+    project, good, sloppy = build()
+    page = chromium(**PHONE)
+    login(page, live_server, "phone_boss")
+    for url in ("/", "/labeling/staff/projects/new/", f"/labeling/staff/projects/{project.pk}/", "/trust/",
+                f"/trust/labelers/{sloppy.pk}/"):
+        assert page.goto(f"{live_server.url}{url}").status == 200
+        no_page_scroll_sideways(page)

@@ -24,7 +24,7 @@ import pytest
 from django.test import Client
 from django.urls import URLResolver, get_resolver
 
-from labeling import services
+from labeling import membership, services
 from labeling.models import Annotation, Assignment, IterationMetric, Item, LabelerProfile, Project
 from tests.web.factories import (AnnotatorFactory, AssignmentFactory, ItemFactory, ProjectFactory,
                                  QueryBatchFactory, StaffFactory)
@@ -85,6 +85,7 @@ def world(labeling_dirs, settings):
     Annotation.objects.create(assignment=done_b, label=2)
     for user in (a, b):
         services.ensure_profile(user)
+    membership.set_members(project=project, users=[a, b])
     LabelerProfile.objects.filter(user__in=[a, b]).update(trust=TRUST_VALUE)
     other_batch = QueryBatchFactory(project=other)
     AssignmentFactory(batch=other_batch, item=ItemFactory(project=other), labeler=staff)
@@ -207,6 +208,11 @@ CASES = [
     Case(EXPORT, "GET", (403, 403, 403, 200), (*P, ("kind", "=raw"), ("fmt", "=csv"))),
     Case(EXPORT, "GET", (403, 403, 403, 200), (*P, ("kind", "=resolved"), ("fmt", "=json"))),
     Case(EXPORT, "GET", (403, 403, 403, 400), (*P, ("kind", "=secret"), ("fmt", "=csv"))),
+    Case("api/labeling/projects/<int:project_id>/members/", "GET", (403, 403, 403, 200), P),
+    Case("api/labeling/projects/<int:project_id>/members/", "PUT", (403, 403, 403, 200), P,
+         data={"members": [NAME_A, NAME_B]}),
+    Case("labeling/staff/projects/<int:project_id>/members/", "POST", (LOGIN, 403, 403, 302), P,
+         data={"members": []}),
 ]
 
 ADMIN_SAMPLE = ["/admin/", "/admin/labeling/item/", "/admin/labeling/annotation/", "/admin/trust/",
@@ -225,6 +231,8 @@ def check_status(response, expected, case_id: str, role: str) -> None:
 def request(client: Client, method: str, url: str, data: dict):
     if method == "GET":
         return client.get(url)
+    if method == "PUT":
+        return client.put(url, data, content_type="application/json")
     return client.post(url, data)
 
 
@@ -387,7 +395,7 @@ def test_annotator_session_reveals_nothing(world):
         assert r.status_code < 400, (name, r.status_code, r.content[:200])
         assert_no_leak("a", world, name, b"".join(r.streaming_content) if r.streaming else r.content)
     # B's label 2 and A's own label never appear as someone else's data in the status
-    assert set(nxt.json()) == {"assignment", "project_state", "progress", "message"}
+    assert set(nxt.json()) == {"assignment", "upcoming", "project_state", "progress", "message"}
     assert set(nxt.json()["assignment"]) == {"id", "project", "project_name", "image_url", "classes", "status"}
 
 

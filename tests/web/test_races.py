@@ -1,7 +1,8 @@
 """Races with real threads on PostgreSQL (each thread has its own connection; skipped on SQLite,
 which serialises writers and has no row locks).
 
-- two annotators asking for work at the same instant never get the same first-label assignment;
+- two annotators asking for work at the same instant never get the same first-label assignment
+  (the shared queue's claim: ``FOR UPDATE SKIP LOCKED``);
 - a double submit is harmless: one Annotation (a one-to-one column in the database), the second
   request gets the existing answer (same label) or a 409 (another label);
 - a re-annotation never goes to the original labeler, even when everybody asks at once (and the
@@ -11,15 +12,17 @@ which serialises writers and has no row locks).
 from __future__ import annotations
 
 import threading
+from datetime import timedelta
 
 import pytest
 from django.db import IntegrityError, connection, transaction
+from django.utils import timezone
 from rest_framework.test import APIClient
 
 from labeling import answering, loop_step, services, tasks
 from labeling.models import Annotation, Assignment, IterationMetric, Item, QueryBatch
 from tests.web.factories import AnnotatorFactory
-from tests.web.labeling_support import digits_project, labeling_dirs  # noqa: F401
+from tests.web.labeling_support import digits_project, labeling_dirs, take_turns  # noqa: F401
 
 ROUNDS = 15
 
@@ -71,10 +74,10 @@ def run_together(fns: list, rounds: int = 1) -> list[list]:
 
 
 def test_simultaneous_next_never_shares_a_first_label_assignment(pg, labeling_dirs, no_broker):
-    # started before anyone can label: every first-label assignment waits (paused) to be claimed
-    project = digits_project(n=48, config={"initial_size": 2 * ROUNDS + 4, "secured_size": 6, "batch_size": 6})
-    assert not Assignment.objects.filter(batch__project=project, kind="first_label").exclude(status="paused").exists()
     users = [AnnotatorFactory(username=f"racer{k}") for k in range(2)]
+    # one shared queue: every first-label assignment waits to be claimed
+    project = digits_project(n=48, config={"initial_size": 2 * ROUNDS + 4, "secured_size": 6, "batch_size": 6})
+    assert not Assignment.objects.filter(batch__project=project, kind="first_label").exclude(status="queued").exists()
 
     def claim_and_answer(user):
         def step(r):
@@ -98,8 +101,12 @@ def test_simultaneous_next_never_shares_a_first_label_assignment(pg, labeling_di
 def test_double_submit_makes_one_annotation(pg, labeling_dirs, no_broker):
     users = [AnnotatorFactory(username=n) for n in ("ann_a", "ann_b", "ann_c")]
     project = digits_project(n=48, config={"initial_size": 12, "secured_size": 6, "batch_size": 6})
-    open_asgs = list(Assignment.objects.filter(batch__project=project, status="open").select_related("labeler"))
-    assert len(open_asgs) == 12 and {a.labeler_id for a in open_asgs} <= {u.pk for u in users}
+    waiting = list(Assignment.objects.filter(batch__project=project, status="queued").order_by("id"))
+    assert len(waiting) == 12
+    for k, asg in enumerate(waiting):  # claimed up front, round-robin (the race here is the double submit)
+        Assignment.objects.filter(pk=asg.pk).update(labeler=users[k % 3], status="open",
+                                                    lease_until=timezone.now() + timedelta(hours=1))
+    open_asgs = list(Assignment.objects.filter(pk__in=[a.pk for a in waiting]).order_by("id").select_related("labeler"))
     same, different = open_asgs[:5], open_asgs[5:10]  # two left open: the batch never completes
 
     def post(asg, label):
@@ -119,16 +126,15 @@ def test_double_submit_makes_one_annotation(pg, labeling_dirs, no_broker):
 
 
 def test_reannotation_never_reaches_the_original_labeler_under_concurrency(pg, labeling_dirs, no_broker):
-    project = digits_project(n=60, config={"initial_size": 6, "secured_size": 6, "batch_size": 6})
     users = [AnnotatorFactory(username=f"voter{k}") for k in range(3)]
+    project = digits_project(n=60, config={"initial_size": 6, "secured_size": 6, "batch_size": 6})
     original = users[0]
     batch = QueryBatch.objects.get(project=project, iteration=0)
     used = set(Assignment.objects.filter(batch=batch).values_list("item_id", flat=True))
     items = list(Item.objects.filter(project=project, is_secured=False).exclude(pk__in=used).order_by("index")[:24])
-    # paused re-annotations of the original labeler's items, waiting to be claimed
+    # re-annotations of the original labeler's items, waiting in the queue with the first labels
     Assignment.objects.bulk_create([Assignment(item=i, batch=batch, labeler=None, original_labeler=original,
-                                               kind="reannotation", status="paused") for i in items])
-    Assignment.objects.filter(batch=batch, kind="first_label").update(status="paused", labeler=None)
+                                               kind="reannotation", status="queued") for i in items])
 
     def ask(user):
         def step(r):
@@ -148,18 +154,18 @@ def test_reannotation_never_reaches_the_original_labeler_under_concurrency(pg, l
     assert sum(kind == "reannotation" for _, kind in flat) >= 10  # the others took them
     assert not Assignment.objects.filter(kind="reannotation", labeler=original).exists()
     # and the database refuses it outright
-    reannotation = Assignment.objects.filter(kind="reannotation", status="paused").first()
+    reannotation = Assignment.objects.filter(kind="reannotation", status="queued").first()
     with pytest.raises(IntegrityError), transaction.atomic():
-        Assignment.objects.filter(pk=reannotation.pk).update(labeler=original, status="open")
+        Assignment.objects.filter(pk=reannotation.pk).update(labeler=original, status="open",
+                                                             lease_until=timezone.now())
 
 
 def test_loop_task_twice_at_once_makes_one_next_batch(pg, labeling_dirs, no_broker):
     users = [AnnotatorFactory(username=n) for n in ("ann_a", "ann_b", "ann_c")]
     project = digits_project(n=36, config={"initial_size": 6, "secured_size": 6, "batch_size": 6})
     batch0 = QueryBatch.objects.get(project=project, iteration=0)
-    by_id = {u.pk: u for u in users}
-    for asg in Assignment.objects.filter(batch=batch0, status="open").select_related("item"):
-        answering.submit_annotation(user=by_id[asg.labeler_id], assignment_id=asg.pk, label=asg.item.ground_truth)
+    for user, asg in take_turns(project):
+        answering.submit_annotation(user=user, assignment_id=asg.pk, label=asg.item.ground_truth)
     assert no_broker == [batch0.pk]
     outcomes = run_together([lambda r: loop_step.advance_loop(batch_id=batch0.pk)] * 2)
     outcomes = sorted(str(o[0]) for o in outcomes)

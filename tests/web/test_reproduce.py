@@ -15,21 +15,25 @@ def test_reproduce_paper_digits_smoke(tmp_path, monkeypatch):
     call_command(
         "reproduce_paper", "--dataset", "digits", "--classes", "1,7", "--pool-size", "80", "--test-size", "60",
         "--backbone", "flatten", "--weights", "none", "--scenarios", "benign,malicious",
-        "--strategies", "random,robust+dknn", "--runs", "1", "--jobs", "1", "--out", str(out),
-        "--docs", str(docs), "--no-progress", "--note", "smoke run",
+        "--strategies", "random,margin+vote3,robust", "--runs", "1", "--jobs", "1", "--out", str(out),
+        "--docs", str(docs), "--no-progress", "--note", "smoke run", "--split-seeds", "3",
     )
     report = json.loads((out / "report.json").read_text())
-    assert set(report["scenarios"]) == {"benign", "malicious"}
+    assert list(report["scenarios"]) == ["benign", "benign (split seed 3)", "malicious", "malicious (split seed 3)"]
     md = (docs / "results.md").read_text()
-    for scenario, r in report["scenarios"].items():
-        assert set(r["summary"]) == {"random", "robust+dknn"}
+    for key, r in report["scenarios"].items():
+        assert set(r["summary"]) == {"random", "margin+vote3", "robust"}
         for name, png in r["plots"].items():
             assert (docs / "results" / png).stat().st_size > 1000
             assert f"results/{png}" in md
-        mean = r["summary"]["robust+dknn"]["mean"]
-        assert f"| robust+dknn | {mean:.1f} (" in md  # the table shows the measured numbers
-        assert (out / scenario / "summary.json").is_file()
+        robust = r["summary"]["robust"]
+        assert f"| robust | {robust['mean']:.1f} (" in md  # the table shows the measured numbers
+        assert f"{robust['first_mean']:.0f} / {robust['secured_mean']:.0f} / {robust['extra_mean']:.0f}" in md
+        vote = r["summary"]["margin+vote3"]
+        assert vote["extra_mean"] == 2 * vote["first_mean"] and vote["secured_mean"] == 0  # 3 labels per item
+        assert (out / f"{r['scenario']}-seed{r['seed']}" / "summary.json").is_file()
     assert "smoke run" in md and "Paper (Table III" in md and "Paper (Table IV" in md
+    assert "Issue 18's targets for `robust` here:" in md and "every adversary suspended" in md
 
 
 def test_reproduce_paper_rejects_bad_input(tmp_path):
@@ -76,5 +80,5 @@ def test_results_markdown_shows_attack_success_next_to_the_control():
     md = render_markdown(report)
     assert "| robust | 50.0 % (1/2) | 0.0 % (0/2) | 0.0 |" in md
     assert "| robust+density | 0.0 % (0/2) | 50.0 % (1/2) | 49.0 |" in md
-    assert "Measured `robust`: 15.0 % of the pool — target met" in md
-    assert "Measured `robust+density`: 15.0 % of the pool — target met" in md
+    assert "- mean labels 450.0 = 15.0 % of the pool (at most 15 %) — met" in md
+    assert "- attack success at most 5 %: 50.0 % — **NOT met**" in md

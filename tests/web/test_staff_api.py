@@ -188,6 +188,8 @@ def test_start_then_pause_and_resume_what_annotators_get(staff_api, labeling_dir
     project = Project.objects.get(pk=create(staff_api).json()["id"])
     files = [SimpleUploadedFile(f"{k}.png", png_bytes(value=k)) for k in range(20)]
     assert staff_api.post(f"{API}{project.pk}/images/", {"files": files}, format="multipart").status_code == 201
+    r = staff_api.put(f"{API}{project.pk}/members/", {"members": [a.username for a in annotators]}, format="json")
+    assert r.status_code == 200, r.content
     r = staff_api.post(f"{API}{project.pk}/start/")
     assert r.status_code == 200, r.content
     body = r.json()
@@ -304,7 +306,7 @@ def test_readme_staff_script_creates_fills_and_starts_a_project(live_server, lab
     script = tmp_path / "staff_script.py"
     script.write_text(readme_script())
     env = {**os.environ, "ROBUSTAL_URL": live_server.url, "IMAGES": str(images),
-           "ROBUSTAL_USER": "readme_staff", "ROBUSTAL_PASSWORD": PASSWORD}
+           "ROBUSTAL_USER": "readme_staff", "ROBUSTAL_PASSWORD": PASSWORD, "ANNOTATORS": "ann_1,ann_2,ann_3"}
     run = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stdout + run.stderr
     project = Project.objects.get(name="digits from a script")
@@ -312,7 +314,8 @@ def test_readme_staff_script_creates_fills_and_starts_a_project(live_server, lab
     assert project.classes == ["0", "1", "2"] and project.config["secured_size"] == 20
     assert "40 image(s) imported" in run.stdout
     assert f"project {project.pk} is labeling: batch 0 with " in run.stdout
-    assert Assignment.objects.filter(batch__project=project, labeler__isnull=False).exists()
+    assert sorted(project.members.values_list("username", flat=True)) == ["ann_1", "ann_2", "ann_3"]
+    assert Assignment.objects.filter(batch__project=project, status="queued").exists()  # the members' queue
     again = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120)
     assert again.returncode != 0 and "400 name: Project with this Name already exists." in again.stderr, again.stderr
 

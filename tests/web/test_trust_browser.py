@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from labeling import services, workflow
+from labeling import answering, services, workflow
 from labeling.models import LabelerProfile, QueryBatch
 from tests.web.factories import PASSWORD
 from tests.web.labeling_support import (annotators, answer_open, digits_project, finish_batch, labeling_dirs,  # noqa: F401
@@ -24,7 +24,10 @@ def test_staff_reviews_a_flagged_labeler_in_the_browser(labeling_dirs, annotator
     project = digits_project()
     answer_open(project)
     finish_batch(project, QueryBatch.objects.get(project=project, iteration=0))
-    answer_open(project, wrong_for=("ann_a",))
+    for _ in range(3):  # ann_a takes three images of batch 1 from the queue and labels them wrongly
+        asg = answering.next_assignment(user=a, project=project)
+        answering.submit_annotation(user=a, assignment_id=asg.pk, label=(asg.item.ground_truth + 1) % 3)
+    answer_open(project)  # the rest, truthfully
     finish_batch(project, QueryBatch.objects.get(project=project, iteration=1))
     services.set_labeler_status(user=a, flagged=True)
     page = browser_page

@@ -92,7 +92,8 @@ def test_confirmations_are_recorded_only_when_trust_moves(labeling_dirs, annotat
 def test_reinstate_and_suspend_are_recorded(labeling_dirs, annotators, staff):
     a, b, c = annotators
     project = digits_project()
-    for asg in Assignment.objects.filter(labeler=a, status="open").select_related("item"):  # a's labels come first
+    for _ in range(2):  # a's labels come first
+        asg = answering.next_assignment(user=a, project=project)
         answering.submit_annotation(user=a, assignment_id=asg.pk, label=asg.item.ground_truth)
     given = Annotation.objects.filter(assignment__labeler=a, assignment__kind="first_label").count()
     assert given
@@ -106,12 +107,13 @@ def test_reinstate_and_suspend_are_recorded(labeling_dirs, annotators, staff):
     assert event.delta == pytest.approx(0.3) and event.trust_after == pytest.approx(0.7)
     with pytest.raises(trust_services.ReviewError, match="neither"):
         trust_services.reinstate(labeler=a, actor=staff)
-    mine = set(Assignment.objects.filter(labeler=b, status="open").values_list("pk", flat=True))
-    assert mine
+    held = answering.next_assignment(user=b, project=project)
+    assert held is not None
     event = trust_services.suspend(labeler=b, actor=staff)
     assert event.reason == "suspended_by_admin" and LabelerProfile.objects.get(user=b).is_suspended
-    assert not Assignment.objects.filter(pk__in=mine, labeler=b).exists()  # handed to others
-    assert b.pk not in selectors.eligible_labelers()
+    held.refresh_from_db()
+    assert (held.labeler_id, held.status) == (None, "queued")  # back in the queue for the others
+    assert b.pk not in selectors.eligible_labelers(project)
     with pytest.raises(trust_services.ReviewError, match="already"):
         trust_services.suspend(labeler=b, actor=staff)
 
@@ -135,12 +137,15 @@ def test_discard_since_a_date_requeues_items_in_the_open_batch(labeling_dirs, an
     batch1 = selectors.open_batch(project)
     requeued = Assignment.objects.filter(batch=batch1, kind="first_label", item__index__in=mine)
     assert requeued.count() == len(mine)
-    assert a.pk not in set(requeued.values_list("labeler_id", flat=True))
+    assert set(requeued.values_list("labeler_id", "status", "original_labeler_id")) == {(None, "queued", a.pk)}
     assert str(len(mine)) in event.note
     with pytest.raises(trust_services.ReviewError, match="no label"):
         trust_services.discard_labels_since(labeler=a, since=since, actor=staff)  # nothing left
     with pytest.raises(trust_services.ReviewError, match="future"):
         trust_services.discard_labels_since(labeler=a, since=timezone.now() + timedelta(days=1), actor=staff)
+    while (asg := answering.next_assignment(user=a, project=project)) is not None:  # a never gets them back
+        assert asg.item.index not in mine
+        answering.submit_annotation(user=a, assignment_id=asg.pk, label=0)
 
 
 # ---- pages and permissions -----------------------------------------------------------------

@@ -45,6 +45,8 @@ def test_parity_the_web_loop_and_the_simulator_buy_the_same_labels(labeling_dirs
     from learner.oracles import LabelerPool
 
     web = simulation.run(seed=3, max_batches=50, config={"reannotation": reannotation, "budget": 300})
+    # the shared queue handed every item to the labeler the engine planned (the simulator asks them)
+    assert web.answers > 0 and web.off_plan == 0, (web.answers, web.off_plan)
     project = Project.objects.get(pk=web.project_id)
     feats, _ = features.features_for(project)
     truth = np.array(list(project.items.order_by("index").values_list("ground_truth", flat=True)))

@@ -1,12 +1,14 @@
-"""Create the digits demo project (idempotent) and open its first batch for the demo annotators."""
+"""Create the digits demo project (idempotent): the demo annotators are its members, its first batch is open."""
 from __future__ import annotations
 
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
-from labeling import importers, services
+from labeling import importers, membership, services
 from labeling.models import ANNOTATORS_GROUP, Project
+
+from .setup_demo import DEMO_ANNOTATORS
 
 DEMO_NAME = "Digits demo"
 
@@ -32,7 +34,8 @@ class Command(BaseCommand):
         if existing is not None:
             self.stdout.write(f"Demo project {existing.name!r} already exists (state: {existing.state}).")
             return
-        if not get_user_model().objects.filter(groups__name=ANNOTATORS_GROUP).exists():
+        demo = [name for name, _ in DEMO_ANNOTATORS]
+        if get_user_model().objects.filter(username__in=demo, groups__name=ANNOTATORS_GROUP).count() < len(demo):
             call_command("setup_demo", stdout=self.stdout)
         from learner.data import load_digits
 
@@ -56,7 +59,9 @@ class Command(BaseCommand):
             project.delete()
             raise CommandError(report.summary())
         self.stdout.write(f"Created {project.name!r}: {report.summary()}.")
+        membership.set_members(project=project, users=demo)  # staff change them on the project's page
+        self.stdout.write(f"Members: {', '.join(demo)}.")
         if opts["no_start"]:
             return
         batch = services.start_project(project=project)
-        self.stdout.write(f"First batch opened: {batch.assignments.count()} assignments for the demo annotators.")
+        self.stdout.write(f"First batch opened: {batch.assignments.count()} items in the members' shared queue.")

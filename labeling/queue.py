@@ -1,0 +1,174 @@
+"""The shared work queue: which item of the open batch someone gets next, and for how long.
+
+A batch's assignments are the slots of one queue, in the order the loop created them (their
+ids). Nobody owns a share of the batch up front. Someone who asks for work (:func:`next_work`)
+gets back the claim they already hold (its lease renewed), or claims:
+
+1. the first *queued* slot they may label: a member of the project, not suspended (nor flagged
+   while someone unflagged can work), never a re-annotation of their own label (the slot's
+   ``original_labeler``), and never an item they already have, had or skipped in this batch;
+2. otherwise a claim whose lease ran out (its holder stopped answering), then an item someone
+   else claimed only *ahead* (``prefetched``, for their page's preload): work that someone holds
+   but is not looking at never makes anyone wait.
+
+A claim is one conditional ``UPDATE`` of one row (on PostgreSQL its slot is picked ``FOR UPDATE
+SKIP LOCKED``: two people asking at once lock different rows and never get the same item; SQLite
+serialises writers). The database refuses what must never happen anyway: a re-annotation by the
+original labeler (CHECK) and two slots of one item for one person in a batch (UNIQUE).
+
+A claim lasts ``LABELING_LEASE_SECONDS`` (env ``ROBUSTAL_LEASE_SECONDS``, default 300); its holder
+may still answer after that until someone else takes it over. Suspending or flagging someone,
+or removing them from a project, returns their claims to the queue at once
+(:func:`release_claims`). Skips put the item back as a new slot for someone else
+(:func:`labeling.answering.skip_assignment`).
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import IntegrityError, connection, transaction
+from django.utils import timezone
+
+from . import selectors
+from .models import Assignment, Project, QueryBatch
+
+
+def lease_seconds() -> float:
+    return float(getattr(settings, "LABELING_LEASE_SECONDS", 300))
+
+
+@dataclass
+class Work:
+    """What :func:`next_work` hands out: the item to show, and one to preload (``prefetch``)."""
+
+    current: Assignment | None
+    upcoming: Assignment | None = None
+    project: Project | None = None  # the project the answer is about (None: no project at all)
+
+
+@functools.cache
+def _claim_sql(vendor: str, takeover: bool) -> str:
+    """One claim: pick the first slot the user may take and make it theirs, in one statement."""
+    q = connection.ops.quote_name
+    a = q(Assignment._meta.db_table)
+    lock = " FOR UPDATE SKIP LOCKED" if vendor == "postgresql" else ""
+    if takeover:  # an expired claim first, then someone else's claim ahead
+        which = ("c.status = %(open)s AND c.labeler_id <> %(uid)s AND (c.lease_until < %(now)s OR c.prefetched)",
+                 "ORDER BY c.prefetched, c.lease_until, c.id")
+        recheck = "status = %(open)s AND labeler_id <> %(uid)s AND (lease_until < %(now)s OR prefetched)"
+    else:
+        which = ("c.status = %(queued)s", "ORDER BY c.id")
+        recheck = "status = %(queued)s"
+    return (f"UPDATE {a} SET labeler_id = %(uid)s, status = %(open)s, lease_until = %(until)s, "
+            f"prefetched = %(ahead)s WHERE id = ("
+            f"SELECT c.id FROM {a} c WHERE c.batch_id = %(batch)s AND {which[0]} "
+            "AND (c.original_labeler_id IS NULL OR c.original_labeler_id <> %(uid)s) "
+            f"AND NOT EXISTS (SELECT 1 FROM {a} o WHERE o.batch_id = c.batch_id AND o.item_id = c.item_id "
+            f"AND o.labeler_id = %(uid)s) {which[1]} LIMIT 1{lock}) AND {recheck} RETURNING id")
+
+
+def _claim(user, batch_id: int, *, ahead: bool = False, takeover: bool = True) -> Assignment | None:
+    """Claim one slot of ``batch_id`` for ``user`` (queued first, then a takeover); None when none."""
+    now = timezone.now()
+    adapt = connection.ops.adapt_datetimefield_value
+    params = {"uid": user.pk, "batch": batch_id, "now": adapt(now),
+              "until": adapt(now + timedelta(seconds=lease_seconds())), "ahead": ahead, "open": Assignment.Status.OPEN.value, "queued": Assignment.Status.QUEUED.value}
+    for mode in ((False, True) if takeover else (False,)):
+        for _ in range(3):  # a unique violation: the same person claimed a sibling slot at the same instant
+            try:
+                with transaction.atomic(), connection.cursor() as cursor:
+                    cursor.execute(_claim_sql(connection.vendor, mode), params)
+                    row = cursor.fetchone()
+            except IntegrityError:
+                continue
+            if row is None:
+                break
+            return (Assignment.objects.select_related("batch", "batch__project", "item").get(pk=row[0]))
+    return None
+
+
+def _renew(asg: Assignment, user) -> bool:
+    """Extend the user's claim (and make a claim ahead the current one); False if it is no longer theirs."""
+    until = timezone.now() + timedelta(seconds=lease_seconds())
+    n = Assignment.objects.filter(pk=asg.pk, labeler=user, status=Assignment.Status.OPEN).update(
+        lease_until=until, prefetched=False)
+    if n:
+        asg.lease_until, asg.prefetched = until, False
+    return bool(n)
+
+
+def _open_batch_id(project: Project) -> int | None:
+    """The project's open batch when it hands out work: the project labeling (read now, not from
+    the caller's copy) and not paused by staff, the batch not frozen by the loop task."""
+    row = (QueryBatch.objects.filter(project=project, closed_at__isnull=True, project__state=Project.State.LABELING,
+                                     project__paused_at__isnull=True).order_by("-iteration")
+           .values_list("id", "frozen_at").first())
+    return row[0] if row is not None and row[1] is None else None
+
+
+def next_work(*, user, project: Project | None = None, prefetch: bool = False) -> Work:
+    """The user's next item (optionally in one project), claiming one when they hold none.
+
+    ``prefetch``: also hold the item after it (claimed *ahead*: anyone who runs out of work may
+    take it over), so the page can load its image while the current one is shown.
+    """
+    projects = [project] if project is not None else selectors.claimable_projects(user)
+    for p in projects:
+        batch_id = _open_batch_id(p)
+        if batch_id is None:
+            continue
+        held = selectors.held_claims(user, batch_id)
+        current = next((h for h in held if _renew(h, user)), None)
+        if current is None and selectors.may_claim(user, p):
+            current = _claim(user, batch_id)
+        if current is None:
+            continue
+        upcoming = None
+        if prefetch:
+            upcoming = next((h for h in held if h.pk != current.pk and h.prefetched), None)
+            if upcoming is None and selectors.may_claim(user, p):
+                upcoming = _claim(user, batch_id, ahead=True, takeover=False)
+        return Work(current=current, upcoming=upcoming, project=p)
+    return Work(current=None, project=project)
+
+
+def release_claims(*, user, project: Project | None = None) -> int:
+    """Return ``user``'s claims in open batches (optionally of one project) to the queue at once."""
+    qs = Assignment.objects.filter(labeler=user, status=Assignment.Status.OPEN, batch__closed_at__isnull=True)
+    if project is not None:
+        qs = qs.filter(batch__project=project)
+    released = 0
+    for project_id in sorted(set(qs.values_list("batch__project_id", flat=True))):
+        with transaction.atomic():
+            Project.objects.select_for_update().get(pk=project_id)  # the locking rule: project first
+            ids = list(Assignment.objects.select_for_update()
+                       .filter(labeler=user, status=Assignment.Status.OPEN, batch__project_id=project_id,
+                               batch__closed_at__isnull=True).values_list("pk", flat=True))
+            released += Assignment.objects.filter(pk__in=ids).update(
+                labeler=None, status=Assignment.Status.QUEUED, lease_until=None, prefetched=False)
+    return released
+
+
+def someone_else_may_take(asg: Assignment, user, project: Project) -> bool:
+    """Whether an eligible member of ``project`` other than ``user`` may claim ``asg``'s item in its batch."""
+    others = set(selectors.eligible_labelers(project)) - selectors.item_holders(asg) - {user.pk}
+    others.discard(asg.original_labeler_id)
+    return bool(others)
+
+
+def requeue(asg: Assignment) -> Assignment:
+    """A new queued slot for the same item, kind and exclusion as ``asg`` (a skip puts it back)."""
+    from .models import ReannotationRound
+
+    copy = Assignment.objects.create(item_id=asg.item_id, batch_id=asg.batch_id, kind=asg.kind,
+                                     original_labeler_id=asg.original_labeler_id,
+                                     status=Assignment.Status.QUEUED)
+    for rnd in ReannotationRound.objects.filter(assignments=asg):
+        rnd.assignments.add(copy)
+    return copy
+
+
+__all__ = ["Work", "lease_seconds", "next_work", "release_claims", "someone_else_may_take", "requeue"]
