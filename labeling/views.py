@@ -19,11 +19,11 @@ from django.views.decorators.http import require_GET, require_POST
 from learner import selectors as learner_selectors
 from learner.live import LiveConfig
 
-from . import (config_fields, importers, notice_selectors, notifications, project_settings, selectors, services,
-               staff_selectors, workflow)
+from . import (config_fields, importers, membership, notice_selectors, notifications, project_settings, queue,
+               selectors, services, staff_selectors, workflow)
 from .access import staff_only
 from .charts import accuracy_svg
-from .forms import ImportForm, InstructionsForm, ProjectForm, SettingsForm
+from .forms import ImportForm, InstructionsForm, MembersForm, ProjectForm, SettingsForm
 from .models import Assignment, Project
 
 
@@ -119,6 +119,7 @@ def _staff_context(project: Project, *, user=None, import_form=None, report=None
         "settings_form": settings_form or _settings_form(project),
         "instructions_form": instructions_form or InstructionsForm(initial={"description": project.description}),
         "pool_fit": config_fields.pool_fit(project.live_config, n_items),
+        "members_form": MembersForm(project=project), "lease_minutes": queue.lease_seconds() / 60,
         "live_editable": [config_fields.FIELDS[k].label for k in config_fields.LIVE_EDITABLE],
         "notices": notice_selectors.trust_notices(user, project=project) if user is not None else None,
         "annotator_rows": staff_selectors.annotator_progress(project),
@@ -191,6 +192,24 @@ def staff_project_import(request, project_id: int):
     return render(request, "labeling/staff_project.html",
                   _staff_context(project, user=request.user, import_form=form, report=report),
                   status=200 if report is not None and report.ok else 400)
+
+
+@staff_only
+@require_POST
+def staff_project_members(request, project_id: int):
+    project = get_object_or_404(Project, pk=project_id)
+    form = MembersForm(request.POST, project=project)
+    if form.is_valid():
+        try:
+            chosen = membership.set_members(project=project, users=list(form.cleaned_data["members"]),
+                                            actor=request.user)
+        except workflow.LabelingError as exc:
+            messages.error(request, exc.message)
+        else:
+            messages.success(request, f"Annotators: {', '.join(u.get_username() for u in chosen) or 'none'}.")
+    else:
+        messages.error(request, " ".join(str(e) for errors in form.errors.values() for e in errors))
+    return redirect("labeling:staff-project", project_id=project.pk)
 
 
 @staff_only
