@@ -113,6 +113,9 @@ class EngineState:
     reported_pairs: set[tuple[int, int, int]] = field(default_factory=set)  # (labeler, true, given)
     carry: dict = field(default_factory=dict)  # step results kept between the phases of one iteration
     filtered: int = 0  # labeled items the training filter left out of the last training
+    # LiveConfig.pipeline: the batch people label while this one is processed (chosen by the step
+    # before; its answers are not part of this state and its items cost their first label already)
+    pending: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
 
     @property
     def labeled(self) -> np.ndarray:
@@ -144,6 +147,9 @@ class StartPlan:
     initial: np.ndarray  # the random first batch
     assignees: list[int | None]  # one per initial item
     admin_labels: int  # S items whose label is known (bought once each)
+    # LiveConfig.pipeline: a second random batch, labeled while the first is processed
+    following: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    following_assignees: list[int | None] = field(default_factory=list)
 
 
 @dataclass
@@ -189,6 +195,10 @@ def start(cfg: live.LiveConfig, n: int, *, label_known: np.ndarray, crowd: list[
     budget_left = (cfg.budget if cfg.budget is not None else 10**12) - admin - cfg.h * len(consensus)
     initial = live.random_items(np.setdiff1d(indices, drawn), min(cfg.initial_size, max(budget_left, 0)),
                                 seed_of(cfg, 0, 2))
+    following = np.empty(0, dtype=np.int64)
+    if cfg.pipeline:  # people label a second random batch while the first is processed
+        following = live.random_items(np.setdiff1d(indices, np.concatenate([drawn, initial])),
+                                      min(cfg.batch_size, max(budget_left - len(initial), 0)), seed_of(cfg, 0, 5))
     eligible = list(crowd)
     assignees = live.spread(len(initial), eligible, {}, seed=cfg.seed)
     load = Counter(a for a in assignees if a is not None)
@@ -197,7 +207,8 @@ def start(cfg: live.LiveConfig, n: int, *, label_known: np.ndarray, crowd: list[
         voters[item] = live.choose_distinct(cfg.h, eligible, load=load, seed=cfg.seed + item)
         load.update(voters[item])
     return StartPlan(secured=secured, secured_voters=voters, initial=initial, assignees=assignees,
-                     admin_labels=admin)
+                     admin_labels=admin, following=following,
+                     following_assignees=live.spread(len(following), eligible, {}, seed=cfg.seed + 1))
 
 
 def secured_label(votes: list[int]) -> int | None:
@@ -462,7 +473,10 @@ def _after_redundancy(cfg, pool: Pool, state: EngineState, plan: Plan):
 
 
 def _budget_left(cfg, state: EngineState) -> int:
-    return (cfg.budget - state.bought) if cfg.budget is not None else 10**12
+    """Labels that may still be bought (a pending batch's first labels are spent already)."""
+    if cfg.budget is None:
+        return 10**12
+    return cfg.budget - state.bought - len(state.pending) * max(cfg.redundancy, 1)
 
 
 def _after_reannotation(cfg, pool: Pool, state: EngineState, previous, plan: Plan):
@@ -637,7 +651,7 @@ def _finish(cfg, pool: Pool, state: EngineState, previous, model, plan: Plan) ->
     plan.phase = "closed"
     budget_left = _budget_left(cfg, state)
     per_item = max(cfg.redundancy, 1)  # labels one queried item costs
-    if budget_left < per_item:
+    if budget_left < per_item and not len(state.pending):  # a pending batch is paid for: process it first
         plan.stop = "budget"
     elif cfg.target is not None and s_acc is not None and s_acc >= cfg.target - 1e-12:
         plan.stop = "target"
@@ -646,11 +660,12 @@ def _finish(cfg, pool: Pool, state: EngineState, previous, model, plan: Plan) ->
     if not plan.stop:
         k = min(cfg.batch_size, budget_left // per_item)
         blocked = state.labeled | state.secured | state.discarded
+        blocked[state.pending] = True
         chosen = live.select_batch(cfg, pool.features, blocked, state.labels, model, k,
                                    perturbations=state.perturbations, seed=seed_of(cfg, state.iteration + 1, 4),
                                    cache_key=pool.cache_key)
         plan.next_items = [int(x) for x in chosen]
-        if not plan.next_items:
+        if not plan.next_items and not len(state.pending):
             plan.stop = "pool exhausted"
         else:
             plan.assignees = live.spread(len(plan.next_items), state.eligible(), {},
@@ -659,7 +674,10 @@ def _finish(cfg, pool: Pool, state: EngineState, previous, model, plan: Plan) ->
     state.previous_secured_accuracy = s_acc
     state.phase = LABELING
     state.carry = {}
-    state.batch = np.asarray(plan.next_items, dtype=np.int64)
+    if cfg.pipeline:  # the batch people are labeling now is the next to close; the new one follows it
+        state.batch, state.pending = np.asarray(state.pending, dtype=np.int64), np.asarray(plan.next_items, dtype=np.int64)
+    else:
+        state.batch = np.asarray(plan.next_items, dtype=np.int64)
     state.iteration += 1
 
 

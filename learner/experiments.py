@@ -212,6 +212,7 @@ VARIANTS = {
     "no-confusion": {"confusion_min_rate": None},
     "paper-decrease": {"trust_decrease": "paper"},
     "recheck": {"recheck": True},
+    "pipeline": {"pipeline": True},
     "no-recheck": {"recheck": False},
     "pick-margin": {"robust_pick": "margin"},
     "size0": {"robust_size_weight": 0.0},

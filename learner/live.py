@@ -66,6 +66,9 @@ class LiveConfig:
     # re-examine every label still standing on one labeler's word with each new model, not only
     # the new batch's (learner.engine._recheck; ours, measured in docs/method.md)
     recheck: bool = False
+    # people label the next batch, chosen by the model of the step before, while the model of this
+    # one trains (nobody waits for the model; learner.engine, EngineState.pending)
+    pipeline: bool = False
     # audit a contradicted label when it is more than this likely to be wrong given its labeler's
     # record (learner.engine.posterior_threshold; replaces audit_confidence(_proven)); null: off
     audit_posterior: float | None = None
@@ -201,6 +204,8 @@ class LiveConfig:
         if self.robust_pick not in ("farthest", "margin"):
             raise ValueError(f"robust_pick must be 'farthest' or 'margin', got {self.robust_pick!r}")
         _float("robust_size_weight", 0.0, 100.0)
+        if not isinstance(self.pipeline, bool):
+            raise ValueError("pipeline must be true or false")
         if not isinstance(self.recheck, bool):
             raise ValueError("recheck must be true or false")
         if not isinstance(self.trust_weights, bool):

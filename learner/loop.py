@@ -46,6 +46,7 @@ class LoopConfig:
     audit_confidence_proven: float | None = 0.9  # ours: ... once the labeler's checked labels mostly held
     audit_proven_after: int = 10  # checked labels before a labeler can be proven
     recheck: bool = False  # ours: audit earlier standing labels the newer model contradicts
+    pipeline: bool = False  # people label the next batch (chosen by F_{i-1}) while F_i trains
     audit_posterior: float | None = None  # ours: audit where a label is this likely wrong (engine.posterior_threshold)
     reannotation: str = "adaptive"  # ours: ask one re-annotator first, the others only on a disagreement
     augment: tuple[str, ...] | None = None  # subset of ATTACKS (None: all for robust, none otherwise)
@@ -93,7 +94,7 @@ class LoopConfig:
             secured_size=self.secured_size, epsilon=t.epsilon, h=t.h, budget=self.budget, target=None,
             tau=self.tau, defenses=self.defenses, audit_confidence=self.audit_confidence,
             audit_confidence_proven=self.audit_confidence_proven, audit_proven_after=self.audit_proven_after,
-            recheck=self.recheck, audit_posterior=self.audit_posterior, reannotation=self.reannotation, augment=None if self.augment is None else tuple(self.augment),
+            recheck=self.recheck, pipeline=self.pipeline, audit_posterior=self.audit_posterior, reannotation=self.reannotation, augment=None if self.augment is None else tuple(self.augment),
             augment_weight=self.augment_weight, noise_variance=self.noise_variance, overshoot=self.overshoot,
             n_clusters=self.n_clusters, candidate_factor=self.candidate_factor, robust_pick=self.robust_pick,
             robust_size_weight=self.robust_size_weight,
@@ -232,17 +233,21 @@ class _Run:
                 self.ask(int(who), int(item), "first")
 
     # ---- the loop --------------------------------------------------------------------------
-    def record(self, plan: engine.Plan, iteration: int) -> None:
+    def record(self, plan: engine.Plan, iteration: int, in_flight: int = 0) -> None:
+        """``in_flight``: first labels of the batch people label while this step runs (pipeline):
+        bought by the time the model is ready, so they count (all of them, to be safe)."""
         st, m = self.state, plan.metric
+        split = dict(self.bought_by_kind)
+        split["first"] += in_flight
         self.history.append(IterationRecord(
-            iteration=iteration, labels_bought=st.bought, n_labeled=m["n_labeled"],
+            iteration=iteration, labels_bought=st.bought + in_flight, n_labeled=m["n_labeled"],
             n_artificial=m["n_artificial"], test_accuracy=self.evaluate(plan.model),
             secured_accuracy=float("nan") if m["secured_accuracy"] is None else m["secured_accuracy"],
             check_triggered=m["check_triggered"], reannotated=m["reannotated"], discarded=m["discarded"],
             min_perturbation=float("nan") if m["min_perturbation"] is None else m["min_perturbation"],
             flagged=[i for i, t in st.trust.items() if t.status is Status.FLAGGED],
             suspended=[i for i, t in st.trust.items() if t.status is Status.SUSPENDED],
-            bought_by_kind=dict(self.bought_by_kind)))
+            bought_by_kind=split))
 
     def evaluate(self, model: LinearHead) -> float:
         return accuracy(model, self.data.test_features, self.data.test_labels)
@@ -265,6 +270,8 @@ class _Run:
             st.secured_labels[item] = -1 if label is None else label
         self.label_batch(sp.initial, sp.assignees)
         st.batch = np.asarray(sp.initial, dtype=np.int64)
+        pipeline = self.ecfg.pipeline
+        st.pending, waiting = np.asarray(sp.following, dtype=np.int64), list(sp.following_assignees)
         previous, stop, model = None, "", None
         while True:
             iteration = st.iteration
@@ -274,7 +281,8 @@ class _Run:
                     kind = "redundant" if self.ecfg.redundancy > 1 else "reannotation"
                     req.votes += [self.ask(v, req.item, kind) for v in req.new_voters]
                 plan = engine.step(self.ecfg, self.pool, st, previous_model=previous)
-            self.record(plan, iteration)
+            # pipeline: st.batch is now the batch people were labeling while this step ran
+            self.record(plan, iteration, in_flight=len(st.batch) if pipeline else 0)
             model = previous = plan.model
             if self._target_reached() is not None:
                 stop = "target"
@@ -282,7 +290,11 @@ class _Run:
                 stop = plan.stop
             if stop:
                 break
-            self.label_batch(plan.next_items, plan.assignees)
+            if pipeline:
+                self.label_batch(st.batch, waiting)
+                waiting = list(plan.assignees)
+            else:
+                self.label_batch(plan.next_items, plan.assignees)
         labeled = np.flatnonzero(st.labeled)
         export = np.where(st.secured_labels >= 0, st.secured_labels, st.labels)
         exported = np.flatnonzero(export >= 0)

@@ -128,3 +128,36 @@ def test_posterior_threshold_audits_an_honest_labeler_only_where_the_model_is_su
     refuted = posterior_threshold(LabelerTrust(checked=4, disagreements=4), 0.2, 0.9391)
     held = posterior_threshold(LabelerTrust(checked=30, disagreements=0), 0.2, 0.9391)
     assert refuted < 0.5 < fresh < held < 1.0
+
+
+def test_pipeline_labels_the_batch_chosen_one_step_earlier(binary):
+    """With ``pipeline`` people label batch i+1 (chosen by F_{i-1}) while F_i trains: batches never
+    overlap, the in-flight batch counts as bought, and the budget holds."""
+    cfg = LoopConfig(strategy="margin", budget=200, pipeline=True)
+    run = run_loop(binary, cfg, LabelerPool.build(2, error_rate=0.0), seed=0)
+    sync = run_loop(binary, LoopConfig(strategy="margin", budget=200), LabelerPool.build(2, error_rate=0.0), seed=0)
+    bought = [h.labels_bought for h in run.history]
+    assert bought[0] == 40  # the random first batch + the second one labeled while F_0 trains
+    assert bought == sorted(bought) and bought[-1] <= 200
+    assert run.history[-1].n_labeled == 200 and sync.history[-1].n_labeled == 200  # every label bought is used
+    assert len(run.history) == len(sync.history)  # the same batches, each chosen one model earlier
+    for rec in run.history:
+        assert sum(rec.bought_by_kind.values()) == rec.labels_bought
+
+
+def test_pipeline_never_queries_the_pending_batch(digits):
+    x, y, _, _ = digits
+    pool = engine.Pool(features=x, n_classes=10, standardizer=fit_standardizer(x))
+    cfg = live.LiveConfig(strategy="margin", pipeline=True, batch_size=20, secured_size=0, defenses=False)
+    n = len(y)
+    sp = engine.start(cfg, n, label_known=np.ones(n, bool), crowd=[0, 1], buy_secured=False)
+    assert len(sp.following) == 20 and not set(sp.following) & set(sp.initial)
+    state = engine.EngineState(labels=np.full(n, -1), labeler_of=np.full(n, -1), discarded=np.zeros(n, bool),
+                               secured=np.zeros(n, bool), secured_labels=np.full(n, -1),
+                               trust={0: LabelerTrust(), 1: LabelerTrust()}, crowd=[0, 1])
+    state.labels[sp.initial], state.labeler_of[sp.initial] = y[sp.initial], 0
+    state.batch, state.pending = sp.initial, sp.following
+    plan = engine.step(cfg, pool, state, previous_model=None)
+    assert plan.closed and len(plan.next_items) == 20
+    assert not set(plan.next_items) & set(sp.following)
+    assert state.batch.tolist() == sp.following.tolist() and state.pending.tolist() == plan.next_items
