@@ -84,6 +84,9 @@ _INFO = {
     "reannotation": ("loop", "Re-annotation rounds", "adaptive: ask one other annotator first and the other "
                      "h - 1 only when that one disagrees with the label under review; parallel: ask h at once.",
                      _ROUNDS),
+    "pipeline": ("loop", "Pipelined batches", "Annotators label the next batch, chosen by the model of the step "
+                 "before, while this step's model trains: nobody waits for the model, at the price of choosing with "
+                 "a model one batch old.", _METHOD),
     "epsilon": ("loop", "Performance check (epsilon)", "When the accuracy on the secured set drops by more than "
                 "epsilon from one iteration to the next, the batch's labels go to re-annotation.", _METHOD),
     # -- defences ---------------------------------------------------------------------------
