@@ -1,12 +1,14 @@
 """Benchmark (d): annotation submission under load (gunicorn + PostgreSQL or the embedded SQLite, token auth).
 
 Self-contained: creates a throw-away PostgreSQL database, migrates it, creates a project whose
-open batch holds ``--users x --per-user`` first-label assignments (plus secured-set assignments
-that nobody answers, so the batch never completes and the loop task is never enqueued), starts
-gunicorn on a free loopback port, and drives it with ``--users`` concurrent simulated annotators
-for ``--seconds``. Each annotator loops: ``GET /api/labeling/next/`` (unless ``--no-next``), then
-``POST /api/labeling/assignments/<id>/annotation/`` for its next own open assignment with a valid
-label (closed loop, no think time unless ``--think-ms``). Afterwards it checks that the number of
+``--users`` annotators are its members and whose open batch holds ``--users x --per-user``
+first-label items in the shared queue (plus secured-set ones that nobody answers, so the batch
+never completes and the loop task is never enqueued), starts gunicorn on a free loopback port,
+and drives it with ``--users`` concurrent simulated annotators for ``--seconds``. Each annotator
+does the browser's loop: ``GET /api/labeling/next/`` (which claims the next waiting item, or
+returns the one they hold), then ``POST /api/labeling/assignments/<id>/annotation/`` for it with
+a valid label (closed loop, no think time unless ``--think-ms``). With ``--no-next`` the items are
+claimed for them up front (``--per-user`` each) and they only POST. Afterwards it checks that the number of
 Annotation rows equals the number of accepted (2xx) submits, optionally shows the SQL one submit
 runs (``CaptureQueriesContext``, rolled back), and cleans up (gunicorn, database, temp dir), also
 on Ctrl-C and errors.
@@ -52,7 +54,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 GUNICORN_CONF = ROOT / "config" / "gunicorn.conf.py"
-NEXT_URL = "/api/labeling/next/"
+NEXT_URL = "/api/labeling/next/?prefetch=1"  # what the annotate page asks: its item and one ahead
 SUBMIT_URL = "/api/labeling/assignments/{id}/annotation/"
 
 # ---------------------------------------------------------------------------------------------
@@ -65,10 +67,13 @@ import django
 django.setup()
 from django.contrib.auth import get_user_model
 from rest_framework.authtoken.models import Token
-from labeling import services
+from datetime import timedelta
+from django.utils import timezone
+from labeling import membership, services
 from labeling.models import Assignment, Item
 
 n_users, per_user, secured, out = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+preclaim = sys.argv[5] == "preclaim"  # --no-next: claimed up front (one UPDATE each), POST only
 t0 = time.perf_counter()
 User = get_user_model()
 users = []
@@ -86,15 +91,20 @@ n_items = n_first + secured + 1  # one item stays in the pool (what a later batc
 # No image files: submit and next never open them (only the image URL is reversed).
 Item.objects.bulk_create([Item(project=project, index=k, image=f"labeling/bench/{k}.png", width=8, height=8,
                                source=f"bench-{k}") for k in range(n_items)], batch_size=5000)
-batch = services.start_project(project=project)  # random initial batch spread evenly over the annotators
-rows = (Assignment.objects.filter(batch=batch, kind=Assignment.Kind.FIRST_LABEL, status=Assignment.Status.OPEN)
-        .order_by("id").values_list("labeler_id", "id"))
+membership.set_members(project=project, users=users)
+batch = services.start_project(project=project)  # the random initial batch, queued for the members
 mine = {u.pk: [] for u in users}
-for uid, aid in rows:
-    mine[uid].append(aid)
+if preclaim:
+    rows = (Assignment.objects.filter(batch=batch, kind=Assignment.Kind.FIRST_LABEL).order_by("id")
+            .values_list("id", flat=True))
+    for k, aid in enumerate(rows):
+        mine[users[k % n_users].pk].append(aid)
+    for uid, ids in mine.items():
+        Assignment.objects.filter(pk__in=ids).update(labeler_id=uid, status="open",
+                                                     lease_until=timezone.now() + timedelta(days=1))
 payload = {
     "project": project.pk, "batch": batch.pk, "n_classes": len(classes),
-    "first_label": sum(len(v) for v in mine.values()),
+    "first_label": Assignment.objects.filter(batch=batch, kind=Assignment.Kind.FIRST_LABEL).count(),
     "secured_open": Assignment.objects.filter(batch=batch, kind=Assignment.Kind.SECURED).count(),
     "users": [{"username": u.username, "token": Token.objects.create(user=u).key, "assignments": mine[u.pk]}
               for u in users],
@@ -111,7 +121,7 @@ django.setup()
 from django.db import connection, transaction
 from rest_framework.test import APIClient
 
-token, assignment_id, label = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+token, label = sys.argv[1], int(sys.argv[3])
 client = APIClient(SERVER_NAME="127.0.0.1")
 client.credentials(HTTP_AUTHORIZATION=f"Token {token}")
 captured = []
@@ -130,15 +140,24 @@ def timed(execute, sql, params, many, context):  # like CaptureQueriesContext, w
 
 
 out = {}
+held = {}
+
+
+def next_claim():
+    resp = client.get("/api/labeling/next/?prefetch=1")
+    held["id"] = (resp.json().get("assignment") or {}).get("id")
+    return resp
+
+
+def submit():
+    return client.post(f"/api/labeling/assignments/{held['id']}/annotation/", {"label": label, "seconds": 1.5},
+                       format="json")
+
+
 with transaction.atomic():  # everything below is rolled back: the benchmark's counts stay exact
-    for name, call in (("next", lambda: client.get("/api/labeling/next/")),
-                       ("submit", lambda: client.post(f"/api/labeling/assignments/{assignment_id}/annotation/",
-                                                       {"label": label, "seconds": 1.5}, format="json"))):
-        call()  # warm (imports, URL resolver, first-query costs)
-        if name == "submit":  # the warm call answered it: reopen it inside the same rolled-back transaction
-            from labeling.models import Annotation, Assignment
-            Annotation.objects.filter(assignment_id=assignment_id).delete()
-            Assignment.objects.filter(pk=assignment_id).update(status="open", completed_at=None)
+    next_claim()  # warm (imports, URL resolver, first-query costs), then answer what it handed out
+    submit()
+    for name, call in (("next", next_claim), ("submit", submit)):  # the browser's loop, timed
         captured.clear()
         t0 = time.perf_counter()
         with connection.execute_wrapper(timed):
@@ -234,7 +253,8 @@ class Stats:
     latencies: dict[str, list[float]] = field(default_factory=lambda: {"submit": [], "next": []})
     statuses: dict[str, Counter] = field(default_factory=lambda: {"submit": Counter(), "next": Counter()})
     exhausted: int = 0
-    next_mismatch: int = 0
+    no_work: int = 0  # next/ answered 200 without an assignment
+    attempted: int = 0  # submits sent
 
     def ok(self, kind: str) -> int:
         return sum(n for s, n in self.statuses[kind].items() if 200 <= s < 300)
@@ -254,22 +274,28 @@ async def _annotator_loop(client, who: Annotator, stats: Stats, deadline: float,
     returning (status, body) on this annotator's own connection, and ``close()``."""
     try:
         while time.perf_counter() < deadline:
-            aid = who.take()
-            if aid is None:
-                stats.exhausted += 1
-                return
-            if with_next:
+            if with_next:  # the browser's loop: next/ claims (or returns) the item to answer
+                aid = None
                 t0 = time.perf_counter()
                 try:
                     code, body = await client.get(NEXT_URL)
                     stats.latencies["next"].append(time.perf_counter() - t0)
                     if code == 200:
-                        got = (json.loads(body).get("assignment") or {}).get("id")
-                        stats.next_mismatch += int(got != aid)
+                        aid = (json.loads(body).get("assignment") or {}).get("id")
                 except Exception:  # connection error: counted as status 0
                     code = 0
                     await asyncio.sleep(0.05)
                 stats.statuses["next"][code] += 1
+                if aid is None:
+                    stats.no_work += int(code == 200)
+                    await asyncio.sleep(0.2)
+                    continue
+            else:
+                aid = who.take()
+                if aid is None:
+                    stats.exhausted += 1
+                    return
+            stats.attempted += 1
             t0 = time.perf_counter()
             try:
                 code, _ = await client.post(SUBMIT_URL.format(id=aid),
@@ -417,6 +443,7 @@ class Bench:
                        else with_db(args.pg_url, self.db_name))
         self.gunicorn: subprocess.Popen | None = None
         self.accepted_total = 0  # 2xx submits of every run, warm-ups included (for the row check)
+        self.attempted_total = 0
         self.python = sys.executable
         venv_gunicorn = Path(sys.executable).parent / "gunicorn"
         self.gunicorn_bin = str(venv_gunicorn) if venv_gunicorn.exists() else (shutil.which("gunicorn") or "gunicorn")
@@ -493,11 +520,12 @@ class Bench:
         self.django("migrate", "--noinput")
         log(f"database {self.db_name} created and migrated in {time.perf_counter() - t0:.1f} s")
         out = self.tmp / "setup.json"
-        self.django(str(self.args.users), str(per_user), str(self.args.secured), str(out), script=SETUP_SCRIPT)
+        self.django(str(self.args.users), str(per_user), str(self.args.secured), str(out),
+                    "preclaim" if self.args.no_next else "queue", script=SETUP_SCRIPT)
         data = json.loads(out.read_text())
-        log(f"project {data['project']}: {data['first_label']} first-label assignments for {self.args.users} "
-            f"annotators ({per_user} each) + {data['secured_open']} secured-set ones left open "
-            f"(setup {data['seconds']} s)")
+        log(f"project {data['project']}: {data['first_label']} first-label items for {self.args.users} "
+            f"members ({'claimed up front' if self.args.no_next else 'in the shared queue'}) + "
+            f"{data['secured_open']} secured-set ones left open (setup {data['seconds']} s)")
         return data
 
     # -- gunicorn ------------------------------------------------------------------------------
@@ -578,6 +606,7 @@ class Bench:
                 warm, _ = asyncio.run(drive(base, annotators, self.args.warmup, n_classes, not self.args.no_next,
                                             think, self.args.client))
                 self.accepted_total += warm.ok("submit")
+                self.attempted_total += warm.attempted
             busy0, total0 = machine_cpu()
             server0, pg0 = proc_cpu(self.gunicorn.pid)
             client0 = time.process_time()
@@ -588,6 +617,7 @@ class Bench:
             server, pg = server1 - server0, pg_delta(pg0, pg1)
             busy1, total1 = machine_cpu()
             self.accepted_total += stats.ok("submit")
+            self.attempted_total += stats.attempted
         finally:
             self.stop_gunicorn()
         ncpu = os.cpu_count() or 1
@@ -639,8 +669,8 @@ def print_table(results: list[dict], with_next: bool) -> None:
             extra.append(f"non-2xx by status (0 = connection error): {bad}")
         if st.exhausted:
             extra.append(f"{st.exhausted} annotators ran out of assignments (raise --per-user)")
-        if st.next_mismatch:
-            extra.append(f"next/ returned another assignment than the one submitted {st.next_mismatch} times")
+        if st.no_work:
+            extra.append(f"next/ found no work {st.no_work} times (raise --per-user)")
         if extra:
             print(f"  {r['config']}: " + "; ".join(extra))
 
@@ -691,7 +721,7 @@ def main(argv=None) -> int:
             r = results[-1]
             log(f"{r['config']}: {r['stats'].ok('submit') / r['elapsed']:.1f} submits/s")
         # Every submit made (warm-up included) went to a distinct assignment: rows must match 2xx answers.
-        sent = sum(a.cursor for a in annotators)
+        sent = bench.attempted_total
         counts = bench.db_counts(data["batch"])
         print()
         print(f"submit benchmark: {args.users} annotators, {args.seconds:g} s per config "
@@ -699,7 +729,7 @@ def main(argv=None) -> int:
               f"think {args.think_ms:g} ms; load generator: {client_name(args.client)} (asyncio, 1 process, "
               "one keep-alive connection per annotator); "
               f"{os.cpu_count()} CPUs shared by client, gunicorn and {'SQLite (in gunicorn)' if args.db == 'sqlite' else 'PostgreSQL'}")
-        print(f"batch: {data['first_label']} first-label + {data['secured_open']} secured assignments; "
+        print(f"batch: {data['first_label']} first-label + {data['secured_open']} secured items in the members' queue; "
               "ok/s = 2xx answers per second (for submit: submissions/s); cpu columns in cores busy")
         print()
         print_table(results, not args.no_next)
@@ -732,17 +762,14 @@ def client_name(client: str) -> str:
 
 
 def profile(bench: Bench, annotators: list[Annotator], n_classes: int) -> None:
-    who = next((a for a in annotators if a.cursor < len(a.assignments)), None)
-    if who is None:
-        print("profile: no open assignment left")
-        return
-    aid = who.assignments[who.cursor]
-    out = json.loads(bench.django(who.token, str(aid), str(aid % n_classes), script=PROFILE_SCRIPT,
+    who = annotators[-1]
+    out = json.loads(bench.django(who.token, "0", "1", script=PROFILE_SCRIPT,
                                   capture=True).strip().splitlines()[-1])
     for name in ("submit", "next"):
         qs = out[name]["queries"]
         print()
-        print(f"SQL of one {name} (in-process, single request, rolled back; status {out[name]['status']}): "
+        print(f"SQL of one {name} {'(prefetch=1, after an answer: the held item, one claimed ahead) ' if name == 'next' else ''}"
+              f"(in-process, single request, rolled back; status {out[name]['status']}): "
               f"{len(qs)} queries, {sum(q['ms'] for q in qs):.2f} ms in them, {out[name]['total_ms']:.1f} ms "
               "in the whole request")
         for q in qs:

@@ -83,7 +83,7 @@ class NextAssignmentView(APIView):
             project = work.project
         return Response(NextOutSerializer({
             "assignment": asg, "upcoming": work.upcoming, "project_state": project.state if project else None,
-            "progress": selectors.progress_for(request.user, project) if project else None,
+            "progress": selectors.progress_for(request.user, project, batch=work.batch) if project else None,
             "message": "" if asg is not None else _no_work_message(request.user, project),
         }).data)
 

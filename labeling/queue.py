@@ -25,15 +25,18 @@ or removing them from a project, returns their claims to the queue at once
 from __future__ import annotations
 
 import functools
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from . import selectors
-from .models import Assignment, Project, QueryBatch
+from .models import ANNOTATORS_GROUP, Assignment, LabelerProfile, Project, ProjectMember, QueryBatch
 
 
 def lease_seconds() -> float:
@@ -48,13 +51,36 @@ class Work:
     upcoming: Assignment | None = None
     project: Project | None = None  # the project the answer is about (None: no project at all)
 
+    @property
+    def batch(self) -> QueryBatch | None:
+        return self.current.batch if self.current is not None else None
+
 
 @functools.cache
 def _claim_sql(vendor: str, takeover: bool) -> str:
-    """One claim: pick the first slot the user may take and make it theirs, in one statement."""
+    """One claim in one statement: the project's open batch (labeling, not paused, not frozen),
+    the user eligible in it (:func:`labeling.selectors.eligible_labelers` in SQL), and the first
+    slot they may take, made theirs."""
     q = connection.ops.quote_name
-    a = q(Assignment._meta.db_table)
+    a, b, p, m, lp = (q(model._meta.db_table) for model in (Assignment, QueryBatch, Project, ProjectMember,
+                                                           LabelerProfile))
+    user = get_user_model()
+    u, ug, g = q(user._meta.db_table), q(user.groups.through._meta.db_table), q(Group._meta.db_table)
     lock = " FOR UPDATE SKIP LOCKED" if vendor == "postgresql" else ""
+
+    def member(alias: str, extra: str) -> str:  # an active annotator member of the project
+        x = alias
+        return (f"SELECT 1 FROM {m} m{x} JOIN {u} u{x} ON u{x}.id = m{x}.user_id "
+                f"LEFT JOIN {lp} lp{x} ON lp{x}.user_id = m{x}.user_id "
+                f"WHERE m{x}.project_id = %(project)s AND u{x}.is_active AND EXISTS (SELECT 1 FROM {ug} ug{x} "
+                f"JOIN {g} g{x} ON g{x}.id = ug{x}.group_id WHERE ug{x}.user_id = u{x}.id "
+                f"AND g{x}.name = %(group)s) AND {extra}")
+
+    unflagged = "(lp2.id IS NULL OR (NOT lp2.is_suspended AND NOT lp2.is_flagged))"
+    eligible = member("1", "m1.user_id = %(uid)s AND (lp1.id IS NULL OR (NOT lp1.is_suspended AND "
+                           f"(NOT lp1.is_flagged OR NOT EXISTS ({member('2', unflagged)}))))")
+    batch = (f"SELECT b.id FROM {b} b JOIN {p} p ON p.id = b.project_id WHERE b.project_id = %(project)s "
+             "AND b.closed_at IS NULL AND b.frozen_at IS NULL AND p.state = %(labeling)s AND p.paused_at IS NULL")
     if takeover:  # an expired claim first, then someone else's claim ahead
         which = ("c.status = %(open)s AND c.labeler_id <> %(uid)s AND (c.lease_until < %(now)s OR c.prefetched)",
                  "ORDER BY c.prefetched, c.lease_until, c.id")
@@ -64,29 +90,35 @@ def _claim_sql(vendor: str, takeover: bool) -> str:
         recheck = "status = %(queued)s"
     return (f"UPDATE {a} SET labeler_id = %(uid)s, status = %(open)s, lease_until = %(until)s, "
             f"prefetched = %(ahead)s WHERE id = ("
-            f"SELECT c.id FROM {a} c WHERE c.batch_id = %(batch)s AND {which[0]} "
+            f"SELECT c.id FROM {a} c WHERE c.batch_id = ({batch}) AND {which[0]} "
             "AND (c.original_labeler_id IS NULL OR c.original_labeler_id <> %(uid)s) "
             f"AND NOT EXISTS (SELECT 1 FROM {a} o WHERE o.batch_id = c.batch_id AND o.item_id = c.item_id "
-            f"AND o.labeler_id = %(uid)s) {which[1]} LIMIT 1{lock}) AND {recheck} RETURNING id")
+            f"AND o.labeler_id = %(uid)s) AND EXISTS ({eligible}) {which[1]} LIMIT 1{lock}) "
+            f"AND {recheck} RETURNING id")
 
 
-def _claim(user, batch_id: int, *, ahead: bool = False, takeover: bool = True) -> Assignment | None:
-    """Claim one slot of ``batch_id`` for ``user`` (queued first, then a takeover); None when none."""
+def _claim(user, project: Project, *, ahead: bool = False, takeover: bool = True) -> Assignment | None:
+    """Claim one slot of the project's open batch for ``user`` (queued first, then a takeover)."""
     now = timezone.now()
     adapt = connection.ops.adapt_datetimefield_value
-    params = {"uid": user.pk, "batch": batch_id, "now": adapt(now),
-              "until": adapt(now + timedelta(seconds=lease_seconds())), "ahead": ahead, "open": Assignment.Status.OPEN.value, "queued": Assignment.Status.QUEUED.value}
+    params = {"uid": user.pk, "project": project.pk, "now": adapt(now), "ahead": ahead,
+              "until": adapt(now + timedelta(seconds=lease_seconds())), "group": ANNOTATORS_GROUP,
+              "open": Assignment.Status.OPEN.value, "queued": Assignment.Status.QUEUED.value,
+              "labeling": Project.State.LABELING.value}
     for mode in ((False, True) if takeover else (False,)):
         for _ in range(3):  # a unique violation: the same person claimed a sibling slot at the same instant
             try:
-                with transaction.atomic(), connection.cursor() as cursor:
+                # in autocommit the statement is its own transaction; inside one, a savepoint keeps
+                # a refused claim from breaking the caller's transaction
+                with (transaction.atomic() if connection.in_atomic_block else nullcontext()), \
+                        connection.cursor() as cursor:
                     cursor.execute(_claim_sql(connection.vendor, mode), params)
                     row = cursor.fetchone()
             except IntegrityError:
                 continue
             if row is None:
                 break
-            return (Assignment.objects.select_related("batch", "batch__project", "item").get(pk=row[0]))
+            return Assignment.objects.select_related("batch", "batch__project").get(pk=row[0])
     return None
 
 
@@ -100,37 +132,27 @@ def _renew(asg: Assignment, user) -> bool:
     return bool(n)
 
 
-def _open_batch_id(project: Project) -> int | None:
-    """The project's open batch when it hands out work: the project labeling (read now, not from
-    the caller's copy) and not paused by staff, the batch not frozen by the loop task."""
-    row = (QueryBatch.objects.filter(project=project, closed_at__isnull=True, project__state=Project.State.LABELING,
-                                     project__paused_at__isnull=True).order_by("-iteration")
-           .values_list("id", "frozen_at").first())
-    return row[0] if row is not None and row[1] is None else None
-
-
 def next_work(*, user, project: Project | None = None, prefetch: bool = False) -> Work:
     """The user's next item (optionally in one project), claiming one when they hold none.
 
     ``prefetch``: also hold the item after it (claimed *ahead*: anyone who runs out of work may
-    take it over), so the page can load its image while the current one is shown.
+    take it over), so the page can load its image while the current one is shown. The project's
+    state, pause and open batch are read by the statements themselves (never from the caller's
+    copy of the project).
     """
     projects = [project] if project is not None else selectors.claimable_projects(user)
     for p in projects:
-        batch_id = _open_batch_id(p)
-        if batch_id is None:
-            continue
-        held = selectors.held_claims(user, batch_id)
+        held = selectors.held_claims(user, p)
         current = next((h for h in held if _renew(h, user)), None)
-        if current is None and selectors.may_claim(user, p):
-            current = _claim(user, batch_id)
+        if current is None:
+            current = _claim(user, p)
         if current is None:
             continue
         upcoming = None
         if prefetch:
             upcoming = next((h for h in held if h.pk != current.pk and h.prefetched), None)
-            if upcoming is None and selectors.may_claim(user, p):
-                upcoming = _claim(user, batch_id, ahead=True, takeover=False)
+            if upcoming is None:
+                upcoming = _claim(user, p, ahead=True, takeover=False)
         return Work(current=current, upcoming=upcoming, project=p)
     return Work(current=None, project=project)
 

@@ -47,12 +47,9 @@ def eligible_labelers(project: Project) -> list[int]:
 
 
 def may_claim(user, project: Project) -> bool:
-    """Whether ``user`` may claim new work in ``project`` (:func:`eligible_labelers`, for one user)."""
-    row = (ProjectMember.objects.filter(project=project, user=user, user__is_active=True)
-           .values_list("user__labeler_profile__is_suspended", "user__labeler_profile__is_flagged").first())
-    if row is None or row[0]:
-        return False
-    return not row[1] or user.pk in eligible_labelers(project)
+    """Whether ``user`` may claim new work in ``project`` (:func:`eligible_labelers`, for one user;
+    the claim statement of :mod:`labeling.queue` checks the same in SQL)."""
+    return user.pk in eligible_labelers(project)
 
 
 def labeler_standing(user) -> str:
@@ -108,10 +105,14 @@ def claimable_projects(user) -> list[Project]:
                                        paused_at__isnull=True).order_by("id"))
 
 
-def held_claims(user, batch_id: int) -> list[Assignment]:
-    """The user's claims in one batch: the one on screen first (not prefetched, latest lease)."""
-    return list(Assignment.objects.filter(labeler=user, status=Assignment.Status.OPEN, batch_id=batch_id)
-                .select_related("batch", "batch__project", "item").order_by("prefetched", "-lease_until", "id"))
+def held_claims(user, project: Project) -> list[Assignment]:
+    """The user's claims in the project's open batch while it hands out work (labeling, not
+    paused, not frozen): the one on screen first (not prefetched, latest lease)."""
+    return list(Assignment.objects.filter(
+        labeler=user, status=Assignment.Status.OPEN, batch__project=project, batch__closed_at__isnull=True,
+        batch__frozen_at__isnull=True, batch__project__state=Project.State.LABELING,
+        batch__project__paused_at__isnull=True,
+    ).select_related("batch", "batch__project").order_by("prefetched", "-lease_until", "id"))
 
 
 def item_holders(assignment: Assignment) -> set[int]:
@@ -126,7 +127,7 @@ def assignment_for_user(user, assignment_id: int) -> Assignment | None:
             .select_related("batch", "batch__project", "item").first())
 
 
-def progress_for(user, project: Project) -> dict:
+def progress_for(user, project: Project, batch: QueryBatch | None = None) -> dict:
     """The open batch's progress and the project's budget (nobody's share: the queue is shared).
 
     One indexed count per call (``GROUP BY status`` on the batch's (batch, status) index): the
@@ -134,7 +135,8 @@ def progress_for(user, project: Project) -> dict:
     stored when it opened, plus the batch's own answers).
     """
     budget = (project.config or {}).get("budget")
-    batch = open_batch(project)
+    if batch is None or batch.closed_at is not None:  # ``batch``: the open batch, when the caller has it
+        batch = open_batch(project)
     if batch is None:
         return {"batch_done": 0, "batch_total": 0, "bought": labels_bought(project), "budget": budget}
     counts = dict(Assignment.objects.filter(batch=batch).order_by().values_list("status").annotate(n=Count("id")))

@@ -124,9 +124,10 @@ def test_token_auth_answers_the_annotator_check_in_its_own_query(project, annota
     asg = open_assignment(a, project)
     r = c.post(answer_url(asg.pk), {"label": 1}, format="json")
     assert r.status_code == 201
+    held = open_assignment(a, project)
     a.groups.clear()
     assert c.get(NEXT).status_code == 403
-    assert c.post(answer_url(open_assignment(a, project).pk), {"label": 1}, format="json").status_code == 403
+    assert c.post(answer_url(held.pk), {"label": 1}, format="json").status_code == 403
     outsider = c.__class__()
     outsider.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=UserFactory()).key}")
     assert outsider.get(NEXT).status_code == 403
