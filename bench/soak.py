@@ -60,7 +60,7 @@ import django
 django.setup()
 from django.contrib.auth import get_user_model
 from rest_framework.authtoken.models import Token
-from labeling import importers, services
+from labeling import importers, membership, services
 from learner.data import load_digits
 
 n_users, copies, batch, out = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
@@ -81,6 +81,7 @@ project = services.create_project(name="soak digits", classes=classes, config={
     "backbone": "flatten", "feature_size": 8, "channels": 1, "n_clusters": 10})
 report = importers.import_arrays(project=project, images=x, labels=y, upscale=2)
 assert report.ok, report.errors
+membership.set_members(project=project, users=users)
 services.start_project(project=project)
 json.dump({"project": project.pk, "items": int(len(x)),
            "users": [{"username": u.username, "token": Token.objects.create(user=u).key} for u in users],
