@@ -65,7 +65,7 @@ class LiveConfig:
     audit_proven_after: int = 10
     # re-examine every label still standing on one labeler's word with each new model, not only
     # the new batch's (learner.engine._recheck; ours, measured in docs/method.md)
-    recheck: bool = False
+    recheck: bool = True
     # people label the next batch, chosen by the model of the step before, while the model of this
     # one trains (nobody waits for the model; learner.engine, EngineState.pending)
     pipeline: bool = False
@@ -83,8 +83,8 @@ class LiveConfig:
     candidate_factor: float = 3.0
     # robust's pick inside a cluster (learner.strategies.RobustMinimax): "farthest" or "margin",
     # and the weight of a cluster's size next to its fragility when sharing out the batch
-    robust_pick: str = "farthest"
-    robust_size_weight: float = 1.0
+    robust_pick: str = "margin"
+    robust_size_weight: float = 0.0
     # "density": never query items of an abnormally dense feature-space cluster (feature-collision
     # poisons; learner.defences.dense_cluster_mask); "none": query from the whole pool
     pool_defence: str = "none"

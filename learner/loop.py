@@ -45,7 +45,7 @@ class LoopConfig:
     audit_confidence: float | None = 0.5  # ours: re-annotate labels the model contradicts this surely
     audit_confidence_proven: float | None = 0.9  # ours: ... once the labeler's checked labels mostly held
     audit_proven_after: int = 10  # checked labels before a labeler can be proven
-    recheck: bool = False  # ours: audit earlier standing labels the newer model contradicts
+    recheck: bool = True  # ours: audit earlier standing labels the newer model contradicts
     pipeline: bool = False  # people label the next batch (chosen by F_{i-1}) while F_i trains
     audit_posterior: float | None = None  # ours: audit where a label is this likely wrong (engine.posterior_threshold)
     reannotation: str = "adaptive"  # ours: ask one re-annotator first, the others only on a disagreement
@@ -57,8 +57,8 @@ class LoopConfig:
     noise_variance: float = 0.3  # paper: variance 0.3 "on the model's input scale"
     n_clusters: int = 10
     candidate_factor: float = 3.0
-    robust_pick: str = "farthest"  # ours: "margin" (fragile first, near-duplicates skipped)
-    robust_size_weight: float = 1.0
+    robust_pick: str = "margin"  # ours (docs/method.md); "farthest": the paper's eq. (4) among the candidates
+    robust_size_weight: float = 0.0
     defence: str | None = None  # training-set filter before each head training (learner.defences)
     defence_k: int = 25  # neighbours consulted by the dknn defence (>~ 3x the poisons labeled together)
     confusion_min_rate: float | None = 0.5  # Dawid-Skene check (None: off)
