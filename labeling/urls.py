@@ -16,4 +16,5 @@ urlpatterns = [
     path("staff/projects/<int:project_id>/members/", views.staff_project_members, name="staff-project-members"),
     path("staff/projects/<int:project_id>/start/", views.staff_project_start, name="staff-project-start"),
     path("staff/projects/<int:project_id>/resume/", views.staff_project_resume, name="staff-project-resume"),
+    path("staff/projects/<int:project_id>/pause/", views.staff_project_pause, name="staff-project-pause"),
 ]

@@ -227,6 +227,24 @@ def staff_project_start(request, project_id: int):
 
 @staff_only
 @require_POST
+def staff_project_pause(request, project_id: int):
+    """Pause (``action=pause``) or hand out work again (``action=unpause``); the staff API's pause/resume."""
+    project = get_object_or_404(Project, pk=project_id)
+    try:
+        if request.POST.get("action") == "unpause":
+            services.unpause_project(project=project)
+            messages.success(request, "Work is handed out again.")
+        else:
+            services.pause_project(project=project)
+            messages.success(request, "Paused: annotators get no new images from this project; answers to images "
+                                      "already on their screens are kept.")
+    except workflow.LabelingError as exc:
+        messages.error(request, exc.message)
+    return redirect("labeling:staff-project", project_id=project.pk)
+
+
+@staff_only
+@require_POST
 def staff_project_resume(request, project_id: int):
     project = get_object_or_404(Project, pk=project_id)
     if services.resume_loop(project=project):

@@ -186,6 +186,7 @@ CASES = [
          data={"budget": "50", "description": "instructions"}),
     Case("labeling/staff/projects/<int:project_id>/start/", "POST", (LOGIN, 403, 403, 302), P),
     Case("labeling/staff/projects/<int:project_id>/resume/", "POST", (LOGIN, 403, 403, 302), P),
+    Case("labeling/staff/projects/<int:project_id>/pause/", "POST", (LOGIN, 403, 403, 302), P),
     Case("trust/", "GET", (LOGIN, 403, 403, 200)),
     Case("trust/labelers/<int:user_id>/", "GET", (LOGIN, 403, 403, 200), USER_A),
     Case("trust/labelers/<int:user_id>/reinstate/", "POST", (LOGIN, 403, 403, 302), USER_A),

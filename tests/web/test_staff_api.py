@@ -319,3 +319,26 @@ def test_readme_staff_script_creates_fills_and_starts_a_project(live_server, lab
     again = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120)
     assert again.returncode != 0 and "400 name: Project with this Name already exists." in again.stderr, again.stderr
 
+
+
+def test_staff_page_pause_button(staff_api, labeling_dirs, annotators, client):
+    """The staff project page pauses and resumes what the API does, and says so."""
+    project = Project.objects.get(pk=create(staff_api).json()["id"])
+    files = [SimpleUploadedFile(f"{k}.png", png_bytes(value=k)) for k in range(20)]
+    staff_api.post(f"{API}{project.pk}/images/", {"files": files}, format="multipart")
+    staff_api.put(f"{API}{project.pk}/members/", {"members": [a.username for a in annotators]}, format="json")
+    page = f"/labeling/staff/projects/{project.pk}/"
+    client.force_login(StaffFactory())
+    r = client.post(f"{page}pause/", {"action": "pause"}, follow=True)
+    assert "only a project that is labeling can be paused" in r.content.decode()  # a draft: refused, said
+    assert staff_api.post(f"{API}{project.pk}/start/").status_code == 200
+    r = client.post(f"{page}pause/", {"action": "pause"}, follow=True)
+    html = r.content.decode()
+    assert "Paused: annotators get no new images" in html and "Resume handing out work" in html
+    project.refresh_from_db()
+    assert project.paused_at is not None
+    assert all(answering.next_assignment(user=u) is None for u in annotators)
+    r = client.post(f"{page}pause/", {"action": "unpause"}, follow=True)
+    assert "Work is handed out again." in r.content.decode()
+    project.refresh_from_db()
+    assert project.paused_at is None and answering.next_assignment(user=annotators[0]) is not None
