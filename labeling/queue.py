@@ -36,6 +36,7 @@ from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from . import selectors
+from .db import instance_from_row, prepared_cursor
 from .models import ANNOTATORS_GROUP, Assignment, LabelerProfile, Project, ProjectMember, QueryBatch
 
 
@@ -52,8 +53,58 @@ class Work:
     project: Project | None = None  # the project the answer is about (None: no project at all)
 
     @property
-    def batch(self) -> QueryBatch | None:
-        return self.current.batch if self.current is not None else None
+    def batch_id(self) -> int | None:
+        return self.current.batch_id if self.current is not None else None
+
+    @property
+    def bought_before(self) -> int | None:
+        """Labels bought before the current item's batch opened (read with the item)."""
+        return getattr(self.current, "batch_bought_before", None)
+
+
+@functools.cache
+def _read_sql(vendor: str) -> dict[str, str]:
+    """Hand-written statements of ``next`` (Django compiles every ORM query anew, about 1 ms of
+    CPU for a join; ``next`` runs on every answer). Items come with their batch's
+    ``bought_before`` (``batch_bought_before``) for the progress count."""
+    q = connection.ops.quote_name
+    a, b, p = (q(model._meta.db_table) for model in (Assignment, QueryBatch, Project))
+    item = f"SELECT a.*, b.bought_before AS batch_bought_before FROM {a} a JOIN {b} b ON b.id = a.batch_id "
+    # literals, not parameters: see _claim_sql
+    claimed, labeling = f"'{Assignment.Status.OPEN.value}'", f"'{Project.State.LABELING.value}'"
+    return {
+        # the user's claims in the project's open batch while it hands out work; the one on screen first
+        "held": (item + f"JOIN {p} p ON p.id = b.project_id WHERE a.labeler_id = %s AND a.status = {claimed} "
+                 f"AND b.project_id = %s AND b.closed_at IS NULL AND b.frozen_at IS NULL AND p.state = {labeling} "
+                 "AND p.paused_at IS NULL ORDER BY a.prefetched, a.lease_until DESC, a.id"),
+        "one": item + "WHERE a.id = %s",
+        "renew": (f"UPDATE {a} SET lease_until = %s, prefetched = false WHERE id = %s AND labeler_id = %s "
+                  f"AND status = {claimed}"),
+    }
+
+
+def _items(statement: str, params: list) -> list[Assignment]:
+    """Assignments (with ``batch_bought_before``) of one of :func:`_read_sql`'s SELECTs: on
+    PostgreSQL a statement prepared on the server, elsewhere Django's raw query (its converters)."""
+    sql = _read_sql(connection.vendor)[statement]
+    if connection.vendor != "postgresql":
+        return list(Assignment.objects.raw(sql, params))
+    with prepared_cursor() as cursor:
+        cursor.execute(sql, params)
+        names = [c.name for c in cursor.description]
+        rows = cursor.fetchall()
+    out = []
+    for row in rows:
+        asg = instance_from_row(Assignment, names, row)
+        asg.batch_bought_before = row[-1]
+        out.append(asg)
+    return out
+
+
+def held_claims(user, project: Project) -> list[Assignment]:
+    """The user's claims in the project's open batch while it hands out work (labeling, not
+    paused, not frozen): the one on screen first (not prefetched, latest lease)."""
+    return _items("held", [user.pk, project.pk])
 
 
 @functools.cache
@@ -67,6 +118,10 @@ def _claim_sql(vendor: str, takeover: bool) -> str:
     user = get_user_model()
     u, ug, g = q(user._meta.db_table), q(user.groups.through._meta.db_table), q(Group._meta.db_table)
     lock = " FOR UPDATE SKIP LOCKED" if vendor == "postgresql" else ""
+    # Constants are written into the SQL, not bound: a statement prepared on the server gets a
+    # generic plan after a few runs, and only a literal status lets it use the partial indexes.
+    queued, claimed = f"'{Assignment.Status.QUEUED.value}'", f"'{Assignment.Status.OPEN.value}'"
+    labeling, group = f"'{Project.State.LABELING.value}'", f"'{ANNOTATORS_GROUP}'"
 
     def member(alias: str, extra: str) -> str:  # an active annotator member of the project
         x = alias
@@ -74,21 +129,21 @@ def _claim_sql(vendor: str, takeover: bool) -> str:
                 f"LEFT JOIN {lp} lp{x} ON lp{x}.user_id = m{x}.user_id "
                 f"WHERE m{x}.project_id = %(project)s AND u{x}.is_active AND EXISTS (SELECT 1 FROM {ug} ug{x} "
                 f"JOIN {g} g{x} ON g{x}.id = ug{x}.group_id WHERE ug{x}.user_id = u{x}.id "
-                f"AND g{x}.name = %(group)s) AND {extra}")
+                f"AND g{x}.name = {group}) AND {extra}")
 
     unflagged = "(lp2.id IS NULL OR (NOT lp2.is_suspended AND NOT lp2.is_flagged))"
     eligible = member("1", "m1.user_id = %(uid)s AND (lp1.id IS NULL OR (NOT lp1.is_suspended AND "
                            f"(NOT lp1.is_flagged OR NOT EXISTS ({member('2', unflagged)}))))")
     batch = (f"SELECT b.id FROM {b} b JOIN {p} p ON p.id = b.project_id WHERE b.project_id = %(project)s "
-             "AND b.closed_at IS NULL AND b.frozen_at IS NULL AND p.state = %(labeling)s AND p.paused_at IS NULL")
+             f"AND b.closed_at IS NULL AND b.frozen_at IS NULL AND p.state = {labeling} AND p.paused_at IS NULL")
     if takeover:  # an expired claim first, then someone else's claim ahead
-        which = ("c.status = %(open)s AND c.labeler_id <> %(uid)s AND (c.lease_until < %(now)s OR c.prefetched)",
+        which = (f"c.status = {claimed} AND c.labeler_id <> %(uid)s AND (c.lease_until < %(now)s OR c.prefetched)",
                  "ORDER BY c.prefetched, c.lease_until, c.id")
-        recheck = "status = %(open)s AND labeler_id <> %(uid)s AND (lease_until < %(now)s OR prefetched)"
+        recheck = f"status = {claimed} AND labeler_id <> %(uid)s AND (lease_until < %(now)s OR prefetched)"
     else:
-        which = ("c.status = %(queued)s", "ORDER BY c.id")
-        recheck = "status = %(queued)s"
-    return (f"UPDATE {a} SET labeler_id = %(uid)s, status = %(open)s, lease_until = %(until)s, "
+        which = (f"c.status = {queued}", "ORDER BY c.id")
+        recheck = f"status = {queued}"
+    return (f"UPDATE {a} SET labeler_id = %(uid)s, status = {claimed}, lease_until = %(until)s, "
             f"prefetched = %(ahead)s WHERE id = ("
             f"SELECT c.id FROM {a} c WHERE c.batch_id = ({batch}) AND {which[0]} "
             "AND (c.original_labeler_id IS NULL OR c.original_labeler_id <> %(uid)s) "
@@ -102,34 +157,34 @@ def _claim(user, project: Project, *, ahead: bool = False, takeover: bool = True
     now = timezone.now()
     adapt = connection.ops.adapt_datetimefield_value
     params = {"uid": user.pk, "project": project.pk, "now": adapt(now), "ahead": ahead,
-              "until": adapt(now + timedelta(seconds=lease_seconds())), "group": ANNOTATORS_GROUP,
-              "open": Assignment.Status.OPEN.value, "queued": Assignment.Status.QUEUED.value,
-              "labeling": Project.State.LABELING.value}
+              "until": adapt(now + timedelta(seconds=lease_seconds()))}
     for mode in ((False, True) if takeover else (False,)):
         for _ in range(3):  # a unique violation: the same person claimed a sibling slot at the same instant
             try:
                 # in autocommit the statement is its own transaction; inside one, a savepoint keeps
                 # a refused claim from breaking the caller's transaction
                 with (transaction.atomic() if connection.in_atomic_block else nullcontext()), \
-                        connection.cursor() as cursor:
+                        prepared_cursor() as cursor:
                     cursor.execute(_claim_sql(connection.vendor, mode), params)
                     row = cursor.fetchone()
             except IntegrityError:
                 continue
             if row is None:
                 break
-            return Assignment.objects.select_related("batch", "batch__project").get(pk=row[0])
+            return _items("one", [row[0]])[0]
     return None
 
 
 def _renew(asg: Assignment, user) -> bool:
     """Extend the user's claim (and make a claim ahead the current one); False if it is no longer theirs."""
     until = timezone.now() + timedelta(seconds=lease_seconds())
-    n = Assignment.objects.filter(pk=asg.pk, labeler=user, status=Assignment.Status.OPEN).update(
-        lease_until=until, prefetched=False)
-    if n:
+    with prepared_cursor() as cursor:
+        cursor.execute(_read_sql(connection.vendor)["renew"],
+                       [connection.ops.adapt_datetimefield_value(until), asg.pk, user.pk])
+        renewed = cursor.rowcount == 1
+    if renewed:
         asg.lease_until, asg.prefetched = until, False
-    return bool(n)
+    return renewed
 
 
 def next_work(*, user, project: Project | None = None, prefetch: bool = False) -> Work:
@@ -142,7 +197,7 @@ def next_work(*, user, project: Project | None = None, prefetch: bool = False) -
     """
     projects = [project] if project is not None else selectors.claimable_projects(user)
     for p in projects:
-        held = selectors.held_claims(user, p)
+        held = held_claims(user, p)
         current = next((h for h in held if _renew(h, user)), None)
         if current is None:
             current = _claim(user, p)

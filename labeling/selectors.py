@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from django.contrib.auth import get_user_model
-from django.db.models import Count, Q, QuerySet
+from django.db import connection
+from django.db.models import Q, QuerySet
 
 from learner.engine import secured_label
 
@@ -100,19 +101,12 @@ def batch_is_complete(batch: QueryBatch) -> bool:
 
 
 def claimable_projects(user) -> list[Project]:
-    """Projects whose work ``user`` may be handed now: member, labeling, not paused by staff."""
-    return list(Project.objects.filter(memberships__user=user, state=Project.State.LABELING,
-                                       paused_at__isnull=True).order_by("id"))
-
-
-def held_claims(user, project: Project) -> list[Assignment]:
-    """The user's claims in the project's open batch while it hands out work (labeling, not
-    paused, not frozen): the one on screen first (not prefetched, latest lease)."""
-    return list(Assignment.objects.filter(
-        labeler=user, status=Assignment.Status.OPEN, batch__project=project, batch__closed_at__isnull=True,
-        batch__frozen_at__isnull=True, batch__project__state=Project.State.LABELING,
-        batch__project__paused_at__isnull=True,
-    ).select_related("batch", "batch__project").order_by("prefetched", "-lease_until", "id"))
+    """Projects whose work ``user`` may be handed now: member, labeling, not paused by staff.
+    (Hand-written: ``next`` without a project runs it on every answer.)"""
+    q = connection.ops.quote_name
+    sql = (f"SELECT p.* FROM {q(Project._meta.db_table)} p JOIN {q(ProjectMember._meta.db_table)} m "
+           "ON m.project_id = p.id WHERE m.user_id = %s AND p.state = %s AND p.paused_at IS NULL ORDER BY p.id")
+    return list(Project.objects.raw(sql, [user.pk, Project.State.LABELING.value]))
 
 
 def item_holders(assignment: Assignment) -> set[int]:
@@ -127,7 +121,7 @@ def assignment_for_user(user, assignment_id: int) -> Assignment | None:
             .select_related("batch", "batch__project", "item").first())
 
 
-def progress_for(user, project: Project, batch: QueryBatch | None = None) -> dict:
+def progress_for(user, project: Project, *, batch_id: int | None = None, bought_before: int | None = None) -> dict:
     """The open batch's progress and the project's budget (nobody's share: the queue is shared).
 
     One indexed count per call (``GROUP BY status`` on the batch's (batch, status) index): the
@@ -135,14 +129,18 @@ def progress_for(user, project: Project, batch: QueryBatch | None = None) -> dic
     stored when it opened, plus the batch's own answers).
     """
     budget = (project.config or {}).get("budget")
-    if batch is None or batch.closed_at is not None:  # ``batch``: the open batch, when the caller has it
+    if batch_id is None:  # the caller may know the open batch (and its bought_before) already
         batch = open_batch(project)
-    if batch is None:
-        return {"batch_done": 0, "batch_total": 0, "bought": labels_bought(project), "budget": budget}
-    counts = dict(Assignment.objects.filter(batch=batch).order_by().values_list("status").annotate(n=Count("id")))
+        if batch is None:
+            return {"batch_done": 0, "batch_total": 0, "bought": labels_bought(project), "budget": budget}
+        batch_id, bought_before = batch.pk, batch.bought_before
+    with connection.cursor() as cursor:  # hand-written: on every ``next``
+        cursor.execute(f"SELECT status, count(*) FROM {connection.ops.quote_name(Assignment._meta.db_table)} "
+                       "WHERE batch_id = %s GROUP BY status", [batch_id])
+        counts = dict(cursor.fetchall())
     done = counts.get(Assignment.Status.DONE, 0)
     total = done + counts.get(Assignment.Status.OPEN, 0) + counts.get(Assignment.Status.QUEUED, 0)
-    bought = batch.bought_before + done if batch.bought_before is not None else labels_bought(project)
+    bought = bought_before + done if bought_before is not None else labels_bought(project)
     return {"batch_done": done, "batch_total": total, "bought": bought, "budget": budget}
 
 

@@ -151,6 +151,21 @@ def test_next_response_says_what_is_upcoming_and_the_batch_and_budget(project, a
     assert body["progress"] == {"batch_done": 1, "batch_total": 6, "bought": 7, "budget": 60}
 
 
+def test_next_payload_is_the_documented_serializer_output(project, annotators):
+    from labeling.api import next_payload
+    from labeling.serializers import NextOutSerializer
+
+    work = queue.next_work(user=annotators[0], project=project, prefetch=True)
+    progress = selectors.progress_for(annotators[0], project, batch_id=work.batch_id, bought_before=work.bought_before)
+    assert progress == selectors.progress_for(annotators[0], project)
+    for asg, up, p, prog, message in ((work.current, work.upcoming, project, progress, ""),
+                                      (work.current, None, project, progress, ""),
+                                      (None, None, project, progress, "nothing now"), (None, None, None, None, "x")):
+        documented = NextOutSerializer({"assignment": asg, "upcoming": up, "project_state": p.state if p else None,
+                                        "progress": prog, "message": message}).data
+        assert next_payload(asg, up, p, prog, message) == documented
+
+
 def test_progress_is_one_indexed_count(project, annotators):
     for user, asg in take_turns(project):
         answering.submit_annotation(user=user, assignment_id=asg.pk, label=0)
