@@ -327,6 +327,19 @@ def test_a_flagged_labeler_gives_back_their_item_and_gets_none(project, annotato
     assert claim(b, project).pk == held.pk
 
 
+def test_when_every_member_is_flagged_the_flagged_still_get_work(project, annotators):
+    """The engine's rule (learner.engine.EngineState.eligible), kept by the claim statement: work
+    goes to active members, else to flagged ones, never to suspended ones."""
+    a, b, c = annotators
+    for u in (a, b):
+        services.set_labeler_status(user=u, flagged=True)
+    assert answering.next_assignment(user=a, project=project) is None  # c is active: not a
+    services.set_labeler_status(user=c, suspended=True)
+    assert selectors.eligible_labelers(project) == [a.pk, b.pk]
+    assert claim(a, project) and claim(b, project)  # nobody active is left: the flagged ones
+    assert answering.next_assignment(user=c, project=project) is None
+
+
 def test_a_staff_paused_project_hands_out_nothing(project, annotators):
     Project.objects.filter(pk=project.pk).update(paused_at=timezone.now())
     assert answering.next_assignment(user=annotators[0], project=project) is None
