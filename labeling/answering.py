@@ -76,11 +76,23 @@ def _lock_assignment(user, assignment_id: int, *, exclusive: bool = False) -> tu
     project = next(iter(Project.objects.raw(sql["project"] + sql["exclusive" if exclusive else "share"],
                                             [assignment_id, user.pk])), None)
     if project is None:
-        raise NotFound("no such assignment for you")
+        raise NotFound(_not_yours(assignment_id))
     asg = next(iter(Assignment.objects.raw(sql["assignment"], [assignment_id, user.pk])), None)
     if asg is None or asg.batch_project_id != project.pk:  # handed to someone else meanwhile
-        raise NotFound("no such assignment for you")
+        raise NotFound(_not_yours(assignment_id))
     return project, asg
+
+
+def _not_yours(assignment_id: int) -> str:
+    """Why an answer to ``assignment_id`` is refused (error path only: one more query)."""
+    if Assignment.objects.filter(pk=assignment_id).exists():
+        from .queue import lease_seconds
+
+        lease = lease_seconds()
+        span = f"{lease:.0f} s" if lease < 120 else f"{lease / 60:.0f} min"
+        return (f"this image is no longer yours: a claim lasts {span} without an answer, "
+                "then the image goes back to the queue for someone else; your answer was not recorded")
+    return "no such assignment for you"
 
 
 @functools.cache

@@ -191,8 +191,10 @@ def test_an_expired_claim_goes_to_the_next_who_asks(project, annotators, setting
     expire(held)
     taken = claim(c, project)
     assert taken.pk == held.pk and taken.labeler_id == c.pk
-    with pytest.raises(workflow.NotFound):  # a comes back too late: the item is c's now
+    with pytest.raises(workflow.NotFound, match="no longer yours: a claim lasts 30 s"):  # a comes back too late
         answering.submit_annotation(user=a, assignment_id=held.pk, label=0)
+    with pytest.raises(workflow.NotFound, match="no such assignment for you"):
+        answering.submit_annotation(user=a, assignment_id=held.pk + 10_000, label=0)
     answering.submit_annotation(user=c, assignment_id=held.pk, label=1)
     assert Annotation.objects.get(assignment=held).label == 1
 
