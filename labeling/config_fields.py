@@ -110,6 +110,9 @@ _INFO = {
     "robust_pick": ("defences", "Pick inside a cluster", "robust's choice among a cluster's candidates: farthest "
                     "(farthest from the labeled items, the paper's eq. 4) or margin (the most fragile first, skipping "
                     "near-duplicates of labeled items).", _METHOD),
+    "robust_fragile_top": ("defences", "Fragility by ranking", "robust shares the batch out by how many of the "
+                           "pool's most fragile unlabeled items each cluster holds (instead of a soft sum over "
+                           "the cluster).", _METHOD),
     "robust_size_weight": ("defences", "Cluster size weight", "Weight of a cluster's size next to its fragility when "
                            "robust shares the batch out among clusters.", _METHOD),
     "redundancy": ("defences", "Labels per item (redundancy)", "Every queried item labeled by this many different "

@@ -218,6 +218,7 @@ VARIANTS = {
     "pick-farthest": {"robust_pick": "farthest"},
     "size0": {"robust_size_weight": 0.0},
     "size1": {"robust_size_weight": 1.0},
+    "top": {"robust_fragile_top": True},
     "post10": {"audit_posterior": 0.1},
     "post20": {"audit_posterior": 0.2},
     "post35": {"audit_posterior": 0.35},

@@ -83,8 +83,9 @@ class LiveConfig:
     candidate_factor: float = 3.0
     # robust's pick inside a cluster (learner.strategies.RobustMinimax): "farthest" or "margin",
     # and the weight of a cluster's size next to its fragility when sharing out the batch
-    robust_pick: str = "margin"
-    robust_size_weight: float = 0.0
+    robust_pick: str = "farthest"
+    robust_size_weight: float = 1.0
+    robust_fragile_top: bool = False  # N_c from the pool's most fragile items (learner.strategies)
     # "density": never query items of an abnormally dense feature-space cluster (feature-collision
     # poisons; learner.defences.dense_cluster_mask); "none": query from the whole pool
     pool_defence: str = "none"
@@ -204,6 +205,8 @@ class LiveConfig:
         if self.robust_pick not in ("farthest", "margin"):
             raise ValueError(f"robust_pick must be 'farthest' or 'margin', got {self.robust_pick!r}")
         _float("robust_size_weight", 0.0, 100.0)
+        if not isinstance(self.robust_fragile_top, bool):
+            raise ValueError("robust_fragile_top must be true or false")
         if not isinstance(self.pipeline, bool):
             raise ValueError("pipeline must be true or false")
         if not isinstance(self.recheck, bool):
@@ -407,7 +410,8 @@ def select_batch(cfg: LiveConfig, features: np.ndarray, blocked: np.ndarray, lab
     kwargs = {}
     if cfg.strategy == "robust":
         kwargs = {"n_clusters": cfg.n_clusters, "candidate_factor": cfg.candidate_factor, "seed": cfg.seed,
-                  "pick": cfg.robust_pick, "size_weight": cfg.robust_size_weight}
+                  "pick": cfg.robust_pick, "size_weight": cfg.robust_size_weight,
+                  "fragile_top": cfg.robust_fragile_top}
     key = (cache_key, cfg.strategy, tuple(sorted(kwargs.items())))
     strategy = _STRATEGY_CACHE.get(key) if cache_key else None
     if strategy is None:

@@ -57,8 +57,9 @@ class LoopConfig:
     noise_variance: float = 0.3  # paper: variance 0.3 "on the model's input scale"
     n_clusters: int = 10
     candidate_factor: float = 3.0
-    robust_pick: str = "margin"  # ours (docs/method.md); "farthest": the paper's eq. (4) among the candidates
-    robust_size_weight: float = 0.0
+    robust_pick: str = "farthest"  # the paper's eq. (4) among the candidates; "margin": fragile first (ours)
+    robust_size_weight: float = 1.0
+    robust_fragile_top: bool = False  # ours: N_c from the pool's most fragile items
     defence: str | None = None  # training-set filter before each head training (learner.defences)
     defence_k: int = 25  # neighbours consulted by the dknn defence (>~ 3x the poisons labeled together)
     confusion_min_rate: float | None = 0.5  # Dawid-Skene check (None: off)
@@ -97,7 +98,7 @@ class LoopConfig:
             recheck=self.recheck, pipeline=self.pipeline, audit_posterior=self.audit_posterior, reannotation=self.reannotation, augment=None if self.augment is None else tuple(self.augment),
             augment_weight=self.augment_weight, noise_variance=self.noise_variance, overshoot=self.overshoot,
             n_clusters=self.n_clusters, candidate_factor=self.candidate_factor, robust_pick=self.robust_pick,
-            robust_size_weight=self.robust_size_weight,
+            robust_size_weight=self.robust_size_weight, robust_fragile_top=self.robust_fragile_top,
             pool_defence=self.defence if self.defence in POOL_DEFENCES else "none", seed=int(seed),
             trust_penalty=t.penalty, trust_reward=t.reward, alert_confidence=t.alert_confidence,
             flag_alpha=t.flag_alpha, suspend_alpha=t.suspend_alpha, audit_alpha=t.audit_alpha, trust_window=t.window, p1=t.p_1,

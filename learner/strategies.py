@@ -228,6 +228,7 @@ class RobustMinimax:
     # (ours: the most fragile first, skipping near-duplicates of labeled or picked items)
     pick: str = "farthest"
     size_weight: float = 1.0  # weight of a cluster's share of the unlabeled pool in N_c (fragility: 1)
+    fragile_top: bool = False  # fragility mass = count among the pool's most fragile items (ours)
     name: str = "robust"
     labels_of_labeled: np.ndarray | None = None  # set by the loop: labels used for cluster error
     _cluster_cache: dict = field(default_factory=dict, repr=False)
@@ -290,6 +291,12 @@ class RobustMinimax:
                     adv[c] = float(np.clip(global_med / max(med_c, 1e-12), 0.5, 2.0))
         # fragility share blended with the cluster's share of the unlabeled pool (representativeness)
         size = np.bincount(cluster, weights=unl.astype(float), minlength=k)
+        if self.fragile_top:
+            # ours: the fragile mass is the count of the pool's candidate_factor x batch most fragile
+            # unlabeled items (the margin ranking) in each cluster, not a soft sum over the cluster
+            cand = np.flatnonzero(unl)
+            top = cand[np.argsort(dist[cand], kind="stable")[: int(np.ceil(self.candidate_factor * batch_size))]]
+            mass = np.bincount(cluster[top], minlength=k).astype(float)
         share = mass / max(mass.sum(), 1e-12) + self.size_weight * size / max(size.sum(), 1e-12)
         weight = share * (0.5 + err) * adv
         caps = np.bincount(cluster, weights=unl.astype(float), minlength=k).astype(np.int64)
