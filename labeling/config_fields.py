@@ -86,7 +86,7 @@ _INFO = {
                      _ROUNDS),
     "pipeline": ("loop", "Pipelined batches", "Annotators label the next batch, chosen by the model of the step "
                  "before, while this step's model trains: nobody waits for the model, at the price of choosing with "
-                 "a model one batch old.", _METHOD),
+                 "a model one batch old. Simulations only for now (manage.py simulate): a project refuses it.", _METHOD),
     "epsilon": ("loop", "Performance check (epsilon)", "When the accuracy on the secured set drops by more than "
                 "epsilon from one iteration to the next, the batch's labels go to re-annotation.", _METHOD),
     # -- defences ---------------------------------------------------------------------------
@@ -117,7 +117,8 @@ _INFO = {
                            "robust shares the batch out among clusters.", _METHOD),
     "redundancy": ("defences", "Labels per item (redundancy)", "Every queried item labeled by this many different "
                    "annotators at once and their answers aggregated: the usual alternative to the defences (needs "
-                   "the defences off). 1: one label per item.", _METHOD),
+                   "the defences off). 1: one label per item. Above 1 only in simulations for now (manage.py simulate).",
+                   _METHOD),
     "aggregation": ("defences", "Aggregation", "How redundant answers become one label: majority, or dawid_skene "
                     "(annotators weighed by their estimated confusion, over every answer so far).", _METHOD),
     "trust_weights": ("defences", "Trust-weighted training", "Train with each label weighted by its annotator's "

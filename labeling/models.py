@@ -47,9 +47,16 @@ def validate_config(value) -> None:
     if not isinstance(value, dict):
         raise ValidationError("config must be a JSON object")
     try:
-        LiveConfig.from_dict(value)
+        cfg = LiveConfig.from_dict(value)
     except ValueError as exc:
         raise ValidationError(str(exc)) from None
+    # engine settings only the simulator drives so far (manage.py simulate); refused here rather
+    # than accepted and silently run another way
+    if cfg.pipeline:
+        raise ValidationError("pipeline is measured in `manage.py simulate` only: the web app does not yet open "
+                              "the next batch while the current one is labeled")
+    if cfg.redundancy > 1:
+        raise ValidationError("redundancy > 1 (the redundancy baselines) runs in `manage.py simulate` only")
 
 
 class Project(models.Model):
