@@ -22,8 +22,9 @@ SCENARIOS = ("benign", "malicious", "collusion", "sleeper", "spammer", "poison")
 # the crowd's adversaries per scenario: (how many of the labelers, kind; learner.oracles)
 ADVERSARIES = {"malicious": (None, "malicious"), "collusion": (3, "malicious"), "sleeper": (2, "sleeper"),
                "spammer": (2, "spammer")}
-# The paper's malicious mapping (airplane -> frog) and its digits counterpart (1 -> 7).
-DEFAULT_MAPPINGS = {"airplane": "frog", "1": "7"}
+# Digits' malicious mapping (1 -> 7, the most confusable pair of digits); every other class set
+# maps its first class to its second (default_mapping: the paper's airplane -> frog on CIFAR-2).
+DEFAULT_MAPPINGS = {"1": "7"}
 
 
 @dataclass
@@ -234,6 +235,18 @@ def variant_overrides(name: str) -> dict:
     return out
 
 
+def default_mapping(classes: tuple[str, ...]) -> dict[str, str]:
+    """The malicious labelers' class mapping when none is given: ``1 -> 7`` where both digits are
+    among ``classes``, otherwise the first class -> the second (CIFAR-2's ``("airplane", "frog")``
+    gives the paper's airplane -> frog; ``--classes deer,truck`` gives deer -> truck). Empty for
+    fewer than two classes."""
+    classes = tuple(classes)
+    names = {k: v for k, v in DEFAULT_MAPPINGS.items() if k in classes and v in classes}
+    if names:
+        return names
+    return {classes[0]: classes[1]} if len(classes) >= 2 else {}
+
+
 def labeler_pool(spec: ExperimentSpec, classes: tuple[str, ...]) -> LabelerPool:
     """The simulated crowd of the scenario: honest labelers with error rate pr, plus the
     scenario's adversaries (:data:`ADVERSARIES`; ``n_malicious`` in the malicious scenario).
@@ -246,7 +259,7 @@ def labeler_pool(spec: ExperimentSpec, classes: tuple[str, ...]) -> LabelerPool:
     if kind == "spammer":
         return LabelerPool.build(len(classes), n_labelers=spec.n_labelers, error_rate=spec.error_rate,
                                  n_malicious=count, kind=kind)
-    names = spec.mapping or {k: v for k, v in DEFAULT_MAPPINGS.items() if k in classes and v in classes}
+    names = spec.mapping or default_mapping(classes)
     if not names:
         raise ValueError(f"no malicious mapping given and no default applies to classes {classes}")
     try:

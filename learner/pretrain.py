@@ -1,8 +1,9 @@
 """Supervised pretraining of a clean feature extractor on a labeled source set.
 
 Plain Python + torch (no Django). The reproduction pretrains a CIFAR ResNet-20 on the eight
-CIFAR-10 classes other than airplane and frog, so the extractor never saw the target classes
-(the spirit of the paper's ImageNet transfer learning, which cannot be downloaded here).
+CIFAR-10 classes other than airplane and frog (another pair: the eight other than that pair,
+:func:`source_classes_for`), so the extractor never saw the target classes (the spirit of the
+paper's ImageNet transfer learning, which cannot be downloaded here).
 
 Why ResNet-20: on 2 CPU cores one epoch over 40,000 32x32 images costs about 2 minutes; a
 ResNet-56 would cost ~3x that for a few points of source accuracy, and the 64-d features
@@ -37,10 +38,37 @@ from torch import nn
 from .backbones import _augment, build_backbone, to_tensor
 from .data import cache_dir, load_dataset
 
-__all__ = ["PretrainResult", "pretrain_backbone", "pretrained_dir", "CIFAR2_SOURCE_CLASSES"]
+__all__ = ["PretrainResult", "pretrain_backbone", "pretrained_dir", "source_classes_for", "classes_seen",
+           "CIFAR10_CLASSES", "CIFAR2_SOURCE_CLASSES"]
+
+# CIFAR-10's class names in its label order.
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+def source_classes_for(targets: Sequence[str]) -> tuple[str, ...]:
+    """The CIFAR-10 classes a backbone for the target classes ``targets`` is pretrained on: every
+    other class, in CIFAR-10's order (a pair leaves eight), so the extractor never sees a target.
+
+    Raises ValueError for a name that is not a CIFAR-10 class, or when fewer than two classes are left.
+    """
+    targets = tuple(targets)
+    unknown = [c for c in targets if c not in CIFAR10_CLASSES]
+    if unknown:
+        raise ValueError(f"unknown CIFAR-10 class(es) {unknown}; available: {list(CIFAR10_CLASSES)}")
+    rest = tuple(c for c in CIFAR10_CLASSES if c not in targets)
+    if len(rest) < 2:
+        raise ValueError(f"targets {list(targets)} leave {len(rest)} CIFAR-10 class(es) to pretrain on; need 2")
+    return rest
+
+
+def classes_seen(meta: dict | None, targets: Sequence[str]) -> list[str]:
+    """The target classes a pretrained backbone's ``meta.json`` says it was trained on (empty: clean)."""
+    seen = set((meta or {}).get("source_classes") or ())
+    return [c for c in targets if c in seen]
+
 
 # CIFAR-10 minus the CIFAR-2 targets (airplane, frog).
-CIFAR2_SOURCE_CLASSES = ("automobile", "bird", "cat", "deer", "dog", "horse", "ship", "truck")
+CIFAR2_SOURCE_CLASSES = source_classes_for(("airplane", "frog"))
 
 _CKPT_VERSION = 1
 

@@ -85,3 +85,21 @@ def test_class_subset_and_bad_settings(tiny_npz):
         pretrain_backbone(str(tiny_npz), None, arch="flatten", epochs=1, name="x", progress=False)
     with pytest.raises(ValueError, match="plain folder name"):
         pretrain_backbone(str(tiny_npz), None, arch="smallcnn", epochs=1, name="../x", progress=False)
+
+
+def test_source_classes_leave_out_the_targets():
+    from learner.pretrain import CIFAR2_SOURCE_CLASSES, CIFAR10_CLASSES, classes_seen, source_classes_for
+
+    assert CIFAR2_SOURCE_CLASSES == ("automobile", "bird", "cat", "deer", "dog", "horse", "ship", "truck")
+    other = source_classes_for(("deer", "truck"))
+    assert other == ("airplane", "automobile", "bird", "cat", "dog", "frog", "horse", "ship")
+    assert set(other) | {"deer", "truck"} == set(CIFAR10_CLASSES)
+    assert source_classes_for(("truck", "deer")) == other  # CIFAR-10's order, whatever the pair's
+    with pytest.raises(ValueError, match="unknown CIFAR-10 class"):
+        source_classes_for(("deer", "unicorn"))
+    with pytest.raises(ValueError, match="need 2"):
+        source_classes_for(CIFAR10_CLASSES[:9])
+    # a backbone's meta.json tells whether it saw the classes a run labels
+    assert classes_seen({"source_classes": list(CIFAR2_SOURCE_CLASSES)}, ("deer", "truck")) == ["deer", "truck"]
+    assert classes_seen({"source_classes": list(other)}, ("deer", "truck")) == []
+    assert classes_seen(None, ("deer",)) == []

@@ -1,6 +1,7 @@
 """The threat suite's crowds and the strategy names of simulate / reproduce_paper."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from learner.experiments import ExperimentSpec, labeler_pool, split_strategy
@@ -32,3 +33,19 @@ def test_strategy_suffixes():
         split_strategy("margin+magic")
     with pytest.raises(ValueError, match="unknown strategy"):
         split_strategy("guess")
+
+
+def test_default_mapping_sends_the_first_class_to_the_second():
+    from learner.experiments import default_mapping
+
+    assert default_mapping(("airplane", "frog")) == {"airplane": "frog"}  # the paper's, from the class order
+    assert default_mapping(("deer", "truck")) == {"deer": "truck"}
+    assert default_mapping(("truck", "deer")) == {"truck": "deer"}
+    assert default_mapping(("0", "1", "7")) == {"1": "7"}  # digits keep 1 -> 7
+    assert default_mapping(("cat",)) == {}
+    pool = labeler_pool(ExperimentSpec(scenario="malicious", dataset="cifar10"), ("deer", "truck"))
+    bad = [lab for lab in pool.labelers if lab.malicious]
+    assert len(bad) == 1 and bad[0].mapping == {0: 1}
+    assert bad[0].label(0, 2, np.random.default_rng(0)) == 1  # every deer comes back as truck
+    with pytest.raises(ValueError, match="no malicious mapping"):
+        labeler_pool(ExperimentSpec(scenario="malicious", dataset="cifar10"), ("cat",))

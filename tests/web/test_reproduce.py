@@ -82,3 +82,71 @@ def test_results_markdown_shows_attack_success_next_to_the_control():
     assert "| robust+density | 0.0 % (0/2) | 50.0 % (1/2) | 49.0 |" in md
     assert "- mean labels 450.0 = 15.0 % of the pool (at most 15 %) — met" in md
     assert "- attack success at most 5 %: 50.0 % — **NOT met**" in md
+
+
+def test_another_pair_gets_its_own_backbone_name_and_report_name():
+    from learner.management.commands.reproduce_paper import pretrain_plan, results_name, target_classes
+    from learner.pretrain import CIFAR2_SOURCE_CLASSES
+
+    assert target_classes("cifar2", ()) == ("airplane", "frog")
+    assert target_classes("cifar10", ("deer", "truck")) == ("deer", "truck")
+    assert target_classes("digits", ("1", "7")) is None
+    assert pretrain_plan(("airplane", "frog"), "resnet20", 3) == (CIFAR2_SOURCE_CLASSES, "cifar8-resnet20-e3")
+    source, name = pretrain_plan(("deer", "truck"), "resnet20", 3)
+    assert name == "cifar8-no-deer-truck-resnet20-e3" and "deer" not in source and "truck" not in source
+    assert "airplane" in source and "frog" in source and len(source) == 8
+    assert results_name("cifar2", ()) == "results" and results_name("digits", ("1", "7")) == "results"
+    assert results_name("cifar10", ("deer", "truck")) == "results-deer-truck"
+    with pytest.raises(ValueError, match="plain name"):
+        results_name("cifar10", ("deer", "truck"), "../results")
+
+
+def test_a_cached_backbone_that_saw_the_pair_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("ROBUSTAL_CACHE_DIR", str(tmp_path / "cache"))
+    folder = tmp_path / "cache" / "backbones" / "cifar8-resnet20-e3"
+    folder.mkdir(parents=True)
+    (folder / "weights.pt").write_bytes(b"not read: refused first")
+    (folder / "meta.json").write_text(json.dumps({"source_classes": ["automobile", "bird", "cat", "deer", "dog",
+                                                                     "horse", "ship", "truck"]}))
+    with pytest.raises(CommandError, match="pretrained on deer, truck"):
+        call_command("reproduce_paper", "--dataset", "cifar10", "--classes", "deer,truck",
+                     "--pretrain-name", "cifar8-resnet20-e3", "--pretrain-epochs", "3",
+                     "--docs", str(tmp_path / "docs"), "--out", str(tmp_path / "out"), "--no-progress")
+    assert not (tmp_path / "docs").exists()  # refused before anything was written
+
+
+def test_a_pair_report_leaves_results_md_and_adds_its_section(tmp_path, monkeypatch):
+    monkeypatch.setenv("ROBUSTAL_CACHE_DIR", str(tmp_path / "cache"))
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    main = "# Reproduction results\n\nthe airplane / frog tables\n\n## Exact command\n\n```bash\nx\n```\n"
+    (docs / "results.md").write_text(main)
+    args = ["reproduce_paper", "--dataset", "digits", "--classes", "7,1", "--pool-size", "80", "--test-size", "60",
+            "--backbone", "flatten", "--weights", "none", "--scenarios", "benign,malicious",
+            "--strategies", "margin,robust", "--runs", "1", "--jobs", "1", "--out", str(tmp_path / "out"),
+            "--docs", str(docs), "--no-progress", "--results-name", "results-7-1"]
+    call_command(*args)
+    report = json.loads((docs / "results" / "7-1" / "report.json").read_text())
+    assert report["pair"] == "7-1" and report["classes"] == ["7", "1"] and report["mapping"] == {"1": "7"}
+    page = (docs / "results-7-1.md").read_text()
+    assert page.startswith("# Second CIFAR-10 pair: 7 / 1") and "Paper (Table" not in page
+    for r in report["scenarios"].values():
+        for png in r["plots"].values():
+            assert (docs / "results" / "7-1" / png).is_file() and f"(results/7-1/{png})" in page
+    assert not list((docs / "results").glob("*.png"))  # nothing beside the main report's plots
+    text = (docs / "results.md").read_text()
+    head, rest = main.split("## Exact command")
+    assert text.startswith(head) and text.endswith("## Exact command" + rest)  # the rest byte for byte
+    assert "## Second CIFAR-10 pair" in text and "[results-7-1.md](results-7-1.md)" in text
+    robust = report["scenarios"]["malicious"]["summary"]["robust"]
+    assert f"| malicious | robust | {robust['mean']:.1f} ({robust['std']:.1f}) |" in text
+    call_command(*args)  # a second run replaces the section, never stacks it
+    assert (docs / "results.md").read_text().count("## Second CIFAR-10 pair") == 1
+
+    # regenerating results.md itself renders the same section from the pair's report.json
+    from learner.management.commands.reproduce_paper import render_markdown
+
+    assert render_markdown(json.loads((tmp_path / "out" / "report.json").read_text()), docs).count(
+        "## Second CIFAR-10 pair") == 0  # a pair page never lists pairs
+    smoke = dict(report, pair=None, results_name="results", plots_dir="results")
+    assert "## Second CIFAR-10 pair" in render_markdown(smoke, docs)

@@ -65,7 +65,8 @@ class Command(BaseCommand):
         o.add_argument("--labelers", type=int, default=11)
         o.add_argument("--pr", type=float, default=0.05, help="benign error rate")
         o.add_argument("--malicious", type=int, default=1, help="malicious labelers (malicious scenario)")
-        o.add_argument("--mapping", default=None, help="malicious mapping src:dst (default airplane:frog or 1:7)")
+        o.add_argument("--mapping", default=None, help="malicious mapping src:dst (default 1:7 on digits, otherwise "
+                       "the first class to the second: airplane:frog on cifar2)")
         lp = parser.add_argument_group("loop (algorithm.md)")
         lp.add_argument("--initial", type=int, default=20, help="m, initial random labels")
         lp.add_argument("--batch", type=int, default=20)
