@@ -18,7 +18,7 @@ from django.utils import timezone
 
 from . import queue, selectors, workflow
 from .db import prepared_cursor
-from .models import Annotation, Assignment, LabelerProfile, Project, QueryBatch
+from .models import TAKES_ANSWERS, Annotation, Assignment, LabelerProfile, Project, QueryBatch
 from .workflow import Conflict, InvalidInput, NotFound, loop_delay_seconds, undo_seconds
 
 
@@ -122,7 +122,8 @@ WITH prj AS MATERIALIZED (
     FOR SHARE
 ), asg AS MATERIALIZED (
     SELECT a.id, a.batch_id FROM {a} a JOIN {b} b ON b.id = a.batch_id JOIN prj ON prj.id = b.project_id
-    WHERE a.id = %(aid)s AND a.labeler_id + 0 = %(uid)s AND a.status = %(open)s AND prj.state = %(labeling)s
+    WHERE a.id = %(aid)s AND a.labeler_id + 0 = %(uid)s AND a.status = %(open)s
+      AND prj.state IN (%(labeling)s, %(updating)s)
       AND b.closed_at IS NULL AND b.frozen_at IS NULL AND %(label)s < prj.n_classes
     FOR NO KEY UPDATE OF a FOR SHARE OF b
 ), ins AS (
@@ -157,7 +158,7 @@ def _answer_in_one_statement(user, assignment_id: int, label, seconds: float | N
     now = timezone.now()
     params = {"aid": assignment_id, "uid": user.pk, "label": label, "seconds": seconds, "now": now,
               "open": Assignment.Status.OPEN.value, "queued": Assignment.Status.QUEUED.value,
-              "done": Assignment.Status.DONE.value, "labeling": Project.State.LABELING.value}
+              "done": Assignment.Status.DONE.value, "labeling": TAKES_ANSWERS[0], "updating": TAKES_ANSWERS[1]}
     # No BEGIN/COMMIT of our own: a single statement is atomic, and in autocommit it commits at
     # once (inside a caller's transaction it simply joins it).
     with prepared_cursor() as cursor:
@@ -187,7 +188,7 @@ def _batch_has_open_work(batch_id: int) -> bool:
 def _check_answerable(project: Project, asg: Assignment) -> None:
     if asg.batch_closed or asg.batch_frozen:
         raise Conflict("this batch is closed: the model is updating with it")
-    if project.state != Project.State.LABELING:
+    if project.state not in TAKES_ANSWERS:  # "updating": with pipeline a younger batch is labeled meanwhile
         raise Conflict(f"the project is {project.get_state_display()}; answers are not accepted now")
 
 
@@ -356,8 +357,14 @@ def complete_batch_if_done(*, batch_id: int) -> bool:
 
 
 def _start_update(project: Project, batch: QueryBatch) -> bool:
-    """Labeling -> updating and the loop task; the caller holds the project FOR UPDATE."""
+    """Labeling -> updating and the loop task; the caller holds the project FOR UPDATE.
+
+    Only the oldest open batch is processed: with ``pipeline`` the younger batch may be complete
+    first (people label it while the older one is re-annotated); the loop step that closes the
+    older batch sends its task then (:mod:`labeling.loop_step`)."""
     if project.state != Project.State.LABELING or batch.closed_at is not None or batch.frozen_at is not None:
+        return False
+    if QueryBatch.objects.filter(project_id=project.pk, closed_at__isnull=True, iteration__lt=batch.iteration).exists():
         return False
     workflow.transition(project, Project.State.UPDATING)
     project.save(update_fields=["state", "updated_at"])
@@ -397,7 +404,10 @@ def undo(*, user, assignment_id: int | None = None) -> Assignment:
         asg.status, asg.completed_at, asg.requeued_as = Assignment.Status.OPEN, None, None
         asg.lease_until, asg.prefetched = timezone.now() + timedelta(seconds=queue.lease_seconds()), False
         asg.save(update_fields=["status", "completed_at", "requeued_as", "lease_until", "prefetched"])
-        if project.state == Project.State.UPDATING:
+        oldest = QueryBatch.objects.filter(project_id=project.pk, closed_at__isnull=True).order_by("iteration").first()
+        if project.state == Project.State.UPDATING and oldest is not None and oldest.pk == asg.batch_id:
+            # the batch waiting for the loop task is incomplete again (an answer to a younger
+            # batch, labeled while the model updates with pipeline, changes nothing)
             workflow.transition(project, Project.State.LABELING)
             project.save(update_fields=["state", "updated_at"])
     return asg

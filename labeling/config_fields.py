@@ -86,7 +86,8 @@ _INFO = {
                      _ROUNDS),
     "pipeline": ("loop", "Pipelined batches", "Annotators label the next batch, chosen by the model of the step "
                  "before, while this step's model trains: nobody waits for the model, at the price of choosing with "
-                 "a model one batch old. Simulations only for now (manage.py simulate): a project refuses it.", _METHOD),
+                 "a model one batch old. Two batches are open at once (start opens two random ones); the older one's "
+                 "work, re-annotations included, is handed out first.", _METHOD),
     "epsilon": ("loop", "Performance check (epsilon)", "When the accuracy on the secured set drops by more than "
                 "epsilon from one iteration to the next, the batch's labels go to re-annotation.", _METHOD),
     # -- defences ---------------------------------------------------------------------------

@@ -17,12 +17,15 @@ from .models import (Annotation, Assignment, ConfusionEstimate, Item, Project, Q
 # --------------------------------------------------------------------------------------
 
 
-def annotation_triples(project) -> list[tuple[int, int, int]]:
-    """(item index, labeler id, label) of every answer in ``project`` an admin did not discard."""
+def annotation_triples(project, *, through: int | None = None) -> list[tuple[int, int, int]]:
+    """(item index, labeler id, label) of every answer in ``project`` an admin did not discard
+    (``through``: in batches up to that iteration only)."""
+    rows = Annotation.objects.filter(assignment__batch__project=project, discard__isnull=True,
+                                     assignment__labeler__isnull=False)
+    if through is not None:
+        rows = rows.filter(assignment__batch__iteration__lte=through)
     return [(int(i), int(u), int(lab)) for i, u, lab in
-            Annotation.objects.filter(assignment__batch__project=project, discard__isnull=True,
-                                      assignment__labeler__isnull=False)
-            .values_list("assignment__item__index", "assignment__labeler_id", "label").order_by("id")]
+            rows.values_list("assignment__item__index", "assignment__labeler_id", "label").order_by("id")]
 
 
 def pending_rounds(batch) -> list[tuple[int, int, int, list[int], list[int]]]:

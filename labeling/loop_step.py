@@ -10,6 +10,14 @@
    closed) and persists the plan (:func:`_persist`). A redelivered or duplicated task therefore
    finds the batch closed (or in the next phase) and does nothing; ``unique (project,
    iteration)`` backs this up.
+
+With ``pipeline`` (``LiveConfig.pipeline``) two batches are open: the oldest, which the task
+processes, and the younger one, which people label meanwhile (the queue hands it out while the
+older one is frozen). Only the oldest open batch is ever processed. Its state leaves out every
+answer of the younger batch (labels, answers, labels bought: the engine's contract, ``pending``
+is the younger batch's items, paid for already), so the step computes the same plan however far
+people got with the younger batch. Closing the older batch opens the plan's next batch after
+the younger one, and sends the task for the younger one at once when it is complete already.
 """
 from __future__ import annotations
 
@@ -19,6 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from django.db import transaction
+from django.db.models import Max
 from django.utils import timezone
 
 from learner import engine, live
@@ -52,11 +61,25 @@ def _trust_of(profile: LabelerProfile | None, project: Project) -> LabelerTrust:
                         cleared=int((profile.cleared or {}).get(str(project.pk), 0)))
 
 
+def pending_items(project: Project, batch: QueryBatch) -> np.ndarray:
+    """Item indices of the open batches younger than ``batch`` (pipeline: labeled while ``batch``
+    is processed), each once: the engine's ``EngineState.pending``."""
+    items = (Assignment.objects.filter(batch__project=project, batch__closed_at__isnull=True,
+                                       batch__iteration__gt=batch.iteration, kind=Assignment.Kind.FIRST_LABEL)
+             .exclude(status=Assignment.Status.SKIPPED).values_list("item__index", flat=True).distinct())
+    return np.array(sorted(items), dtype=np.int64)
+
+
 def engine_state(project: Project, batch: QueryBatch) -> tuple[engine.EngineState, selectors.PoolLabels]:
-    """The engine's state of ``project`` with ``batch`` open, read from the database."""
-    pool = selectors.pool_labels(project)
+    """The engine's state of ``project`` with ``batch`` open, read from the database.
+
+    Only the answers of ``batch`` and the batches before it count: a younger batch's answers
+    (pipeline) are not part of the state; its items are ``pending``."""
+    through = batch.iteration
+    pool = selectors.pool_labels(project, through=through)
     firsts = (Annotation.objects.filter(assignment__batch__project=project, discard__isnull=True,
-                                        assignment__kind=Assignment.Kind.FIRST_LABEL)
+                                        assignment__kind=Assignment.Kind.FIRST_LABEL,
+                                        assignment__batch__iteration__lte=through)
               .values_list("assignment__labeler_id", "assignment__item__index", "label").order_by("id"))
     first_labels: dict[int, list[tuple[int, int]]] = {}
     for uid, index, label in firsts:
@@ -78,13 +101,13 @@ def engine_state(project: Project, batch: QueryBatch) -> tuple[engine.EngineStat
         secured=pool.secured_items.copy(), secured_labels=np.where(pool.secured, pool.secured_labels, -1),
         trust=trust, crowd=crowd, iteration=batch.iteration,
         phase=engine.REANNOTATION if batch.phase == QueryBatch.Phase.REANNOTATION else engine.LABELING,
-        batch=batch_items, requests=requests, bought=selectors.labels_bought(project),
-        answers=history.annotation_triples(project), first_labels=first_labels,
+        batch=batch_items, requests=requests, bought=selectors.labels_bought(project, through=through),
+        answers=history.annotation_triples(project, through=through), first_labels=first_labels,
         verdicts=history.round_verdicts(project),
         artificial=live.load_artificial(feature_cache.artificial_path(project, k) for k in range(batch.iteration + 1)),
         perturbations={int(k): (math.inf if v is None else float(v)) for k, v in (carry.get("perturbations") or {}).items()},
         previous_secured_accuracy=prev.secured_accuracy if prev else None,
-        reported_pairs=history.reported_pairs(project), carry=carry)
+        reported_pairs=history.reported_pairs(project), carry=carry, pending=pending_items(project, batch))
     return state, pool
 
 
@@ -99,6 +122,8 @@ def _take_snapshot(batch_id: int) -> _Snapshot | str:
             return "noop: batch already closed"
         if project.state == Project.State.FINISHED:
             return "noop: project finished"
+        if QueryBatch.objects.filter(project=project, closed_at__isnull=True, iteration__lt=batch.iteration).exists():
+            return "noop: an older batch is still open"  # pipeline: closing it sends this batch's task
         if not selectors.batch_is_complete(batch):
             if project.state == Project.State.UPDATING:  # an answer was undone during the grace period
                 workflow.transition(project, Project.State.LABELING)
@@ -154,6 +179,8 @@ def _plan(snap: _Snapshot) -> engine.Plan:
         live.save_model(feature_cache.model_path(snap.project, i), plan.model)
         truth = (snap.pool.ground_truth >= 0) & ~snap.pool.secured_items
         plan.metric["ground_truth_accuracy"] = live.accuracy_on(plan.model, features, snap.pool.ground_truth, truth)
+        if snap.cfg.pipeline:  # the batch labeled while F_i trained is paid for when F_i is ready (as in simulate)
+            plan.metric["labels_bought"] += len(snap.state.batch)
     return plan
 
 
@@ -191,19 +218,36 @@ def _persist(snap: _Snapshot, plan: engine.Plan) -> str:
                                               defaults={**plan.metric, "started_at": batch.opened_at})
         batch.phase, batch.closed_at, batch.loop_state = QueryBatch.Phase.CLOSED, timezone.now(), plan.carry
         batch.save(update_fields=["phase", "closed_at", "loop_state"])
+        younger = list(QueryBatch.objects.select_for_update().filter(project=project, closed_at__isnull=True)
+                       .exclude(pk=batch.pk).order_by("iteration"))  # pipeline: labeled meanwhile
         if plan.stop:
+            for other in younger:  # nothing more is handed out; the answers it got stay (and were paid)
+                other.phase, other.closed_at = QueryBatch.Phase.CLOSED, timezone.now()
+                other.save(update_fields=["phase", "closed_at"])
             workflow.transition(project, Project.State.FINISHED)
             project.stop_reason = plan.stop
             project.save(update_fields=["state", "stop_reason", "loop_error", "updated_at"])
             return f"finished: {plan.stop}"
-        nxt = QueryBatch.objects.create(project=project, iteration=batch.iteration + 1, strategy=snap.cfg.strategy,
-                                        bought_before=selectors.labels_bought(project))
-        items = {i.index: i for i in project.items.filter(index__in=plan.next_items)}
-        _assign_first_labels(nxt, [items[k] for k in plan.next_items])  # queued: whoever asks first labels them
-        project.iteration = nxt.iteration
-        workflow.transition(project, Project.State.LABELING)
+        done = f"closed batch {batch.iteration}"
+        if plan.next_items:  # after the younger batch, if any (pipeline), else right after this one
+            nxt = QueryBatch.objects.create(project=project, iteration=(younger[-1] if younger else batch).iteration + 1,
+                                            strategy=snap.cfg.strategy, bought_before=selectors.labels_bought(project))
+            items = {i.index: i for i in project.items.filter(index__in=plan.next_items)}
+            _assign_first_labels(nxt, [items[k] for k in plan.next_items])  # queued: whoever asks first labels them
+            project.iteration = nxt.iteration
+            done = f"opened batch {nxt.iteration} with {len(plan.next_items)} items"
+        if younger and selectors.batch_is_complete(younger[0]):
+            # people finished the younger batch while this one was processed: its turn now, once
+            # the undo window of its last answer has passed (usually long ago)
+            last = younger[0].assignments.aggregate(last=Max("completed_at"))["last"] or timezone.now()
+            wait = workflow.loop_delay_seconds() - (timezone.now() - last).total_seconds()
+            workflow.transition(project, Project.State.UPDATING)
+            workflow.enqueue("process_batch", younger[0].pk, countdown=max(wait, 0.0))
+            done += f"; batch {younger[0].iteration} complete, sent"
+        else:
+            workflow.transition(project, Project.State.LABELING)
         project.save(update_fields=["state", "iteration", "loop_error", "updated_at"])
-        return f"opened batch {nxt.iteration} with {len(plan.next_items)} items"
+        return done
 
 
 def _release_after_commit(uid: int) -> None:

@@ -52,9 +52,6 @@ def validate_config(value) -> None:
         raise ValidationError(str(exc)) from None
     # engine settings only the simulator drives so far (manage.py simulate); refused here rather
     # than accepted and silently run another way
-    if cfg.pipeline:
-        raise ValidationError("pipeline is measured in `manage.py simulate` only: the web app does not yet open "
-                              "the next batch while the current one is labeled")
     if cfg.redundancy > 1:
         raise ValidationError("redundancy > 1 (the redundancy baselines) runs in `manage.py simulate` only")
 
@@ -132,6 +129,12 @@ class Project(models.Model):
     def clean(self) -> None:
         validate_classes(self.classes)
         validate_config(self.config)
+
+
+# Project states in which an open batch that the loop task has not frozen hands out work and takes
+# answers: "updating" too, because with ``pipeline`` people label the younger batch while the
+# model updates with the older one (without it, an updating project's open batch has no work left).
+TAKES_ANSWERS = (Project.State.LABELING.value, Project.State.UPDATING.value)
 
 
 class ProjectMember(models.Model):

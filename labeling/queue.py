@@ -1,7 +1,9 @@
 """The shared work queue: which item of the open batch someone gets next, and for how long.
 
 A batch's assignments are the slots of one queue, in the order the loop created them (their
-ids). Nobody owns a share of the batch up front. Someone who asks for work (:func:`next_work`)
+ids). Nobody owns a share of the batch up front. With ``pipeline`` two batches are open at once
+(the one the loop closes next and the one people label while the model trains): the older
+one's slots come first, then the younger one's; a batch the loop task has frozen hands out nothing. Someone who asks for work (:func:`next_work`)
 gets back the claim they already hold (its lease renewed), or claims:
 
 1. the first *queued* slot they may label: a member of the project, not suspended (nor flagged
@@ -37,7 +39,7 @@ from django.utils import timezone
 
 from . import selectors
 from .db import instance_from_row, prepared_cursor
-from .models import ANNOTATORS_GROUP, Assignment, LabelerProfile, Project, ProjectMember, QueryBatch
+from .models import ANNOTATORS_GROUP, TAKES_ANSWERS, Assignment, LabelerProfile, Project, ProjectMember, QueryBatch
 
 
 def lease_seconds() -> float:
@@ -71,16 +73,21 @@ def _read_sql(vendor: str) -> dict[str, str]:
     a, b, p = (q(model._meta.db_table) for model in (Assignment, QueryBatch, Project))
     item = f"SELECT a.*, b.bought_before AS batch_bought_before FROM {a} a JOIN {b} b ON b.id = a.batch_id "
     # literals, not parameters: see _claim_sql
-    claimed, labeling = f"'{Assignment.Status.OPEN.value}'", f"'{Project.State.LABELING.value}'"
+    claimed, working = f"'{Assignment.Status.OPEN.value}'", _states()
     return {
-        # the user's claims in the project's open batch while it hands out work; the one on screen first
+        # the user's claims in the project's open batches while they hand out work; the one on screen first
         "held": (item + f"JOIN {p} p ON p.id = b.project_id WHERE a.labeler_id = %s AND a.status = {claimed} "
-                 f"AND b.project_id = %s AND b.closed_at IS NULL AND b.frozen_at IS NULL AND p.state = {labeling} "
+                 f"AND b.project_id = %s AND b.closed_at IS NULL AND b.frozen_at IS NULL AND p.state IN {working} "
                  "AND p.paused_at IS NULL ORDER BY a.prefetched, a.lease_until DESC, a.id"),
         "one": item + "WHERE a.id = %s",
         "renew": (f"UPDATE {a} SET lease_until = %s, prefetched = false WHERE id = %s AND labeler_id = %s "
                   f"AND status = {claimed}"),
     }
+
+
+def _states() -> str:
+    """The project states that hand out work (:data:`labeling.models.TAKES_ANSWERS`) as an SQL list."""
+    return "(" + ", ".join(f"'{state}'" for state in TAKES_ANSWERS) + ")"
 
 
 def _items(statement: str, params: list) -> list[Assignment]:
@@ -102,16 +109,18 @@ def _items(statement: str, params: list) -> list[Assignment]:
 
 
 def held_claims(user, project: Project) -> list[Assignment]:
-    """The user's claims in the project's open batch while it hands out work (labeling, not
-    paused, not frozen): the one on screen first (not prefetched, latest lease)."""
+    """The user's claims in the project's open batches while they hand out work (taking answers,
+    not paused, not frozen): the one on screen first (not prefetched, latest lease)."""
     return _items("held", [user.pk, project.pk])
 
 
 @functools.cache
 def _claim_sql(vendor: str, takeover: bool) -> str:
-    """One claim in one statement: the project's open batch (labeling, not paused, not frozen),
-    the user eligible in it (:func:`labeling.selectors.eligible_labelers` in SQL), and the first
-    slot they may take, made theirs."""
+    """One claim in one statement: the project's open batches (taking answers, not paused, not
+    frozen), the user eligible in them (:func:`labeling.selectors.eligible_labelers` in SQL), and
+    the first slot they may take, made theirs: the oldest such batch's first, then the next one's
+    (``COALESCE`` evaluates the second pick only when the first finds nothing, so a project with
+    one open batch pays nothing for it)."""
     q = connection.ops.quote_name
     a, b, p, m, lp = (q(model._meta.db_table) for model in (Assignment, QueryBatch, Project, ProjectMember,
                                                            LabelerProfile))
@@ -121,7 +130,7 @@ def _claim_sql(vendor: str, takeover: bool) -> str:
     # Constants are written into the SQL, not bound: a statement prepared on the server gets a
     # generic plan after a few runs, and only a literal status lets it use the partial indexes.
     queued, claimed = f"'{Assignment.Status.QUEUED.value}'", f"'{Assignment.Status.OPEN.value}'"
-    labeling, group = f"'{Project.State.LABELING.value}'", f"'{ANNOTATORS_GROUP}'"
+    working, group = _states(), f"'{ANNOTATORS_GROUP}'"
 
     def member(alias: str, extra: str) -> str:  # an active annotator member of the project
         x = alias
@@ -134,8 +143,9 @@ def _claim_sql(vendor: str, takeover: bool) -> str:
     unflagged = "(lp2.id IS NULL OR (NOT lp2.is_suspended AND NOT lp2.is_flagged))"
     eligible = member("1", "m1.user_id = %(uid)s AND (lp1.id IS NULL OR (NOT lp1.is_suspended AND "
                            f"(NOT lp1.is_flagged OR NOT EXISTS ({member('2', unflagged)}))))")
-    batch = (f"SELECT b.id FROM {b} b JOIN {p} p ON p.id = b.project_id WHERE b.project_id = %(project)s "
-             f"AND b.closed_at IS NULL AND b.frozen_at IS NULL AND p.state = {labeling} AND p.paused_at IS NULL")
+    batches = (f"SELECT b.id FROM {b} b JOIN {p} p ON p.id = b.project_id WHERE b.project_id = %(project)s "
+               f"AND b.closed_at IS NULL AND b.frozen_at IS NULL AND p.state IN {working} AND p.paused_at IS NULL "
+               "ORDER BY b.iteration LIMIT 1")
     if takeover:  # an expired claim first, then someone else's claim ahead
         which = (f"c.status = {claimed} AND c.labeler_id <> %(uid)s AND (c.lease_until < %(now)s OR c.prefetched)",
                  "ORDER BY c.prefetched, c.lease_until, c.id")
@@ -143,12 +153,15 @@ def _claim_sql(vendor: str, takeover: bool) -> str:
     else:
         which = (f"c.status = {queued}", "ORDER BY c.id")
         recheck = f"status = {queued}"
+
+    def pick(offset: str) -> str:  # the first slot the user may take in the open batch at this rank
+        return (f"SELECT c.id FROM {a} c WHERE c.batch_id = ({batches}{offset}) AND {which[0]} "
+                "AND (c.original_labeler_id IS NULL OR c.original_labeler_id <> %(uid)s) "
+                f"AND NOT EXISTS (SELECT 1 FROM {a} o WHERE o.batch_id = c.batch_id AND o.item_id = c.item_id "
+                f"AND o.labeler_id = %(uid)s) AND EXISTS ({eligible}) {which[1]} LIMIT 1{lock}")
+
     return (f"UPDATE {a} SET labeler_id = %(uid)s, status = {claimed}, lease_until = %(until)s, "
-            f"prefetched = %(ahead)s WHERE id = ("
-            f"SELECT c.id FROM {a} c WHERE c.batch_id = ({batch}) AND {which[0]} "
-            "AND (c.original_labeler_id IS NULL OR c.original_labeler_id <> %(uid)s) "
-            f"AND NOT EXISTS (SELECT 1 FROM {a} o WHERE o.batch_id = c.batch_id AND o.item_id = c.item_id "
-            f"AND o.labeler_id = %(uid)s) AND EXISTS ({eligible}) {which[1]} LIMIT 1{lock}) "
+            f"prefetched = %(ahead)s WHERE id = COALESCE(({pick('')}), ({pick(' OFFSET 1')})) "
             f"AND {recheck} RETURNING id")
 
 

@@ -11,8 +11,8 @@ from django.db.models import Q, QuerySet
 
 from learner.engine import secured_label
 
-from .models import (ANNOTATORS_GROUP, Annotation, Assignment, Item, IterationMetric, LabelerProfile, Project,
-                     ProjectMember, QueryBatch, ReannotationRound)
+from .models import (ANNOTATORS_GROUP, TAKES_ANSWERS, Annotation, Assignment, Item, IterationMetric, LabelerProfile,
+                     Project, ProjectMember, QueryBatch, ReannotationRound)
 
 User = get_user_model()
 
@@ -87,7 +87,21 @@ def project_visible_to(user, project: Project) -> bool:
 
 
 def open_batch(project: Project) -> QueryBatch | None:
-    return project.batches.filter(closed_at__isnull=True).order_by("-iteration").first()
+    """The oldest open batch: the one the loop closes next (with ``pipeline`` a younger one is
+    being labeled at the same time: :func:`open_batches`)."""
+    return project.batches.filter(closed_at__isnull=True).order_by("iteration").first()
+
+
+def open_batches(project: Project) -> list[QueryBatch]:
+    """Every open batch, oldest first (one, or two with ``pipeline``: the batch the loop closes
+    next and the one people label meanwhile)."""
+    return list(project.batches.filter(closed_at__isnull=True).order_by("iteration"))
+
+
+def labelable_batch(project: Project) -> QueryBatch | None:
+    """The oldest open batch that takes answers (not frozen by the loop task), else the oldest open one."""
+    batches = open_batches(project)
+    return next((b for b in batches if b.frozen_at is None), batches[0] if batches else None)
 
 
 def batch_is_complete(batch: QueryBatch) -> bool:
@@ -105,8 +119,9 @@ def claimable_projects(user) -> list[Project]:
     (Hand-written: ``next`` without a project runs it on every answer.)"""
     q = connection.ops.quote_name
     sql = (f"SELECT p.* FROM {q(Project._meta.db_table)} p JOIN {q(ProjectMember._meta.db_table)} m "
-           "ON m.project_id = p.id WHERE m.user_id = %s AND p.state = %s AND p.paused_at IS NULL ORDER BY p.id")
-    return list(Project.objects.raw(sql, [user.pk, Project.State.LABELING.value]))
+           "ON m.project_id = p.id WHERE m.user_id = %s AND p.state IN (%s, %s) AND p.paused_at IS NULL ORDER BY p.id")
+    # "updating" too: with pipeline a younger batch is labeled while the model updates
+    return list(Project.objects.raw(sql, [user.pk, *TAKES_ANSWERS]))
 
 
 def item_holders(assignment: Assignment) -> set[int]:
@@ -130,7 +145,7 @@ def progress_for(user, project: Project, *, batch_id: int | None = None, bought_
     """
     budget = (project.config or {}).get("budget")
     if batch_id is None:  # the caller may know the open batch (and its bought_before) already
-        batch = open_batch(project)
+        batch = labelable_batch(project)
         if batch is None:
             return {"batch_done": 0, "batch_total": 0, "bought": labels_bought(project), "budget": budget}
         batch_id, bought_before = batch.pk, batch.bought_before
@@ -144,9 +159,15 @@ def progress_for(user, project: Project, *, batch_id: int | None = None, bought_
     return {"batch_done": done, "batch_total": total, "bought": bought, "budget": budget}
 
 
-def labels_bought(project: Project) -> int:
-    """Every label paid for: annotations of every kind plus admin-verified secured labels."""
-    answered = Annotation.objects.filter(assignment__batch__project=project).count()
+def labels_bought(project: Project, *, through: int | None = None) -> int:
+    """Every label paid for: annotations of every kind plus admin-verified secured labels.
+
+    ``through``: only the answers of batches up to that iteration (the loop's state of a batch
+    leaves out the younger batch people label meanwhile with ``pipeline``)."""
+    answered = Annotation.objects.filter(assignment__batch__project=project)
+    if through is not None:
+        answered = answered.filter(assignment__batch__iteration__lte=through)
+    answered = answered.count()
     admin = project.items.filter(is_secured=True, ground_truth__isnull=False).count()
     return answered + admin
 
@@ -198,7 +219,9 @@ class PoolLabels:
         return self.labeled | self.secured_items | self.discarded
 
 
-def pool_labels(project: Project) -> PoolLabels:
+def pool_labels(project: Project, *, through: int | None = None) -> PoolLabels:
+    """The label state of ``project``'s pool; ``through``: from the answers of batches up to that
+    iteration only (:func:`labels_bought`)."""
     items = list(project.items.order_by("index").values_list("index", "id", "is_secured", "ground_truth"))
     n = len(items)
     if n and items[-1][0] != n - 1:
@@ -211,9 +234,11 @@ def pool_labels(project: Project) -> PoolLabels:
 
     firsts: dict[int, list] = defaultdict(list)
     secured_votes: dict[int, list[int]] = defaultdict(list)
-    rows = (Annotation.objects.filter(assignment__batch__project=project, discard__isnull=True)  # admin-discarded
-            .values_list("id", "assignment__item__index", "assignment__kind", "assignment__labeler_id", "label",
-                         "assignment__batch__iteration")
+    rows = Annotation.objects.filter(assignment__batch__project=project, discard__isnull=True)  # admin-discarded
+    if through is not None:
+        rows = rows.filter(assignment__batch__iteration__lte=through)
+    rows = (rows.values_list("id", "assignment__item__index", "assignment__kind", "assignment__labeler_id",
+                             "label", "assignment__batch__iteration")
             .order_by("created_at", "id"))
     for annotation_id, index, kind, labeler, label, iteration in rows:
         if kind == Assignment.Kind.FIRST_LABEL:

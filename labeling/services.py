@@ -87,6 +87,10 @@ def create_project(*, name: str, classes: list[str], description: str = "", conf
 def start_project(*, project: Project) -> QueryBatch:
     """Draft -> labeling: choose the secured set and the random initial batch, queue it.
 
+    With ``pipeline`` a second random batch (the engine's ``following``) opens as well: the queue
+    hands out the first batch's work first, then the second's, which people label while the
+    model trains on the first.
+
     Secured items with an imported ground truth count as admin-verified (one label each);
     the others are queued ``h`` times each (consensus of distinct members). Feature extraction
     starts in the background (chunked over workers) while the first batch is labeled. A project
@@ -119,8 +123,12 @@ def start_project(*, project: Project) -> QueryBatch:
         # The engine's voters only size the queue: h slots per secured item, claimed by distinct members.
         Assignment.objects.bulk_create([Assignment(item=items[index], batch=batch, kind=Assignment.Kind.SECURED)
                                         for index, voters in plan.secured_voters.items() for _ in voters])
+        if len(plan.following):  # pipeline: a second random batch, labeled while the first is processed
+            following = QueryBatch.objects.create(project=project, iteration=1, strategy="random",
+                                                  bought_before=batch.bought_before)
+            _assign_first_labels(following, [items[i] for i in plan.following])
         workflow.transition(project, Project.State.LABELING)
-        project.iteration = 0
+        project.iteration = 1 if len(plan.following) else 0
         project.save(update_fields=["state", "iteration", "updated_at"])
         workflow.enqueue("prepare_features", project.pk)
     return batch
@@ -202,7 +210,8 @@ def sweep_stalled_loops(*, older_than: float | None = None) -> list[int]:
     candidates = Project.objects.filter(state__in=[Project.State.UPDATING, Project.State.LABELING],
                                         updated_at__lt=cutoff).values_list("pk", "state")
     for project_id, state in candidates:
-        batch = QueryBatch.objects.filter(project_id=project_id, closed_at__isnull=True).order_by("-iteration").first()
+        # the oldest open batch is the one the loop closes next (with pipeline a younger one is open too)
+        batch = QueryBatch.objects.filter(project_id=project_id, closed_at__isnull=True).order_by("iteration").first()
         if batch is None:
             continue
         if state == Project.State.LABELING:

@@ -67,8 +67,8 @@ class LiveConfig:
     # the new batch's (learner.engine._recheck; ours, measured in docs/method.md)
     recheck: bool = True
     # people label the next batch, chosen by the model of the step before, while the model of this
-    # one trains (nobody waits for the model; learner.engine, EngineState.pending). Driven by the
-    # simulator only so far: the web app refuses it (labeling.models.validate_config)
+    # one trains (nobody waits for the model; learner.engine, EngineState.pending). Both drivers run
+    # it: learner.loop and the web app (labeling.loop_step: two open batches)
     pipeline: bool = False
     # audit a contradicted label when it is more than this likely to be wrong given its labeler's
     # record (learner.engine.posterior_threshold; replaces audit_confidence(_proven)); null: off

@@ -16,6 +16,11 @@ is the first one waiting: the queue hands out slots in the batch's order, so the
 it. ``SimulationResult.off_plan`` counts answers given by someone other than the planned labeler
 (0 when the queue follows the plan; the parity test checks it).
 
+With ``pipeline`` the loop closes the oldest open batch while people label the younger one: the
+labelers answer the younger batch before each loop step on the older one (as people do while
+the model trains), so the step's state must leave those answers out to plan what the simulator
+plans (it labels the pending batch after the step).
+
 Two things production does after a commit are done here directly, because the harness runs
 inside one test transaction where ``on_commit`` hooks never fire: the loop task is *not* sent
 (we call :func:`labeling.loop_step.advance_loop` ourselves) and a labeler who was just flagged or
@@ -67,25 +72,42 @@ class SimulationResult:
         return self.honest_flagged / max(len(self.honest_ids), 1)
 
 
+@dataclass
+class _Planned:
+    """Who the loop engine planned for each slot, in the order the slots are created."""
+
+    batches: list[list[int | None]] = field(default_factory=list)  # per batch iteration: its first slots
+    rounds: list[int | None] = field(default_factory=list)  # the latest re-annotation slots
+
+    def of(self, batch) -> list[int | None]:
+        if batch.phase == "reannotation":
+            return self.rounds
+        return self.batches[batch.iteration] if batch.iteration < len(self.batches) else []
+
+
 @contextmanager
 def _recording_plans():
-    """Record who the loop engine planned for each slot it makes, in the order the slots are created:
-    a new batch's first labels (then, at the start, the secured set's voters), or the new voters of
-    each re-annotation round."""
+    """Record who the loop engine planned for each slot it makes: a new batch's first labels (at
+    the start the secured set's voters follow them; with pipeline the second random batch is
+    batch 1), or the new voters of each re-annotation round."""
     from learner import engine
 
-    planned: list[int | None] = []
+    planned = _Planned()
     start, step = engine.start, engine.step
 
     def recording_start(*args, **kwargs):
         plan = start(*args, **kwargs)
-        planned[:] = list(plan.assignees) + [v for voters in plan.secured_voters.values() for v in voters]
+        planned.batches[:] = [list(plan.assignees) + [v for voters in plan.secured_voters.values() for v in voters]]
+        if len(plan.following):
+            planned.batches.append(list(plan.following_assignees))
         return plan
 
     def recording_step(*args, **kwargs):
         plan = step(*args, **kwargs)
-        planned[:] = ([v for req in plan.requests for v in req.new_voters] if plan.requests
-                      else list(plan.assignees))
+        if plan.requests:
+            planned.rounds = [v for req in plan.requests for v in req.new_voters]
+        elif plan.next_items:
+            planned.batches.append(list(plan.assignees))
         return plan
 
     engine.start, engine.step = recording_start, recording_step
@@ -162,10 +184,11 @@ def run(*, seed: int = 0, n_labelers: int = 11, n_malicious: int = 1, mapping: d
             if project.state == Project.State.FINISHED:
                 result.stop = project.stop_reason
                 break
-            batch = selectors.open_batch(project)
-            answered, off_plan = _answer_everything(project, users, asker, oracle_of, planned)
-            result.answers += answered
-            result.off_plan += off_plan
+            batch = selectors.open_batch(project)  # the oldest open one: the loop closes it next
+            for labeled in selectors.open_batches(project):  # pipeline: the younger one is labeled meanwhile
+                answered, off_plan = _answer_everything(project, labeled, users, asker, oracle_of, planned)
+                result.answers += answered
+                result.off_plan += off_plan
             if not selectors.batch_is_complete(batch):
                 result.stop = "stuck: nobody eligible for the remaining work"
                 break
@@ -229,19 +252,19 @@ class _Asker:
         return label
 
 
-def _answer_everything(project, users, asker, oracle_of, planned: list) -> tuple[int, int]:
-    """The simulated labelers empty the open batch's queue; returns (answers, answers off plan).
+def _answer_everything(project, batch, users, asker, oracle_of, planned: _Planned) -> tuple[int, int]:
+    """The simulated labelers empty ``batch``'s queue; returns (answers, answers off plan).
 
     The slot waiting first is asked for by the labeler the engine planned for it (then, if they
     get nothing, by the others in order): the queue hands out its first slot they may take.
     """
-    from labeling import answering, selectors
+    from labeling import answering
     from labeling.models import Assignment
 
-    batch = selectors.open_batch(project)
     waiting = Assignment.objects.filter(batch=batch, status=Assignment.Status.QUEUED).order_by("id")
     slots = list(waiting.values_list("id", flat=True))
-    plan_of = dict(zip(slots, planned)) if len(slots) == len(planned) else {}
+    plan = planned.of(batch)
+    plan_of = dict(zip(slots, plan)) if len(slots) == len(plan) else {}
     by_id = {u.pk: u for u in users}
     n = off_plan = 0
     while (first := waiting.first()) is not None:

@@ -141,8 +141,9 @@
     api(cfg.statusUrl).then(function (r) {
       if (!r.ok) { schedulePoll(); return; }
       setProgress(r.data.progress);
-      if (r.data.state === "labeling") loadNext();
-      else if (r.data.state === "updating") { showBanner("The model is updating…", true); schedulePoll(); }
+      // "updating" too: with pipeline the next batch is labeled while the model updates (loadNext
+      // shows the server's "updating" message and polls again when there is no work)
+      if (r.data.state === "labeling" || r.data.state === "updating") loadNext();
       else if (r.data.state === "finished") showBanner("This project is finished. Thank you!", false);
       else schedulePoll();
     }).catch(function () { schedulePoll(); });

@@ -344,7 +344,7 @@ def test_staff_page_pause_button(staff_api, labeling_dirs, annotators, client):
     assert project.paused_at is None and answering.next_assignment(user=annotators[0]) is not None
 
 
-@pytest.mark.parametrize("setting", [{"pipeline": True}, {"redundancy": 3, "defenses": False}])
+@pytest.mark.parametrize("setting", [{"redundancy": 3, "defenses": False}])
 def test_simulator_only_settings_are_refused_with_the_reason(staff_api, setting):
     r = create(staff_api, config=setting)
     assert r.status_code == 400 and "manage.py simulate" in r.json()["detail"]
