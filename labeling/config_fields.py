@@ -154,6 +154,9 @@ _INFO = {
                     "when their recent labels stay this improbable, else reinstate.", _TRUST),
     "trust_window": ("trust", "Recent labels", "How many of an annotator's latest labels the tests of recent "
                      "behaviour look at.", _TRUST),
+    "secured_evidence": ("trust", "Check annotators on the secured set", "Count an annotator's answers on the secured "
+                         "set against the other annotators' common answer when testing for unreliable annotators "
+                         "(no extra labels).", _TRUST),
     "p1": ("trust", "Honest accuracy (P_1)", "Accuracy assumed for an honest annotator (CIFAR-10 humans: "
            "0.9391); the flag and suspend tests measure against it.", _TRUST),
     "confusion_min_rate": ("trust", "Confusion rate", "Dawid-Skene check: flag an annotator who maps one class to "

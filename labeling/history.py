@@ -43,9 +43,10 @@ def pending_rounds(batch) -> list[tuple[int, int, int, list[int], list[int]]]:
 
 def round_verdicts(project) -> dict[tuple[int, int], int]:
     """(labeler, item index) -> consensus label of every re-annotation round in ``project`` that
-    agreed or disagreed with the labeler's first label (the evidence of the trust rules)."""
+    agreed with, disagreed with or rejected the labeler's first label (the evidence of the trust rules)."""
     return {(int(u), int(i)): int(c) for u, i, c in ReannotationRound.objects.filter(
-        project=project, outcome__in=[ReannotationRound.Outcome.AGREED, ReannotationRound.Outcome.DISAGREED])
+        project=project, outcome__in=[ReannotationRound.Outcome.AGREED, ReannotationRound.Outcome.DISAGREED,
+                                      ReannotationRound.Outcome.REJECTED])
         .values_list("original_labeler_id", "item__index", "consensus_label")}
 
 

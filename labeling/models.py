@@ -445,6 +445,7 @@ class ReannotationRound(models.Model):
         AGREED = "agreed", "agreed with the original"
         DISAGREED = "disagreed", "consistent disagreement"
         INCONSISTENT = "inconsistent", "inconsistent: item discarded"
+        REJECTED = "rejected", "rejected by every re-annotator, who disagree: item discarded"
 
     project = models.ForeignKey("labeling.Project", on_delete=models.CASCADE, related_name="reannotation_rounds")
     batch = models.ForeignKey("labeling.QueryBatch", on_delete=models.CASCADE, related_name="reannotation_rounds")

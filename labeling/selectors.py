@@ -259,7 +259,7 @@ def pool_labels(project: Project, *, through: int | None = None) -> PoolLabels:
         label, labeler, iteration, annotation_id = answers[-1]
         first_label[index] = (label, labeler, iteration)
         outcome, consensus = outcomes.get(annotation_id, (None, None))
-        if outcome == ReannotationRound.Outcome.INCONSISTENT:
+        if outcome in (ReannotationRound.Outcome.INCONSISTENT, ReannotationRound.Outcome.REJECTED):
             discarded[index] = True
         elif outcome is not None:
             labels[index], weights[index] = consensus, 1.0

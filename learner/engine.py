@@ -34,10 +34,13 @@ import numpy as np
 
 from . import live
 from .trust import (LabelerTrust, Outcome, Status, TrustPolicy, apply_confirmation, apply_outcome, assess,
-                    audit_threshold, resolve, resolve_votes)
+                    audit_threshold, refutation_pvalue, rejected_class, resolve, resolve_votes)
 
 LABELING, REANNOTATION = "labeling", "reannotation"
 MIN_AUDITOR_PER_CLASS = 5  # verified S labels of every class before a model of S may audit the first batch
+# an adaptive round's single confirming vote settles it only when the voter's own refuted labels
+# are this plausible for an honest labeler (ours: two spammers confirmed each other's wrong labels)
+CONFIRMER_ALPHA = 0.25
 
 
 def seed_of(cfg: live.LiveConfig, *parts: int) -> int:
@@ -138,6 +141,22 @@ class EngineState:
     def history(self, uid: int) -> list[tuple[int, int | None]]:
         """(given label, consensus of others or None) of each first label of ``uid``, in order."""
         return [(label, self.verdicts.get((uid, item))) for item, label in self.first_labels.get(uid, [])]
+
+    def secured_history(self) -> dict[int, list[tuple[int, int]]]:
+        """Per labeler, (their vote, the others' common vote) on each item of S whose other voters
+        (at least two) agree, by item index: S doubles as a check of each labeler (ours, at no extra
+        cost). An honest vote is refuted there at most as often as it is wrong, like a first label."""
+        votes: dict[int, list[tuple[int, int]]] = {}
+        for item, uid, label in self.answers:
+            if 0 <= item < len(self.secured) and self.secured[item]:
+                votes.setdefault(int(item), []).append((int(uid), int(label)))
+        out: dict[int, list[tuple[int, int]]] = {}
+        for item in sorted(votes):
+            for k, (uid, label) in enumerate(votes[item]):
+                others = {lab for j, (_, lab) in enumerate(votes[item]) if j != k}
+                if len(votes[item]) >= 3 and len(others) == 1:
+                    out.setdefault(uid, []).append((label, next(iter(others))))
+        return out
 
 
 @dataclass
@@ -489,7 +508,8 @@ def _after_reannotation(cfg, pool: Pool, state: EngineState, previous, plan: Pla
     for item in sorted(state.requests):
         req = state.requests[item]
         req.new_voters = []
-        outcome, keep = resolve_votes(req.label, req.votes, cfg.h, adaptive=adaptive)
+        confirms = adaptive and bool(req.asked) and _reliable(state, req.asked[0], pool.n_classes, policy)
+        outcome, keep = resolve_votes(req.label, req.votes, cfg.h, adaptive=confirms)
         if outcome is None:
             need = cfg.h - len(req.votes)
             more = live.choose_distinct(need, eligible, exclude={req.original, *req.asked}, load=load,
@@ -513,17 +533,20 @@ def _after_reannotation(cfg, pool: Pool, state: EngineState, previous, plan: Pla
     for req, outcome, keep in done:
         del state.requests[req.item]
         p = proba.get(req.item)
+        # a rejected round keeps nothing, but its votes' class is the evidence against the original
+        against = rejected_class(req.votes) if outcome is Outcome.REJECTED else keep
         p_orig = float(p[req.label]) if p is not None else None
-        p_cons = float(p[keep]) if p is not None and keep is not None else None
-        plan.rounds.append({"item_index": req.item, "outcome": outcome.value, "consensus_label": keep,
+        p_cons = float(p[against]) if p is not None and against is not None else None
+        plan.rounds.append({"item_index": req.item, "outcome": outcome.value, "consensus_label": against,
                             "prob_original": p_orig, "prob_consensus": p_cons})
-        if outcome is Outcome.INCONSISTENT:
+        if outcome in (Outcome.INCONSISTENT, Outcome.REJECTED):
             state.labels[req.item], state.labeler_of[req.item] = -1, -1
             state.discarded[req.item] = True
             discarded += 1
         else:
             state.labels[req.item], state.labeler_of[req.item] = keep, -1
-            state.verdicts[(req.original, req.item)] = int(keep)
+        if against is not None:
+            state.verdicts[(req.original, req.item)] = int(against)
         trust = state.trust.get(req.original)
         if trust is None:
             continue
@@ -533,10 +556,19 @@ def _after_reannotation(cfg, pool: Pool, state: EngineState, previous, plan: Pla
         plan.trust[req.original] = trust
         if reason is not None:
             _event(plan, req.original, reason, before, trust, item=req.item, confidence=p_cons,
-                   original=req.label, consensus=keep)
+                   original=req.label, consensus=against)
     state.carry["reannotated"] = int(state.carry.get("reannotated", 0)) + len(done)
     state.carry["discarded"] = int(state.carry.get("discarded", 0)) + discarded
     return _train(cfg, pool, state)
+
+
+def _reliable(state: EngineState, uid: int, n_classes: int, policy: TrustPolicy) -> bool:
+    """May ``uid``'s single vote confirm a label (adaptive rounds)? Active, and their own refuted
+    labels not improbable for an honest labeler at :data:`CONFIRMER_ALPHA`."""
+    trust = state.trust.get(uid)
+    if trust is not None and trust.status is not Status.ACTIVE:
+        return False
+    return refutation_pvalue(state.history(uid), n_classes, policy) >= CONFIRMER_ALPHA
 
 
 def _confusion(cfg, pool: Pool, state: EngineState, model, plan: Plan) -> tuple[set[int], set[int]]:
@@ -601,11 +633,14 @@ def _assess_everyone(cfg, state: EngineState, n_classes: int, systematic: set[in
     if not cfg.defenses_on:
         return flagged, suspended
     pending = {r.original for r in state.requests.values()}
+    gold = state.secured_history() if cfg.secured_evidence else {}
     for uid in sorted(state.trust):
         trust = state.trust[uid]
         unchecked = int((state.labeler_of == uid).sum()) if uid not in pending else 1
-        verdict = assess(trust, state.history(uid), n_classes, systematic=uid in systematic,
-                         unchecked=unchecked, policy=policy, pattern=uid in patterns)
+        mine = gold.get(uid, [])  # their S votes come first; an audit that cleared them covers those too
+        verdict = assess(trust, mine + state.history(uid), n_classes, systematic=uid in systematic,
+                         unchecked=unchecked, policy=policy, pattern=uid in patterns,
+                         cleared=len(mine) + trust.cleared if trust.cleared else 0)
         if verdict.status is trust.status:
             continue
         trust.status = verdict.status

@@ -105,6 +105,9 @@ class LiveConfig:
     suspend_alpha: float = 1e-4
     audit_alpha: float = 0.01
     trust_window: int = 20
+    # count each labeler's votes on the secured set S against the other voters' common answer in
+    # the refuted-label test (learner.engine.EngineState.secured_history; ours, no extra labels)
+    secured_evidence: bool = True
     p1: float = 0.9391  # an honest labeler's accuracy P_1 (the refuted-label test's null hypothesis)
     # Dawid-Skene check (learner.confusion): flag a labeler whose confusion[a, b] >= min_rate over
     # >= min_count expected labels; null min_rate turns the check off
@@ -210,6 +213,8 @@ class LiveConfig:
             raise ValueError("robust_fragile_top must be true or false")
         if not isinstance(self.pipeline, bool):
             raise ValueError("pipeline must be true or false")
+        if not isinstance(self.secured_evidence, bool):
+            raise ValueError("secured_evidence must be true or false")
         if not isinstance(self.recheck, bool):
             raise ValueError("recheck must be true or false")
         if not isinstance(self.trust_weights, bool):

@@ -46,6 +46,7 @@ class LoopConfig:
     audit_confidence_proven: float | None = 0.9  # ours: ... once the labeler's checked labels mostly held
     audit_proven_after: int = 10  # checked labels before a labeler can be proven
     recheck: bool = True  # ours: audit earlier standing labels the newer model contradicts
+    secured_evidence: bool = True  # ours: S votes (consensus verification) count in the refuted-label test
     pipeline: bool = False  # people label the next batch (chosen by F_{i-1}) while F_i trains
     audit_posterior: float | None = None  # ours: audit where a label is this likely wrong (engine.posterior_threshold)
     reannotation: str = "adaptive"  # ours: ask one re-annotator first, the others only on a disagreement
@@ -95,7 +96,7 @@ class LoopConfig:
             secured_size=self.secured_size, epsilon=t.epsilon, h=t.h, budget=self.budget, target=None,
             tau=self.tau, defenses=self.defenses, audit_confidence=self.audit_confidence,
             audit_confidence_proven=self.audit_confidence_proven, audit_proven_after=self.audit_proven_after,
-            recheck=self.recheck, pipeline=self.pipeline, audit_posterior=self.audit_posterior, reannotation=self.reannotation, augment=None if self.augment is None else tuple(self.augment),
+            recheck=self.recheck, secured_evidence=self.secured_evidence, pipeline=self.pipeline, audit_posterior=self.audit_posterior, reannotation=self.reannotation, augment=None if self.augment is None else tuple(self.augment),
             augment_weight=self.augment_weight, noise_variance=self.noise_variance, overshoot=self.overshoot,
             n_clusters=self.n_clusters, candidate_factor=self.candidate_factor, robust_pick=self.robust_pick,
             robust_size_weight=self.robust_size_weight, robust_fragile_top=self.robust_fragile_top,

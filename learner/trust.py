@@ -48,6 +48,7 @@ class Outcome(str, enum.Enum):
     AGREED = "agreed"  # consensus equals the original label
     DISAGREED = "disagreed"  # consistent consensus on another label
     INCONSISTENT = "inconsistent"  # the re-annotators disagree: discard the item
+    REJECTED = "rejected"  # the re-annotators disagree, but none of them gave the original label: discard, refuted
 
 
 @dataclass(frozen=True)
@@ -95,11 +96,22 @@ def performance_dropped(acc_new: float, acc_previous: float | None, epsilon: flo
 
 
 def resolve(original_label: int, reannotations: list[int]) -> tuple[Outcome, int | None]:
-    """Outcome of a re-annotation round and the label to keep (None: discard the item)."""
+    """Outcome of a re-annotation round and the label to keep (None: discard the item).
+
+    Re-annotators who disagree among themselves make the item inconsistent (discarded, the paper).
+    When none of them gave the original label the round is ``REJECTED`` (ours): the item is
+    discarded all the same, but the original label was refuted by every other labeler asked, which
+    an honest labeler's label is at most as often as it is wrong (two or more independent others
+    all missing a correct label is rarer still), so it counts as evidence in :func:`assess`, as a
+    consistent disagreement does. Without it, a spammer's wrong labels that meet another spammer
+    or an honest slip among the re-annotators blamed nobody.
+    """
     if not reannotations:
         return Outcome.AGREED, int(original_label)
     counts = Counter(int(x) for x in reannotations)
     if len(counts) > 1:
+        if int(original_label) not in counts:
+            return Outcome.REJECTED, None
         return Outcome.INCONSISTENT, None
     consensus = next(iter(counts))
     if consensus == int(original_label):
@@ -129,6 +141,13 @@ def trust_decrease(prob_original_label: float, penalty: float = 0.2, *, rule: st
     raise ValueError(f"unknown trust decrease rule {rule!r}; choose from {DECREASE_RULES}")
 
 
+def rejected_class(votes: list[int]) -> int:
+    """The class a rejected round's votes point to most (ties: the earliest vote's): the item's
+    likely class for the per-class refutation test and the trust event."""
+    counts = Counter(int(v) for v in votes)
+    return max(counts, key=lambda c: (counts[c], -[int(v) for v in votes].index(c)))
+
+
 def is_alert(prob_consensus_label: float, alert_confidence: float = 0.9) -> bool:
     """A high-confidence disagreement: the model is sure of the consensus class."""
     return float(prob_consensus_label) >= alert_confidence
@@ -138,14 +157,15 @@ def is_alert(prob_consensus_label: float, alert_confidence: float = 0.9) -> bool
 def resolve_votes(original_label: int, votes: list[int], h: int, *, adaptive: bool) -> tuple[Outcome | None, int | None]:
     """Outcome of a re-annotation round so far; ``(None, None)`` while more votes are needed.
 
-    Two different votes make the item inconsistent at once. ``adaptive``: a first vote that
+    Two different votes end the round at once (inconsistent, or rejected when neither is the
+    original label; see :func:`resolve`). ``adaptive``: a first vote that
     confirms the original label settles it (two independent labelers agree; ours, it makes an
     audit of a correct label cost one label instead of ``h``). Otherwise the round needs ``h``
     votes that all agree.
     """
     votes = [int(v) for v in votes]
     if len(set(votes)) > 1:
-        return Outcome.INCONSISTENT, None
+        return resolve(original_label, votes)
     if votes and adaptive and votes[0] == int(original_label):
         return Outcome.AGREED, int(original_label)
     if len(votes) >= h:
@@ -176,7 +196,8 @@ def apply_outcome(state: LabelerTrust, outcome: Outcome, *, prob_original: float
     """Update ``state``'s trust in place after one re-annotation round of one of its labels.
 
     Returns the reason recorded ("agreed", "disagreement" or "alert"; None for an inconsistent
-    round, which blames nobody). The status is left to :func:`assess`.
+    round, which blames nobody). A rejected round counts as a disagreement (``prob_consensus``: the
+    model's probability of :func:`rejected_class`). The status is left to :func:`assess`.
     """
     if outcome is Outcome.INCONSISTENT:
         return None
@@ -217,7 +238,7 @@ def audit_threshold(state: LabelerTrust, confidence: float, proven_confidence: f
 
 
 def refutation_pvalue(history: list[tuple[int, int | None]], n_classes: int, policy: TrustPolicy,
-                      lengths: tuple[int, ...] | None = None) -> float:
+                      lengths: tuple[int, ...] | None = None, *, distinct: bool = True) -> float:
     """How improbable a labeler's refuted first labels are for an honest labeler (a scan test).
 
     ``history``: one ``(given label, consensus label or None)`` per first label, in the order
@@ -227,7 +248,10 @@ def refutation_pvalue(history: list[tuple[int, int | None]], n_classes: int, pol
     and for the labels of each true class, the refuted count among the last m of them is then at
     most Binomial(m, 1 - P_1); m runs over :meth:`TrustPolicy.scan_lengths` (short runs catch a
     sleeper's recent turn, all of them a slow drip). The smallest one-sided p-value, times the
-    number of tests (Bonferroni), is returned. A mapping a -> b is caught in class a, where
+    number of distinct tests (Bonferroni; a run longer than the labels there are is the same test
+    as all of them, so a short record is not charged for tests it cannot have), is returned.
+    ``distinct=False`` charges every scanned length for all labels and every class (the
+    conservative count that suspensions use; ours). A mapping a -> b is caught in class a, where
     every label is refuted; a spammer overall. ``lengths=(0,)`` tests the whole record only.
     """
     honest_error = 1.0 - policy.p_1
@@ -236,7 +260,12 @@ def refutation_pvalue(history: list[tuple[int, int | None]], n_classes: int, pol
     if not refuted.any():
         return 1.0
     lengths = policy.scan_lengths if lengths is None else lengths
-    tests = len(lengths) * (n_classes + 1)
+
+    def runs(n: int) -> int:  # distinct runs among the scanned lengths for n labels
+        return len({min(m, n) if m else n for m in lengths}) if n else 0
+
+    tests = (runs(len(history)) + sum(runs(int((true == a).sum())) for a in range(n_classes))
+             if distinct else len(lengths) * (n_classes + 1))
     best = 1.0
     for mask in [np.ones(len(history), dtype=bool)] + [true == a for a in np.unique(true[refuted])]:
         seq = refuted[mask]
@@ -258,7 +287,7 @@ class Assessment:
 
 
 def assess(state: LabelerTrust, history: list[tuple[int, int | None]], n_classes: int, *, systematic: bool,
-           unchecked: int, policy: TrustPolicy, pattern: bool = False) -> Assessment:
+           unchecked: int, policy: TrustPolicy, pattern: bool = False, cleared: int | None = None) -> Assessment:
     """The labeler's status after this step's evidence (see the module docstring).
 
     Parameters
@@ -269,14 +298,18 @@ def assess(state: LabelerTrust, history: list[tuple[int, int | None]], n_classes
     systematic : Dawid-Skene found a (true, given) mapping not reported before
     pattern : Dawid-Skene sees a (true, given) mapping now (reported before or not)
     unchecked : this labeler's labels still standing on their word alone (the targeted audit's work)
+    cleared : entries of ``history`` an audit or a review already cleared (default ``state.cleared``)
     """
-    p = refutation_pvalue(history, n_classes, policy)
+    cleared = state.cleared if cleared is None else cleared
+    # suspensions rest on the conservative count of tests, flags on the sharper one (a flag costs
+    # an audit, a suspension the labeler's work)
+    p = refutation_pvalue(history, n_classes, policy, distinct=False)
     if state.status is Status.SUSPENDED:
         return Assessment(Status.SUSPENDED, "", p)
     if p < policy.suspend_alpha:
         return Assessment(Status.SUSPENDED, f"refuted labels p = {p:.1e} < {policy.suspend_alpha:g}", p)
     # evidence an audit already cleared does not flag twice: only labels given since count
-    p_new = refutation_pvalue(history[state.cleared:], n_classes, policy) if state.cleared else p
+    p_new = refutation_pvalue(history[cleared:], n_classes, policy)
     if state.status is Status.ACTIVE and (p_new < policy.flag_alpha or systematic):
         why = "systematic confusion" if systematic else f"refuted labels p = {p_new:.1e} < {policy.flag_alpha:g}"
         return Assessment(Status.FLAGGED, why, p_new)
@@ -285,7 +318,7 @@ def assess(state: LabelerTrust, history: list[tuple[int, int | None]], n_classes
         # (below audit_alpha) and the whole record shows an excess too (below flag_alpha), or when
         # a class mapping persists with the recent runs below flag_alpha; a chance cluster in an
         # honest labeler's short run is diluted in the whole record and maps no class (ours)
-        whole = refutation_pvalue(history, n_classes, policy, lengths=(0,))
+        whole = refutation_pvalue(history, n_classes, policy, lengths=(0,), distinct=False)
         why = (f"audit done; recent runs p = {p:.1e}, whole record p = {whole:.1e}"
                + ("; a class mapping persists" if pattern else ""))
         if (p < policy.audit_alpha and whole < policy.flag_alpha) or (pattern and p < policy.flag_alpha):
@@ -297,7 +330,7 @@ def assess(state: LabelerTrust, history: list[tuple[int, int | None]], n_classes
 def suggest_review(history: list[tuple[int, int | None]], n_classes: int, systematic: list | tuple,
                    policy: TrustPolicy) -> tuple[str, str]:
     """What the rules suggest to an admin reviewing a flagged labeler: ``("suspend" | "reinstate", why)``."""
-    p = refutation_pvalue(history, n_classes, policy)
+    p = refutation_pvalue(history, n_classes, policy, distinct=False)
     k, n = sum(1 for g, c in history if c is not None and c != g), len(history)
     if systematic:
         return "suspend", "systematic confusion " + ", ".join(f"{a} -> {b}" for a, b in systematic)

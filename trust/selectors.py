@@ -104,7 +104,8 @@ def review_suggestion(user) -> tuple[str, str] | None:
         names = est.project.classes
         pairs += [(names[a], names[b]) for a, b in est.suspicious_pairs]
     verdicts = dict(ReannotationRound.objects.filter(
-        original_labeler=user, outcome__in=[ReannotationRound.Outcome.AGREED, ReannotationRound.Outcome.DISAGREED])
+        original_labeler=user, outcome__in=[ReannotationRound.Outcome.AGREED, ReannotationRound.Outcome.DISAGREED,
+                                            ReannotationRound.Outcome.REJECTED])
         .values_list("item_id", "consensus_label"))
     firsts = (Annotation.objects.filter(assignment__labeler=user, assignment__kind=Assignment.Kind.FIRST_LABEL,
                                         discard__isnull=True).order_by("id")

@@ -106,3 +106,62 @@ def test_the_simulator_and_a_second_run_agree_step_by_step(digits):
     b = run_loop(data, LoopConfig(strategy="robust", budget=250), labelers, seed=2)
     assert [h.labels_bought for h in a.history] == [h.labels_bought for h in b.history]
     assert a.trust == b.trust
+
+
+def test_a_round_whose_voters_all_reject_the_label_refutes_it_and_discards_the_item(setup):
+    x, y, pool = setup
+    cfg = live.LiveConfig(h=3, reannotation="adaptive", augment=(), secured_size=0)
+    state, previous = _batch_with_wrong_labels(cfg, pool, y, wrong=1)
+    plan = engine.step(cfg, pool, state, previous_model=previous)
+    req = next(r for r in plan.requests if r.item == 300)
+    req.votes += [int(y[300])]  # the first voter disagrees with the (wrong) label: ask the others
+    for r in plan.requests:
+        if r.item != 300:
+            r.votes += [int(y[r.item])] * len(r.new_voters)
+    plan = engine.step(cfg, pool, state, previous_model=previous)
+    req = next(r for r in plan.requests if r.item == 300)
+    wrong_too = (int(y[300]) + 2) % 10  # a second voter errs differently: the voters disagree
+    req.votes += [wrong_too] + [int(y[300])] * (len(req.new_voters) - 1)
+    plan = engine.step(cfg, pool, state, previous_model=previous)
+    assert plan.closed
+    rnd = next(r for r in plan.rounds if r["item_index"] == 300)
+    assert rnd["outcome"] == "rejected" and rnd["consensus_label"] == int(y[300])
+    assert state.discarded[300] and state.labels[300] == -1
+    assert state.verdicts[(0, 300)] == int(y[300])  # the label counts as refuted for the tests
+    assert state.trust[0].disagreements == 1
+
+
+def test_a_single_confirming_vote_settles_a_round_only_from_a_voter_with_a_clean_record(setup):
+    x, y, pool = setup
+    cfg = live.LiveConfig(h=3, reannotation="adaptive", augment=(), secured_size=0)
+    state, previous = _batch_with_wrong_labels(cfg, pool, y, wrong=2)
+    plan = engine.step(cfg, pool, state, previous_model=previous)
+    suspect = {r.item: r.asked[0] for r in plan.requests}
+    voter = suspect[300]
+    # the first voter's own record: 4 of its 5 first labels refuted by others
+    state.first_labels[voter] = [(1000 + k, 0) for k in range(5)]
+    state.verdicts.update({(voter, 1000 + k): 1 for k in range(4)})
+    for r in plan.requests:  # everyone confirms the label under review (right or wrong)
+        r.votes += [int(state.labels[r.item])] * len(r.new_voters)
+    plan = engine.step(cfg, pool, state, previous_model=previous)
+    # the round the discredited voter confirmed asks the other two; the others are settled
+    assert [r.item for r in plan.requests if r.item == 300] == [300]
+    assert 301 not in {r.item for r in plan.requests} or suspect[301] == voter
+
+
+def test_votes_on_the_secured_set_count_against_their_voter():
+    n = 12
+    state = engine.EngineState(labels=np.full(n, -1), labeler_of=np.full(n, -1), discarded=np.zeros(n, bool),
+                               secured=np.r_[np.ones(6, bool), np.zeros(6, bool)], secured_labels=np.full(n, -1),
+                               trust={u: LabelerTrust() for u in range(4)}, crowd=list(range(4)))
+    # S items 0-3: voters 0, 1 and 3, labeler 3 always differs from the two others, who agree
+    state.answers = [(i, u, (1 if u == 3 else 0)) for i in range(4) for u in (0, 1, 3)]
+    state.answers += [(i, u, 0) for i in (4, 5) for u in (0, 1, 2)]  # S items 4-5: all three agree
+    state.answers += [(8, 3, 1), (8, 0, 0), (8, 1, 0)]  # a pool item: not S, not counted here
+    gold = state.secured_history()
+    assert gold[3] == [(1, 0)] * 4
+    assert gold[0] == [(0, 0), (0, 0)]  # on items 0-3 its two co-voters disagree: no evidence either way
+    assert gold[2] == [(0, 0), (0, 0)]
+    from learner.trust import TrustPolicy, refutation_pvalue
+    assert refutation_pvalue(gold[3], 2, TrustPolicy()) < TrustPolicy().flag_alpha
+    assert refutation_pvalue(gold[0], 2, TrustPolicy()) == 1.0

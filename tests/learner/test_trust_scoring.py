@@ -3,7 +3,8 @@ import math
 import pytest
 
 from learner.trust import (LabelerTrust, Outcome, Status, TrustPolicy, apply_confirmation, apply_outcome, assess,
-                           is_alert, performance_dropped, refutation_pvalue, required_labelers, resolve, resolve_votes,
+                           is_alert, performance_dropped, refutation_pvalue, rejected_class, required_labelers, resolve,
+                           resolve_votes,
                            trust_decrease)
 
 
@@ -26,6 +27,16 @@ def test_resolve_outcomes():
     assert resolve(1, [1, 1, 1]) == (Outcome.AGREED, 1)
     assert resolve(1, [0, 0, 0]) == (Outcome.DISAGREED, 0)
     assert resolve(1, [0, 1, 0]) == (Outcome.INCONSISTENT, None)
+    # nobody backs the original label, but the others disagree: discarded, and the original refuted
+    assert resolve(1, [0, 2, 0]) == (Outcome.REJECTED, None)
+    assert rejected_class([2, 0, 0]) == 0 and rejected_class([2, 0]) == 2
+
+
+def test_a_rejected_round_counts_against_the_labeler():
+    policy = TrustPolicy()
+    state = LabelerTrust()
+    assert apply_outcome(state, Outcome.REJECTED, prob_original=0.1, prob_consensus=0.6, policy=policy) == "disagreement"
+    assert state.checked == 1 and state.disagreements == 1 and state.trust < 1.0
 
 
 def test_decrease_shrinks_as_the_model_believes_the_original_label():
@@ -71,6 +82,7 @@ def test_adaptive_rounds_settle_on_a_confirming_first_vote():
     assert resolve_votes(1, [0], 3, adaptive=True) == (None, None)  # ask the others
     assert resolve_votes(1, [0, 0, 0], 3, adaptive=True) == (Outcome.DISAGREED, 0)
     assert resolve_votes(1, [0, 1], 3, adaptive=True) == (Outcome.INCONSISTENT, None)
+    assert resolve_votes(1, [0, 2], 3, adaptive=True) == (Outcome.REJECTED, None)  # two others, neither says 1
     assert resolve_votes(1, [1], 3, adaptive=False) == (None, None)
     assert resolve_votes(1, [1, 1, 1], 3, adaptive=False) == (Outcome.AGREED, 1)
 
@@ -78,10 +90,14 @@ def test_adaptive_rounds_settle_on_a_confirming_first_vote():
 def test_refuted_label_test_separates_honest_slips_from_a_mapping():
     policy = TrustPolicy()
     slips = [(1, 0), (0, 1), (2, 1), (1, 2), (0, 2)]  # 5 % refuted, spread over classes and time
-    honest = [x for slip in slips for x in [(0, None)] * 18 + [slip]]
+    held = [(k % 3, None) for k in range(90)]  # an honest labeler's labels held, of every class
+    honest = [x for j, slip in enumerate(slips) for x in held[18 * j:18 * (j + 1)] + [slip]]
     assert refutation_pvalue(honest, 3, policy) > policy.flag_alpha
     # the same slips in one burst are a cluster worth a look (a flag, which an audit then clears)
-    assert refutation_pvalue([(0, None)] * 90 + slips, 3, policy) < policy.flag_alpha
+    assert refutation_pvalue(held + slips, 3, policy) < policy.flag_alpha
+    # a short record is charged only for the distinct tests it allows: 3 refuted of 5 flags
+    spam = [(1, 0), (0, None), (2, 1), (3, None), (1, 2)]  # 15 tests would make it 0.031
+    assert refutation_pvalue(spam, 4, policy) < policy.flag_alpha
     mapper = [(0, None), (2, None), (7, 1), (0, None), (7, 1), (7, 1)]  # every label of true class 1 -> 7
     assert refutation_pvalue(mapper, 10, policy) < policy.flag_alpha
     assert refutation_pvalue(mapper + [(7, 1)] * 2, 10, policy) < policy.suspend_alpha
