@@ -101,6 +101,13 @@ _INFO = {
     "noise_variance": ("defences", "Noise variance", "Variance of the Gaussian-noise copies (paper: 0.3).", _METHOD),
     "overshoot": ("defences", "Adversarial overshoot", "How far past the decision boundary an adversarial "
                   "example is pushed (relative).", _METHOD),
+    "augment_space": ("defences", "Where examples are crafted", "feature: closed-form copies on the frozen "
+                      "features (exact for the linear head, instant). pixel: C&W and DeepFool on the new labels' "
+                      "images through the backbone and the current model, and Gaussian noise on the pixels, as "
+                      "manage.py simulate --augment-space pixel does; attacks that find no example are dropped "
+                      "and counted. Slow on a CPU worker: one step with 20 new labels took about 9 s with "
+                      "resnet20 and 95 s with resnet50 on one CPU thread (0.3 s in feature space); with resnet50 "
+                      "run the train workers on a GPU.", _METHOD),
     "pool_defence": ("defences", "Pool defence", "density: never query items of an abnormally dense feature-space "
                      "cluster (feature-collision poisons); none: query from the whole pool.", _METHOD),
     "n_clusters": ("defences", "Feature clusters", "Clusters of the pool in feature space; robust picks inside each "
@@ -180,6 +187,7 @@ _INFO = {
 _CHOICES = {
     "strategy": tuple((s, s) for s in STRATEGY_NAMES),
     "reannotation": (("adaptive", "adaptive"), ("parallel", "parallel")),
+    "augment_space": tuple((s, s) for s in live.AUGMENT_SPACES),
     "pool_defence": tuple((s, s) for s in ("none", *POOL_DEFENCES)),
     "backbone": tuple((s, s) for s in BACKBONE_NAMES),
     "channels": ((1, "1 (grayscale)"), (3, "3 (colour)")),

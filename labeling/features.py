@@ -52,12 +52,26 @@ def features_file(project: Project) -> Path:
 
 def load_images(project: Project, start: int, stop: int) -> np.ndarray:
     """uint8 (N, S, S, C) images of items ``start <= index < stop``, resized to ``feature_size``."""
-    cfg = project.live_config
-    size = cfg.feature_size
-    mode = "L" if cfg.channels == 1 else "RGB"
     items = list(Item.objects.filter(project=project, index__gte=start, index__lt=stop).order_by("index"))
     if [i.index for i in items] != list(range(start, min(stop, start + len(items)))):
         raise ValueError(f"project {project.pk}: items {start}..{stop} are not dense")
+    return _decode(project, items)
+
+
+def load_items(project: Project, indices) -> np.ndarray:
+    """uint8 (N, S, S, C) images of the items with these indices, in that order (as their features saw them)."""
+    indices = [int(i) for i in indices]
+    by_index = {i.index: i for i in Item.objects.filter(project=project, index__in=indices)}
+    missing = sorted(set(indices) - set(by_index))
+    if missing:
+        raise ValueError(f"project {project.pk}: no items with index {missing[:10]}")
+    return _decode(project, [by_index[i] for i in indices])
+
+
+def _decode(project: Project, items: list[Item]) -> np.ndarray:
+    cfg = project.live_config
+    size = cfg.feature_size
+    mode = "L" if cfg.channels == 1 else "RGB"
     out = np.zeros((len(items), size, size, cfg.channels), dtype=np.uint8)
     for row, item in enumerate(items):
         with item.image.open("rb") as fh, Image.open(fh) as im:
@@ -68,6 +82,23 @@ def load_images(project: Project, start: int, stop: int) -> np.ndarray:
             arr = np.asarray(im, dtype=np.uint8)
         out[row] = arr[..., None] if arr.ndim == 2 else arr
     return out
+
+
+def pixel_crafter(project: Project):
+    """The engine's crafter for a project with ``augment_space = "pixel"``: the new labels' images
+    through the project's backbone and the current head (:func:`learner.augment.pixel_crafter`,
+    the function ``simulate --augment-space pixel`` uses)."""
+    from learner.augment import PixelSettings, pixel_crafter as make
+
+    built = []  # the backbone is built on the first call: a re-annotation step crafts nothing
+
+    def crafter(model, items, labels, seed):
+        if not built:
+            cfg = project.live_config
+            built.append(make(lambda idx: load_items(project, idx), live.project_backbone(cfg),
+                              PixelSettings(tuple(cfg.augmentations), cfg.noise_variance)))
+        return built[0](model, items, labels, seed)
+    return crafter
 
 
 def compute_chunk(project: Project, start: int, stop: int) -> np.ndarray:

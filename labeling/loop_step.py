@@ -169,7 +169,9 @@ def advance_loop(*, batch_id: int) -> str:
 def _plan(snap: _Snapshot) -> engine.Plan:
     """The heavy part, no lock held: the engine step, the model and crafted rows saved to the cache."""
     features, features_file = feature_cache.features_for(snap.project)
-    pool = engine.Pool(features=features, n_classes=snap.project.n_classes, cache_key=str(features_file))
+    crafter = feature_cache.pixel_crafter(snap.project) if snap.cfg.augment_space == "pixel" else None
+    pool = engine.Pool(features=features, n_classes=snap.project.n_classes, cache_key=str(features_file),
+                       crafter=crafter)
     previous = _previous_model(snap, pool)
     plan = engine.step(snap.cfg, pool, snap.state, previous_model=previous)
     i = snap.batch.iteration

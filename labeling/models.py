@@ -372,6 +372,8 @@ class IterationMetric(models.Model):
     reannotated = models.PositiveIntegerField(default=0)
     discarded = models.PositiveIntegerField(default=0)
     min_perturbation = models.FloatField(null=True, blank=True)
+    craft_failed = models.PositiveIntegerField(
+        default=0, help_text="Attacks (item x method) that found no example across the boundary: dropped, not copied.")
     started_at = models.DateTimeField(help_text="When the iteration's batch was opened.")
     finished_at = models.DateTimeField(auto_now_add=True)
 

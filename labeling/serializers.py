@@ -82,6 +82,8 @@ class MetricSerializer(serializers.Serializer):
     reannotated = serializers.IntegerField()
     discarded = serializers.IntegerField()
     min_perturbation = serializers.FloatField(allow_null=True)
+    craft_failed = serializers.IntegerField(
+        help_text="Attacks (item x method) that found no example across the boundary: dropped, not copied.")
     started_at = serializers.DateTimeField()
     finished_at = serializers.DateTimeField()
 

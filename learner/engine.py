@@ -60,8 +60,9 @@ def policy_of(cfg: live.LiveConfig) -> TrustPolicy:
 class Pool:
     """What the engine reads of the data: features (frozen backbone) and optional hooks.
 
-    ``crafter(model, items, labels, seed) -> ({item: rows}, {item: L2})`` replaces the
-    feature-space crafting (the simulator's pixel space); ``train_filter(items, labels) -> keep``
+    ``crafter(model, items, labels, seed) -> ({item: rows}, {item: L2}, failed attacks)`` replaces
+    the feature-space crafting (pixel space, :func:`learner.augment.pixel_crafter`, in both
+    drivers); ``train_filter(items, labels) -> keep``
     filters the training set before each training (the dknn defence).
     """
 
@@ -310,10 +311,12 @@ def _after_labeling(cfg, pool: Pool, state: EngineState, previous, plan: Plan):
         if cfg.recheck and previous is not None:
             suspicious = np.concatenate([suspicious, _recheck(cfg, pool, state, previous, batch)])
     if pool.crafter is not None and previous is not None and cfg.augmentations and len(labeled_now):
-        rows, perts = pool.crafter(previous, labeled_now, state.labels[labeled_now], seed_of(cfg, state.iteration, 3))
+        rows, perts, failed = pool.crafter(previous, labeled_now, state.labels[labeled_now],
+                                           seed_of(cfg, state.iteration, 3))
     else:
         rows, perts = live.craft(pool.features, pool.standardizer, previous, labeled_now, state.labels, cfg,
                                  seed=seed_of(cfg, state.iteration, 3))
+        failed = sum(1 for v in perts.values() if math.isinf(v))  # no boundary to cross (degenerate head)
     plan.artificial = rows
     state.artificial.update(rows)
     state.perturbations = dict(perts)
@@ -324,7 +327,7 @@ def _after_labeling(cfg, pool: Pool, state: EngineState, previous, plan: Plan):
     if triggered:
         todo |= {int(x) for x in labeled_now if state.labeler_of[x] >= 0}
     state.carry = {"secured_accuracy_before_check": s_acc, "check_triggered": bool(triggered),
-                   "audited": int(len(suspicious)), "reannotated": 0, "discarded": 0,
+                   "audited": int(len(suspicious)), "reannotated": 0, "discarded": 0, "craft_failed": int(failed),
                    "perturbations": {str(k): (v if math.isfinite(v) else None) for k, v in perts.items()}}
     if cfg.defenses_on:
         _request(cfg, state, plan, sorted(todo))
@@ -680,7 +683,7 @@ def _finish(cfg, pool: Pool, state: EngineState, previous, model, plan: Plan) ->
         "n_artificial": int(sum(len(r) for k, r in state.artificial.items() if state.labels[k] >= 0)),
         "secured_accuracy": s_acc, "check_triggered": bool(carry.get("check_triggered", False)),
         "reannotated": int(carry.get("reannotated", 0)), "discarded": int(carry.get("discarded", 0)),
-        "min_perturbation": min_pert,
+        "min_perturbation": min_pert, "craft_failed": int(carry.get("craft_failed", 0)),
     }
     plan.carry = dict(carry)
     plan.phase = "closed"

@@ -11,6 +11,11 @@ Imported by ``learner.tasks`` (the worker imports every task module when it star
 connects the signals below). Every write is a short statement on its own connection, closed
 afterwards: the worker's main process keeps no connection that forked pool children could
 inherit. A failed write (database down) is logged and never stops the worker.
+
+At start the worker also logs the device its model work uses (``learner.device``: CUDA when
+present, with its free and total memory; else the CPU and the system's memory): a solo or
+thread pool logs it when ready, each prefork pool process when it starts (the parent never
+touches CUDA, which forked children could not use after it).
 """
 from __future__ import annotations
 
@@ -19,7 +24,7 @@ import os
 import socket
 import threading
 
-from celery.signals import task_postrun, worker_ready, worker_shutdown
+from celery.signals import task_postrun, worker_process_init, worker_ready, worker_shutdown
 from django.conf import settings
 from django.db import connection
 from django.db.models import F
@@ -103,6 +108,37 @@ def _on_worker_ready(sender=None, **kwargs) -> None:
     _beat["thread"] = thread
     thread.start()
     log.info("worker heartbeat: %s every %.0f s", hostname, interval_seconds())
+    if _forks_children(sender):  # CUDA must not start in the parent of forked children: they say it
+        log.info("worker device: logged by each pool process when it starts")
+    else:
+        _log_device("worker")
+
+
+def _forks_children(consumer) -> bool:
+    """Does the worker run its tasks in forked (prefork) pool processes?"""
+    pool_cls = getattr(getattr(consumer, "controller", None), "pool_cls", None)
+    try:
+        from celery.concurrency.prefork import TaskPool
+
+        return isinstance(pool_cls, type) and issubclass(pool_cls, TaskPool)
+    except ImportError:  # pragma: no cover - prefork ships with celery
+        return False
+
+
+def _log_device(where: str) -> None:
+    """Which device this process's model work uses and how much memory it has free
+    (:mod:`learner.device`; CUDA when torch sees it, ``ROBUSTAL_DEVICE`` overrides)."""
+    try:
+        from .device import info
+
+        log.info("%s %s device: %s", where, os.getpid(), info().describe())
+    except Exception as exc:  # a broken CUDA setup is reported, and the task that needs it fails loudly
+        log.warning("%s %s device: unknown (%s: %s)", where, os.getpid(), exc.__class__.__name__, exc)
+
+
+@worker_process_init.connect
+def _on_pool_process_start(**kwargs) -> None:
+    _log_device("pool process")
 
 
 @task_postrun.connect

@@ -31,6 +31,7 @@ BACKBONE_NAMES = ("flatten", "smallcnn", "resnet20", "resnet50")
 # replaced by the refuted-label test: flag_alpha, suspend_alpha)
 RETIRED_SETTINGS = ("flag_below", "suspend_below")
 AGGREGATIONS = ("majority", "dawid_skene")  # learner.aggregation
+AUGMENT_SPACES = ("feature", "pixel")  # learner.augment
 
 
 # --------------------------------------------------------------------------------------
@@ -80,6 +81,10 @@ class LiveConfig:
     augment_weight: float = 0.1
     noise_variance: float = 0.3
     overshoot: float = 0.02
+    # where C&W / DeepFool / noise copies are made: "feature" (closed form on the frozen features:
+    # exact for the linear head, instant) or "pixel" (on the images through backbone + head,
+    # learner.augment.pixel_crafter, as simulate --augment-space pixel; slow on a CPU worker)
+    augment_space: str = "feature"
     n_clusters: int = 10
     candidate_factor: float = 3.0
     # robust's pick inside a cluster (learner.strategies.RobustMinimax): "farthest" or "margin",
@@ -193,6 +198,8 @@ class LiveConfig:
             raise ValueError(f"suspend_alpha ({self.suspend_alpha}) must not exceed flag_alpha ({self.flag_alpha})")
         _int("trust_window", 1, 1_000_000)
         _float("p1", 0.5, 0.999999)
+        if self.augment_space not in AUGMENT_SPACES:
+            raise ValueError(f"augment_space must be one of {AUGMENT_SPACES}, got {self.augment_space!r}")
         if self.reannotation not in ("adaptive", "parallel"):
             raise ValueError(f"reannotation must be 'adaptive' or 'parallel', got {self.reannotation!r}")
         _float("confusion_min_rate", 0.0, 1.0, none_ok=True)
@@ -597,20 +604,29 @@ def save_array(path: Path, array: np.ndarray) -> None:
     _atomic_write(Path(path), lambda fh: np.save(fh, np.asarray(array, dtype=np.float32)))
 
 
-def extract(images_uint8: np.ndarray, cfg: LiveConfig) -> np.ndarray:
-    """Features of uint8 NHWC images under the configured backbone (deterministic)."""
+def project_backbone(cfg: LiveConfig):
+    """The project's frozen backbone (on the CPU): the same module for its features and for
+    pixel-space crafting, also for random-init backbones (seeded by the project's seed)."""
     import torch
 
-    from .backbones import build_backbone, extract_features
+    from .backbones import build_backbone
 
-    torch.manual_seed(cfg.seed)  # random-init backbones: same seed, same features
-    backbone = build_backbone(cfg.backbone, in_channels=cfg.channels, weights=cfg.weights)
-    return extract_features(backbone, images_uint8, batch_size=256)
+    torch.manual_seed(cfg.seed)  # random-init backbones: same seed, same weights
+    return build_backbone(cfg.backbone, in_channels=cfg.channels, weights=cfg.weights)
+
+
+def extract(images_uint8: np.ndarray, cfg: LiveConfig) -> np.ndarray:
+    """Features of uint8 NHWC images under the configured backbone, on the worker's device
+    (:func:`learner.device.pick`; CPU and CUDA agree to float32 rounding)."""
+    from .backbones import extract_features
+    from .device import pick
+
+    return extract_features(project_backbone(cfg), images_uint8, batch_size=256, device=pick())
 
 
 __all__ = [
     "LiveConfig", "train_model", "accuracy_on", "performance_dropped", "audit", "craft",
     "select_batch", "quarantined_items", "random_items", "spread", "choose_distinct", "save_model", "load_model",
     "save_artificial", "load_artificial", "plan_chunks", "features_key", "assemble_chunks",
-    "save_array", "extract", "rng_for", "min_perturbation", "class_probabilities",
+    "save_array", "extract", "project_backbone", "rng_for", "min_perturbation", "class_probabilities",
 ]

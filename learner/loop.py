@@ -96,7 +96,7 @@ class LoopConfig:
             secured_size=self.secured_size, epsilon=t.epsilon, h=t.h, budget=self.budget, target=None,
             tau=self.tau, defenses=self.defenses, audit_confidence=self.audit_confidence,
             audit_confidence_proven=self.audit_confidence_proven, audit_proven_after=self.audit_proven_after,
-            recheck=self.recheck, secured_evidence=self.secured_evidence, pipeline=self.pipeline, audit_posterior=self.audit_posterior, reannotation=self.reannotation, augment=None if self.augment is None else tuple(self.augment),
+            recheck=self.recheck, secured_evidence=self.secured_evidence, augment_space=self.augment_space, pipeline=self.pipeline, audit_posterior=self.audit_posterior, reannotation=self.reannotation, augment=None if self.augment is None else tuple(self.augment),
             augment_weight=self.augment_weight, noise_variance=self.noise_variance, overshoot=self.overshoot,
             n_clusters=self.n_clusters, candidate_factor=self.candidate_factor, robust_pick=self.robust_pick,
             robust_size_weight=self.robust_size_weight, robust_fragile_top=self.robust_fragile_top,
@@ -137,6 +137,7 @@ class IterationRecord:
     flagged: list[int]
     suspended: list[int]
     bought_by_kind: dict[str, int] = field(default_factory=dict)  # first / secured / reannotation
+    craft_failed: int = 0  # attacks that found no adversarial example (dropped; engine metric)
 
 
 @dataclass
@@ -189,12 +190,14 @@ class _Run:
 
     # ---- hooks of the engine that only the simulator has ------------------------------------
     def _pixel_crafter(self):
-        from .augment import craft_pixel_space
+        """The live app's pixel-space crafter (:func:`learner.augment.pixel_crafter`) on the pool's images."""
+        from .augment import PixelSettings, pixel_crafter
 
-        def crafter(model, items, labels, seed):
-            rows, l2 = craft_pixel_space(self.data, model, items, labels, self.cfg, np.random.default_rng(seed))
-            return ({int(i): r for i, r in zip(items, rows) if len(r)}, {int(i): float(v) for i, v in zip(items, l2)})
-        return crafter
+        if self.data.pool_images is None or self.data.backbone is None:
+            raise ValueError("pixel-space crafting needs the pool's images and the backbone")
+        images = self.data.pool_images
+        return pixel_crafter(lambda items: images[items], self.data.backbone,
+                             PixelSettings(tuple(self.cfg.augment), self.cfg.noise_variance, self.cfg.attack_impl))
 
     def _train_filter(self):
         from .defences import apply_defence
@@ -249,7 +252,7 @@ class _Run:
             min_perturbation=float("nan") if m["min_perturbation"] is None else m["min_perturbation"],
             flagged=[i for i, t in st.trust.items() if t.status is Status.FLAGGED],
             suspended=[i for i, t in st.trust.items() if t.status is Status.SUSPENDED],
-            bought_by_kind=split))
+            bought_by_kind=split, craft_failed=int(m.get("craft_failed", 0))))
 
     def evaluate(self, model: LinearHead) -> float:
         return accuracy(model, self.data.test_features, self.data.test_labels)

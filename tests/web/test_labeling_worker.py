@@ -2,7 +2,8 @@
 
 Annotators answer through the API in this process; the last answer of a batch enqueues the loop
 task on commit; the worker (a subprocess on the same test database, media and cache folders)
-trains, checks, re-annotates when needed and opens the next batch. A redelivered task is a no-op.
+trains, crafts pixel-space copies of the new labels, checks, re-annotates when needed and opens the
+next batch. A redelivered task is a no-op.
 """
 from __future__ import annotations
 
@@ -77,7 +78,9 @@ def labeling_again(project, iteration):
 
 def test_live_loop_on_a_real_worker_over_redis(labeling_dirs, annotators, redis_worker):
     with producer_to(redis_worker):
-        project = digits_project(n=36, config={"secured_size": 6, "initial_size": 6, "batch_size": 6, "budget": 40})
+        # pixel-space crafting (issue 19): the worker crafts C&W / DeepFool / noise on the images
+        project = digits_project(n=36, config={"secured_size": 6, "initial_size": 6, "batch_size": 6, "budget": 40,
+                                               "augment_space": "pixel"})
         iteration = 0
         for _ in range(8):  # batches and re-annotation rounds until batch 3 is open (or the budget ends it)
             answer_batch(project, wrong_for=("ann_a",) if iteration == 1 else ())
@@ -90,6 +93,8 @@ def test_live_loop_on_a_real_worker_over_redis(labeling_dirs, annotators, redis_
         assert [m.iteration for m in metrics][:3] == [0, 1, 2]
         assert all(m.secured_accuracy is not None for m in metrics)
         assert metrics[-1].labels_bought > metrics[0].labels_bought
+        assert metrics[1].n_artificial > 0  # crafted from the images by the worker (iteration 0 has no model)
+        assert "device: cpu" in redis_worker.log() or "device: cuda" in redis_worker.log()
         assert "labeling.tasks.train.process_batch" in redis_worker.log()
         # the worker also built the feature cache through the chunk tasks or the loop itself
         from labeling import features

@@ -115,6 +115,9 @@ def test_a_real_worker_beats_counts_its_tasks_and_says_goodbye(fast_heartbeat_wo
     row = wait_until(lambda: WorkerHeartbeat.objects.filter(hostname__startswith="test-worker-").first(),
                      timeout=90, worker=worker)
     assert row.queues == ["default", "train"] and row.stopped_at is None and row.tasks_done == 0
+    # a solo pool says at start which device its model work uses and how much memory is free
+    assert re.search(r"worker \d+ device: (cpu|cuda:\d+) \(.+\): [\d.]+ GiB free of [\d.]+ GiB", worker.log()), \
+        worker.log()
     first_seen = row.last_seen
     # the timer beats with no task at all
     wait_until(lambda: WorkerHeartbeat.objects.get(pk=row.pk).last_seen > first_seen, timeout=30, worker=worker)
@@ -131,3 +134,17 @@ def test_a_real_worker_beats_counts_its_tasks_and_says_goodbye(fast_heartbeat_wo
     assert row.stopped_at is not None, worker.log()
     text = home_text(staff)
     assert "no worker seen for" in text and "which shut down" in text and "running" not in text
+
+
+def test_a_prefork_worker_leaves_cuda_to_its_pool_processes_which_log_their_device(caplog):
+    from types import SimpleNamespace
+
+    from celery.concurrency.prefork import TaskPool
+    from celery.concurrency.solo import TaskPool as SoloPool
+
+    assert heartbeat._forks_children(SimpleNamespace(controller=SimpleNamespace(pool_cls=TaskPool)))
+    assert not heartbeat._forks_children(SimpleNamespace(controller=SimpleNamespace(pool_cls=SoloPool)))
+    assert not heartbeat._forks_children(SimpleNamespace())
+    with caplog.at_level("INFO", logger="learner.heartbeat"):
+        heartbeat._on_pool_process_start()
+    assert re.search(r"pool process \d+ device: (cpu|cuda:\d+) .* free of", caplog.text), caplog.text
