@@ -15,6 +15,11 @@ truth); without one, waits ``--poll`` seconds. Midway one fault is injected (``-
   same port (append-only file kept); answers keep coming, the loop sweeper catches up.
 - ``none``.
 
+``--pipeline`` turns the project's ``pipeline`` setting on (two open batches: people label the
+next one while the model trains on the last); the report's utilisation lines (the share of
+``next`` requests that found work, and of the annotators' time spent looking at images) measure
+how long people wait for the model either way.
+
 After the run it waits (up to ``--drain`` s) for the loop to settle and prints: requests served
 per kind, errors by kind, p50/p95/max latency, annotations accepted (201) vs stored (rows),
 batches made vs expected (one per processed batch, no duplicate iteration, every closed batch
@@ -64,6 +69,7 @@ from labeling import importers, membership, services
 from learner.data import load_digits
 
 n_users, copies, batch, out = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+extra = json.loads(sys.argv[5])
 t0 = time.perf_counter()
 users = []
 for i in range(n_users):
@@ -78,7 +84,7 @@ x = np.concatenate([data.x_pool] + [np.clip(data.x_pool.astype(np.int16) + rng.i
 y = np.concatenate([data.y_pool] * copies)
 project = services.create_project(name="soak digits", classes=classes, config={
     "strategy": "robust", "batch_size": batch, "initial_size": batch, "secured_size": 50, "h": 2,
-    "backbone": "flatten", "feature_size": 8, "channels": 1, "n_clusters": 10})
+    "backbone": "flatten", "feature_size": 8, "channels": 1, "n_clusters": 10, **extra})
 report = importers.import_arrays(project=project, images=x, labels=y, upscale=2)
 assert report.ok, report.errors
 membership.set_members(project=project, users=users)
@@ -117,6 +123,8 @@ class Stats:
     latency: dict[str, list[float]] = field(default_factory=lambda: {"next": [], "submit": []})
     status: dict[str, Counter] = field(default_factory=lambda: {"next": Counter(), "submit": Counter()})
     created: int = 0  # 201: an annotation accepted by the server
+    found: int = 0  # next requests answered with an assignment (work found)
+    looked: float = 0.0  # seconds annotators spent looking at images (their busy time)
     resent: int = 0  # 200 on submit: the same answer again (harmless)
     timeline: list[tuple[float, str, int]] = field(default_factory=list)
 
@@ -292,11 +300,14 @@ class Soak:
             if code != 200 or asg is None:
                 await asyncio.sleep(self.args.poll)
                 continue
+            stats.found += 1
             async with truth_lock:  # the simulated annotator looks at the image
                 cur = await truth_conn.execute("SELECT i.ground_truth FROM labeling_assignment a JOIN labeling_item i "
                                                "ON i.id = a.item_id WHERE a.id = %s", (asg["id"],))
                 row = await cur.fetchone()
-            await asyncio.sleep(rng.uniform(0.5, 1.5) * self.args.think)
+            look = rng.uniform(0.5, 1.5) * self.args.think
+            stats.looked += min(look, max(deadline - time.perf_counter(), 0.0))
+            await asyncio.sleep(look)
             start = time.perf_counter()
             try:
                 async with session.post(base + SUBMIT_URL.format(id=asg["id"]), headers=headers,
@@ -356,7 +367,8 @@ class Soak:
         state, stop = q("SELECT state, stop_reason FROM labeling_project WHERE id = %s", (project,))[0]
         closed = sum(1 for _, _, c in batches if c)
         iterations = [i for i, _, _ in batches]
-        expected = closed + (0 if state == "finished" else 1)  # each processed batch opens exactly one next
+        # each processed batch opens exactly one next; pipeline keeps two open (the start opens two)
+        expected = closed + (0 if state == "finished" else 2 if self.args.pipeline else 1)
         logs = "".join(p.read_text(errors="replace") for p in sorted(self.tmp.glob("*.log")))
         enq = Counter(ENQUEUED.findall(logs))
         not_enq = len(NOT_ENQUEUED.findall(logs))
@@ -387,12 +399,19 @@ class Soak:
             print(f"| {kind:8} | {all_req[kind]:7d} | {ok:7d} | {errs or 'none':28} | {pct(lat, 50):7.1f} | "
                   f"{pct(lat, 95):7.1f} | {max(lat) if lat else float('nan'):8.1f} |")
         total = sum(all_req.values())
+        nexts = sum(n for s, n in stats.status["next"].items() if s == 200)
         print(f"\n  requests served: {total} ({total / elapsed:.1f}/s)")
+        print(f"  utilisation: {stats.found} of {nexts} next requests found work "
+              f"({100 * stats.found / max(nexts, 1):.1f} %); annotators spent {stats.looked:.0f} of "
+              f"{self.args.users * elapsed:.0f} annotator-seconds looking at images "
+              f"({100 * stats.looked / max(self.args.users * elapsed, 1e-9):.1f} %); "
+              f"{stats.created / elapsed:.2f} labels/s; pipeline {'on' if self.args.pipeline else 'off'}, "
+              f"batch {self.args.batch}, think {self.args.think:g} s")
         print(f"  annotations accepted (201): {stats.created}; stored rows: {stored}; "
               f"{'EQUAL' if stored == stats.created else 'MISMATCH'} (same answer re-sent, 200: {stats.resent})")
         print(f"  batches made: {len(batches)} (iterations {iterations[0] if iterations else '-'}.."
               f"{iterations[-1] if iterations else '-'}, closed {closed}); expected {expected} "
-              f"(closed + the open one); iterations contiguous: {iterations == list(range(len(iterations)))}; "
+              f"(closed + the open {'two' if self.args.pipeline else 'one'}); iterations contiguous: {iterations == list(range(len(iterations)))}; "
               f"one metric per closed batch: {metric_ok}")
         print(f"  loop-task sends: {sum(enq.values())} for {steps} loop steps (a batch with re-annotation takes "
               f"two); sends beyond one per step: {extra}; failed sends (broker down): {not_enq}")
@@ -413,7 +432,7 @@ class Soak:
             self.start_redis()
             out = self.tmp / "setup.json"
             self.django(str(self.args.users), str(self.args.copies), str(self.args.batch), str(out),
-                        script=SETUP_SCRIPT)
+                        json.dumps({"pipeline": True} if self.args.pipeline else {}), script=SETUP_SCRIPT)
             data = json.loads(out.read_text())
             log(f"project {data['project']}: {data['items']} digits images, {self.args.users} annotators "
                 f"(setup {data['seconds']} s)")
@@ -444,6 +463,7 @@ def main(argv=None) -> int:
     p.add_argument("--copies", type=int, default=3, help="the digits pool (1,797 images) this many times, noised")
     p.add_argument("--think", type=float, default=1.0, help="mean seconds an annotator looks at an image")
     p.add_argument("--poll", type=float, default=1.0, help="seconds between next/ polls when there is no work")
+    p.add_argument("--pipeline", action="store_true", help="the project's pipeline setting on (two open batches)")
     p.add_argument("--web-workers", type=int, default=2)
     p.add_argument("--drain", type=float, default=120.0, help="max seconds to wait for the loop afterwards")
     p.add_argument("--pg-url", default=os.environ.get("ROBUSTAL_SOAK_PG_URL", "postgres://postgres@127.0.0.1:5432/postgres"))
