@@ -450,7 +450,9 @@ def pairs_section(docs: Path) -> list[str]:
         first = next(iter(r["scenarios"].values()))
         mapping = ", ".join(f"{a} → {b}" for a, b in (r.get("mapping") or {}).items())
         lines += ["", f"**{' / '.join(targets)}** — full report: [{r['results_name']}.md]({r['results_name']}.md) "
-                      f"(finished {r['finished']}, {r['total_s'] / 60:.1f} min in all). Backbone "
+                      f"(finished {r['finished']}, {r['total_s'] / 60:.1f} min of runs"
+                      + (f" after {meta['train_time_s'] / 60:.1f} min of pretraining" if meta.get("train_time_s") else "")
+                      + "). Backbone "
                       f"`{meta.get('name', '?')}` ({meta.get('epochs', '?')} epochs on "
                       f"{', '.join(meta.get('source_classes') or ['?'])}; source test accuracy "
                       f"{100 * (meta.get('source_test_accuracy') or float('nan')):.1f} %); desired accuracy "
