@@ -18,7 +18,8 @@ truth); without one, waits ``--poll`` seconds. Midway one fault is injected (``-
 ``--pipeline`` turns the project's ``pipeline`` setting on (two open batches: people label the
 next one while the model trains on the last); the report's utilisation lines (the share of
 ``next`` requests that found work, and of the annotators' time spent looking at images) measure
-how long people wait for the model either way.
+how long people wait for the model either way. ``--batch-per-annotator N`` sets the project's
+``batch_per_annotator`` (each batch a step opens holds N items per annotator working).
 
 After the run it waits (up to ``--drain`` s) for the loop to settle and prints: requests served
 per kind, errors by kind, p50/p95/max latency, annotations accepted (201) vs stored (rows),
@@ -406,7 +407,9 @@ class Soak:
               f"{self.args.users * elapsed:.0f} annotator-seconds looking at images "
               f"({100 * stats.looked / max(self.args.users * elapsed, 1e-9):.1f} %); "
               f"{stats.created / elapsed:.2f} labels/s; pipeline {'on' if self.args.pipeline else 'off'}, "
-              f"batch {self.args.batch}, think {self.args.think:g} s")
+              f"batch {self.args.batch}"
+              f"{f' (or {self.args.batch_per_annotator} per active annotator)' if self.args.batch_per_annotator else ''}"
+              f", think {self.args.think:g} s")
         print(f"  annotations accepted (201): {stats.created}; stored rows: {stored}; "
               f"{'EQUAL' if stored == stats.created else 'MISMATCH'} (same answer re-sent, 200: {stats.resent})")
         print(f"  batches made: {len(batches)} (iterations {iterations[0] if iterations else '-'}.."
@@ -432,7 +435,9 @@ class Soak:
             self.start_redis()
             out = self.tmp / "setup.json"
             self.django(str(self.args.users), str(self.args.copies), str(self.args.batch), str(out),
-                        json.dumps({"pipeline": True} if self.args.pipeline else {}), script=SETUP_SCRIPT)
+                        json.dumps({**({"pipeline": True} if self.args.pipeline else {}),
+                                    **({"batch_per_annotator": self.args.batch_per_annotator}
+                                       if self.args.batch_per_annotator else {})}), script=SETUP_SCRIPT)
             data = json.loads(out.read_text())
             log(f"project {data['project']}: {data['items']} digits images, {self.args.users} annotators "
                 f"(setup {data['seconds']} s)")
@@ -464,6 +469,9 @@ def main(argv=None) -> int:
     p.add_argument("--think", type=float, default=1.0, help="mean seconds an annotator looks at an image")
     p.add_argument("--poll", type=float, default=1.0, help="seconds between next/ polls when there is no work")
     p.add_argument("--pipeline", action="store_true", help="the project's pipeline setting on (two open batches)")
+    p.add_argument("--batch-per-annotator", type=int, default=None,
+                   help="the project's batch_per_annotator: the loop opens batches of max(--batch, N x the "
+                        "annotators working); those start opens keep --batch")
     p.add_argument("--web-workers", type=int, default=2)
     p.add_argument("--drain", type=float, default=120.0, help="max seconds to wait for the loop afterwards")
     p.add_argument("--pg-url", default=os.environ.get("ROBUSTAL_SOAK_PG_URL", "postgres://postgres@127.0.0.1:5432/postgres"))

@@ -22,7 +22,7 @@ GROUPS = (
 )
 
 # Read by every loop step and only bounding or sizing what comes next: safe to change while labeling.
-LIVE_EDITABLE = ("batch_size", "budget", "target", "tau")
+LIVE_EDITABLE = ("batch_size", "batch_per_annotator", "budget", "target", "tau")
 
 _FIXED_AT_START = "used once, when labeling started"
 _METHOD = "changing the method halfway would mix two methods in one run"
@@ -65,6 +65,11 @@ _INFO = {
                  "diversity; random: the baseline.", _METHOD),
     "batch_size": ("loop", "Batch size", "Items queried per iteration; each gets one first label. Re-annotations "
                    "come on top."),
+    "batch_per_annotator": ("loop", "Batch per annotator", "Each new batch holds this many items per annotator "
+                            "working now (members who answered or held an item within the last lease), and never "
+                            "fewer than the batch size; the budget still caps it. E.g. 6 per person keeps 50 people "
+                            "busy while the model trains (measured with pipelined batches and people who take 3 s "
+                            "per image); see docs/reliability.md. The batches start opens keep their set sizes.", "", "off: every batch has the batch size"),
     "initial_size": ("loop", "First batch", "Items drawn at random and labeled before the first model exists "
                      "(batch 0).", _FIXED_AT_START),
     "secured_size": ("loop", "Secured set", "Items set aside at start and labeled by h annotators in agreement (or "

@@ -34,7 +34,7 @@ from learner import engine, live
 from learner.trust import LabelerTrust, Status
 
 from . import features as feature_cache
-from . import history, notifications, selectors
+from . import history, notifications, queue, selectors
 from .models import Annotation, Assignment, IterationMetric, LabelerProfile, Project, QueryBatch
 from . import workflow
 from .services import _assign_first_labels, release_open_work
@@ -74,7 +74,8 @@ def engine_state(project: Project, batch: QueryBatch) -> tuple[engine.EngineStat
     """The engine's state of ``project`` with ``batch`` open, read from the database.
 
     Only the answers of ``batch`` and the batches before it count: a younger batch's answers
-    (pipeline) are not part of the state; its items are ``pending``."""
+    (pipeline) are not part of the state; its items are ``pending``. With ``batch_per_annotator``
+    the people working now (:func:`labeling.queue.active_labeler_count`) are ``active_labelers``."""
     through = batch.iteration
     pool = selectors.pool_labels(project, through=through)
     firsts = (Annotation.objects.filter(assignment__batch__project=project, discard__isnull=True,
@@ -107,7 +108,8 @@ def engine_state(project: Project, batch: QueryBatch) -> tuple[engine.EngineStat
         artificial=live.load_artificial(feature_cache.artificial_path(project, k) for k in range(batch.iteration + 1)),
         perturbations={int(k): (math.inf if v is None else float(v)) for k, v in (carry.get("perturbations") or {}).items()},
         previous_secured_accuracy=prev.secured_accuracy if prev else None,
-        reported_pairs=history.reported_pairs(project), carry=carry, pending=pending_items(project, batch))
+        reported_pairs=history.reported_pairs(project), carry=carry, pending=pending_items(project, batch),
+        active_labelers=queue.active_labeler_count(project) if project.live_config.batch_per_annotator else None)
     return state, pool
 
 

@@ -35,6 +35,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.db import IntegrityError, connection, transaction
+from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
 from . import selectors
@@ -242,6 +243,21 @@ def release_claims(*, user, project: Project | None = None) -> int:
     return released
 
 
+def active_labeler_count(project: Project, *, now=None) -> int:
+    """Members of ``project`` working now, at least 1 (``LiveConfig.batch_per_annotator`` sizes
+    the next batch by it): active annotators, neither suspended nor flagged, who answered or
+    skipped one of its items within the last lease, or hold a claim in it whose lease runs (taken
+    or renewed within the last lease). One query."""
+    now = now or timezone.now()
+    since = now - timedelta(seconds=lease_seconds())
+    recent = Assignment.objects.filter(labeler=OuterRef("pk"), batch__project=project).filter(
+        Q(completed_at__gte=since) | Q(status=Assignment.Status.OPEN, lease_until__gte=now))
+    working = (selectors.annotators().filter(project_memberships__project=project)
+               .exclude(labeler_profile__is_suspended=True).exclude(labeler_profile__is_flagged=True)
+               .filter(Exists(recent)))
+    return max(working.count(), 1)
+
+
 def someone_else_may_take(asg: Assignment, user, project: Project) -> bool:
     """Whether an eligible member of ``project`` other than ``user`` may claim ``asg``'s item in its batch."""
     others = set(selectors.eligible_labelers(project)) - selectors.item_holders(asg) - {user.pk}
@@ -261,4 +277,5 @@ def requeue(asg: Assignment) -> Assignment:
     return copy
 
 
-__all__ = ["Work", "lease_seconds", "next_work", "release_claims", "someone_else_may_take", "requeue"]
+__all__ = ["Work", "active_labeler_count", "lease_seconds", "next_work", "release_claims", "someone_else_may_take",
+           "requeue"]

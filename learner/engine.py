@@ -21,7 +21,8 @@ One iteration (paper Fig. 2, our choices marked in ``docs/method.md``):
 4. Finish: Dawid-Skene confusion check, each labeler's status from the evidence
    (:func:`learner.trust.assess`): a newly flagged labeler's unchecked labels are re-annotated
    (a targeted audit, back to 3); a suspended labeler's unverified labels leave D. Then the stop
-   rules (budget, target on S, tau, pool exhausted) and the next batch with its assignees.
+   rules (budget, target on S, tau, pool exhausted) and the next batch with its assignees (its
+   size: :func:`batch_size_for`, which may follow the number of active labelers).
 """
 from __future__ import annotations
 
@@ -120,6 +121,10 @@ class EngineState:
     # LiveConfig.pipeline: the batch people label while this one is processed (chosen by the step
     # before; its answers are not part of this state and its items cost their first label already)
     pending: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    # LiveConfig.batch_per_annotator: how many people are working now, counted by the driver (the
+    # web app: members who answered or held a claim within the last lease; learner.loop: its
+    # eligible labelers). Required when that setting is on, ignored when it is off
+    active_labelers: int | None = None
 
     @property
     def labeled(self) -> np.ndarray:
@@ -494,6 +499,16 @@ def _after_redundancy(cfg, pool: Pool, state: EngineState, plan: Plan):
     return _train(cfg, pool, state)
 
 
+def batch_size_for(cfg: live.LiveConfig, active: int | None) -> int:
+    """Items of a new batch before the budget: ``batch_size``, or with ``batch_per_annotator``
+    ``max(batch_size, batch_per_annotator * active)`` (at least one person counted)."""
+    if cfg.batch_per_annotator is None:
+        return cfg.batch_size
+    if active is None:
+        raise ValueError("batch_per_annotator is set but the driver passed no EngineState.active_labelers")
+    return max(cfg.batch_size, cfg.batch_per_annotator * max(int(active), 1))
+
+
 def _budget_left(cfg, state: EngineState) -> int:
     """Labels that may still be bought (a pending batch's first labels are spent already)."""
     if cfg.budget is None:
@@ -696,7 +711,7 @@ def _finish(cfg, pool: Pool, state: EngineState, previous, model, plan: Plan) ->
     elif cfg.tau is not None and min_pert is not None and min_pert > cfg.tau:
         plan.stop = "tau"
     if not plan.stop:
-        k = min(cfg.batch_size, budget_left // per_item)
+        k = min(batch_size_for(cfg, state.active_labelers), budget_left // per_item)
         blocked = state.labeled | state.secured | state.discarded
         blocked[state.pending] = True
         chosen = live.select_batch(cfg, pool.features, blocked, state.labels, model, k,
@@ -720,4 +735,4 @@ def _finish(cfg, pool: Pool, state: EngineState, previous, model, plan: Plan) ->
 
 
 __all__ = ["EngineState", "Plan", "Pool", "Request", "StartPlan", "start", "step", "secured_label", "seed_of",
-           "policy_of", "LABELING", "REANNOTATION"]
+           "policy_of", "batch_size_for", "LABELING", "REANNOTATION"]

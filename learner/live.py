@@ -71,6 +71,10 @@ class LiveConfig:
     # one trains (nobody waits for the model; learner.engine, EngineState.pending). Both drivers run
     # it: learner.loop and the web app (labeling.loop_step: two open batches)
     pipeline: bool = False
+    # each new batch holds max(batch_size, batch_per_annotator * active annotators) items, budget
+    # permitting; the drivers count who is working (EngineState.active_labelers: the web app, members
+    # who answered or held a claim within the last lease; learner.loop, its eligible labelers). null: off
+    batch_per_annotator: int | None = None
     # audit a contradicted label when it is more than this likely to be wrong given its labeler's
     # record (learner.engine.posterior_threshold; replaces audit_confidence(_proven)); null: off
     audit_posterior: float | None = None
@@ -171,6 +175,7 @@ class LiveConfig:
             raise ValueError(f"strategy must be one of {STRATEGY_NAMES}, got {self.strategy!r}")
         _int("batch_size", 1, 100_000)
         _int("initial_size", 1, 100_000)
+        _int("batch_per_annotator", 1, 100_000, none_ok=True)
         _int("secured_size", 0, 100_000)
         _float("epsilon", 0.0, 1.0)
         _int("h", 1, 50)

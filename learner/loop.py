@@ -48,6 +48,7 @@ class LoopConfig:
     recheck: bool = True  # ours: audit earlier standing labels the newer model contradicts
     secured_evidence: bool = True  # ours: S votes (consensus verification) count in the refuted-label test
     pipeline: bool = False  # people label the next batch (chosen by F_{i-1}) while F_i trains
+    batch_per_annotator: int | None = None  # batches of max(batch_size, this x eligible labelers)
     audit_posterior: float | None = None  # ours: audit where a label is this likely wrong (engine.posterior_threshold)
     reannotation: str = "adaptive"  # ours: ask one re-annotator first, the others only on a disagreement
     augment: tuple[str, ...] | None = None  # subset of ATTACKS (None: all for robust, none otherwise)
@@ -96,7 +97,7 @@ class LoopConfig:
             secured_size=self.secured_size, epsilon=t.epsilon, h=t.h, budget=self.budget, target=None,
             tau=self.tau, defenses=self.defenses, audit_confidence=self.audit_confidence,
             audit_confidence_proven=self.audit_confidence_proven, audit_proven_after=self.audit_proven_after,
-            recheck=self.recheck, secured_evidence=self.secured_evidence, augment_space=self.augment_space, pipeline=self.pipeline, audit_posterior=self.audit_posterior, reannotation=self.reannotation, augment=None if self.augment is None else tuple(self.augment),
+            recheck=self.recheck, secured_evidence=self.secured_evidence, augment_space=self.augment_space, pipeline=self.pipeline, batch_per_annotator=self.batch_per_annotator, audit_posterior=self.audit_posterior, reannotation=self.reannotation, augment=None if self.augment is None else tuple(self.augment),
             augment_weight=self.augment_weight, noise_variance=self.noise_variance, overshoot=self.overshoot,
             n_clusters=self.n_clusters, candidate_factor=self.candidate_factor, robust_pick=self.robust_pick,
             robust_size_weight=self.robust_size_weight, robust_fragile_top=self.robust_fragile_top,
@@ -254,6 +255,12 @@ class _Run:
             suspended=[i for i, t in st.trust.items() if t.status is Status.SUSPENDED],
             bought_by_kind=split, craft_failed=int(m.get("craft_failed", 0))))
 
+    def step(self, previous) -> engine.Plan:
+        """One engine step. The people working are the eligible labelers: the simulated ones answer
+        everything they are asked (``LiveConfig.batch_per_annotator`` sizes the next batch by them)."""
+        self.state.active_labelers = len(self.state.eligible())
+        return engine.step(self.ecfg, self.pool, self.state, previous_model=previous)
+
     def evaluate(self, model: LinearHead) -> float:
         return accuracy(model, self.data.test_features, self.data.test_labels)
 
@@ -280,12 +287,12 @@ class _Run:
         previous, stop, model = None, "", None
         while True:
             iteration = st.iteration
-            plan = engine.step(self.ecfg, self.pool, st, previous_model=previous)
+            plan = self.step(previous)
             while not plan.closed:
                 for req in plan.requests:
                     kind = "redundant" if self.ecfg.redundancy > 1 else "reannotation"
                     req.votes += [self.ask(v, req.item, kind) for v in req.new_voters]
-                plan = engine.step(self.ecfg, self.pool, st, previous_model=previous)
+                plan = self.step(previous)
             # pipeline: st.batch is now the batch people were labeling while this step ran
             self.record(plan, iteration, in_flight=len(st.batch) if pipeline else 0)
             model = previous = plan.model

@@ -165,3 +165,44 @@ def test_votes_on_the_secured_set_count_against_their_voter():
     from learner.trust import TrustPolicy, refutation_pvalue
     assert refutation_pvalue(gold[3], 2, TrustPolicy()) < TrustPolicy().flag_alpha
     assert refutation_pvalue(gold[0], 2, TrustPolicy()) == 1.0
+
+
+def test_batch_per_annotator_sizes_the_next_batch_by_the_active_labelers(setup):
+    """The step's next batch: max(batch_size, batch_per_annotator x active), budget permitting;
+    ``active`` is the driver's input (EngineState.active_labelers), required when the setting is on."""
+    x, y, pool = setup
+
+    def next_batch(active, **cfg):
+        cfg = live.LiveConfig(**{"strategy": "margin", "defenses": False, "secured_size": 0, "batch_size": 20,
+                                 **cfg})
+        state = _state(y)
+        state.labels[:100], state.labeler_of[:100], state.batch = y[:100], 0, np.arange(80, 100)
+        state.bought, state.active_labelers = 100, active
+        plan = engine.step(cfg, pool, state, previous_model=None)
+        assert plan.closed and not plan.stop
+        assert not set(plan.next_items) & set(range(100))
+        return len(plan.next_items)
+
+    assert next_batch(None) == next_batch(50) == 20  # off: the batch size, whoever works
+    assert next_batch(2, batch_per_annotator=6) == 20  # 12 < batch_size
+    assert next_batch(7, batch_per_annotator=6) == 42
+    assert next_batch(0, batch_per_annotator=6) == 20  # nobody counted: one person
+    assert next_batch(50, batch_per_annotator=6, budget=130) == 30  # the budget caps it
+    with pytest.raises(ValueError, match="active_labelers"):
+        next_batch(None, batch_per_annotator=6)
+    assert engine.batch_size_for(live.LiveConfig(batch_size=20, batch_per_annotator=6), 50) == 300
+    for bad in (0, -1, True, 1.5, "6"):
+        with pytest.raises(ValueError, match="batch_per_annotator"):
+            live.LiveConfig.from_dict({"batch_per_annotator": bad})
+    assert live.LiveConfig.from_dict({"batch_per_annotator": None}).batch_per_annotator is None
+
+
+def test_the_simulator_sizes_batches_by_its_eligible_labelers(digits):
+    """``learner.loop`` passes its eligible labelers (they answer everything): 11 x 5 = 55 per batch."""
+    x, y, xt, yt = digits
+    data = LoopData(x, y, xt, yt, 10)
+    run = run_loop(data, LoopConfig(strategy="margin", budget=200, batch_per_annotator=5),
+                   LabelerPool.build(10, n_labelers=11, error_rate=0.0), seed=0)
+    assert [h.labels_bought for h in run.history] == [20, 75, 130, 185, 200]
+    fixed = run_loop(data, LoopConfig(strategy="margin", budget=100), LabelerPool.build(10, error_rate=0.0), seed=0)
+    assert [h.labels_bought for h in fixed.history] == [20, 40, 60, 80, 100]

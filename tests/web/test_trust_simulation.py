@@ -36,20 +36,25 @@ def test_the_malicious_labeler_is_flagged_and_suspended_within_a_few_batches(lab
         assert not LabelerProfile.objects.get(user_id=uid).is_suspended
 
 
-@pytest.mark.parametrize("reannotation,pipeline", [("adaptive", False), ("parallel", False), ("adaptive", True)],
-                         ids=["adaptive", "parallel", "pipeline"])
-def test_parity_the_web_loop_and_the_simulator_buy_the_same_labels(labeling_dirs, reannotation, pipeline):
+@pytest.mark.parametrize("reannotation,pipeline,per_annotator",
+                         [("adaptive", False, None), ("parallel", False, None), ("adaptive", True, None),
+                          ("adaptive", True, 4)], ids=["adaptive", "parallel", "pipeline", "pipeline-per-annotator"])
+def test_parity_the_web_loop_and_the_simulator_buy_the_same_labels(labeling_dirs, reannotation, pipeline,
+                                                                   per_annotator):
     """The same digits pool (the web project's own features), seeds, settings and labelers:
     the live services and ``learner.loop.run_loop`` buy the same labels after every step.
 
     ``pipeline``: the web labelers answer the younger batch before every loop step on the older
-    one (as people do while the model trains); the simulator labels it after the step."""
+    one (as people do while the model trains); the simulator labels it after the step.
+    ``per_annotator`` (``batch_per_annotator``): every eligible labeler answers in every batch, so
+    the web app's count of members working (answered within the lease, not flagged) is the
+    simulator's count of eligible labelers."""
     from labeling import features
     from learner.loop import LoopConfig, LoopData, run_loop
     from learner.oracles import LabelerPool
 
     web = simulation.run(seed=3, max_batches=50, config={"reannotation": reannotation, "budget": 300,
-                                                         "pipeline": pipeline})
+                                                         "pipeline": pipeline, "batch_per_annotator": per_annotator})
     # the shared queue handed every item to the labeler the engine planned (the simulator asks them)
     assert web.answers > 0 and web.off_plan == 0, (web.answers, web.off_plan)
     project = Project.objects.get(pk=web.project_id)
@@ -58,12 +63,20 @@ def test_parity_the_web_loop_and_the_simulator_buy_the_same_labels(labeling_dirs
     data = LoopData(pool_features=feats, pool_labels=truth, test_features=feats[:10], test_labels=truth[:10],
                     n_classes=3)
     cfg = LoopConfig(strategy="robust", batch_size=30, initial_size=30, secured_size=30, n_clusters=5,
-                     reannotation=reannotation, budget=300, pipeline=pipeline)
+                     reannotation=reannotation, budget=300, pipeline=pipeline, batch_per_annotator=per_annotator)
     sim = run_loop(data, cfg, LabelerPool.build(3, n_labelers=11, n_malicious=1, mapping={0: 2}), seed=3)
     bought = [h.labels_bought for h in sim.history]
-    print(f"\nparity ({reannotation}{', pipeline' if pipeline else ''}): web {web.bought_per_iteration} / "
+    print(f"\nparity ({reannotation}{', pipeline' if pipeline else ''}"
+          f"{f', {per_annotator} per annotator' if per_annotator else ''}): web {web.bought_per_iteration} / "
           f"simulator {bought}")
     assert web.bought_per_iteration == bought
+    sizes = [b.assignments.filter(kind="first_label").exclude(status="skipped").count()
+             for b in project.batches.order_by("iteration")]
+    print(f"first labels per batch: {sizes}")
+    if per_annotator:  # the batches the steps opened follow the people working (11 x 4, 10 x 4 once one is blocked)
+        assert 44 in sizes and set(sizes[2:-1]) <= {40, 44}, sizes
+    else:
+        assert set(sizes[:-1]) == {30}, sizes
     # the same verdicts on the same people (web ids in creation order = simulator ids)
     order = sorted(web.malicious_ids + web.honest_ids)
     web_status = {order.index(p.user_id): ("suspended" if p.is_suspended else "flagged" if p.is_flagged else "active")

@@ -70,6 +70,8 @@ class Command(BaseCommand):
         lp = parser.add_argument_group("loop (algorithm.md)")
         lp.add_argument("--initial", type=int, default=20, help="m, initial random labels")
         lp.add_argument("--batch", type=int, default=20)
+        lp.add_argument("--batch-per-annotator", type=int, default=None,
+                        help="batches of max(--batch, this x eligible labelers) (LiveConfig.batch_per_annotator)")
         lp.add_argument("--budget", type=int, default=None, help="labels in all (default: pool size)")
         lp.add_argument("--target", type=float, default=None, help="default: full-pool accuracy")
         lp.add_argument("--tau", type=float, default=None)
@@ -128,6 +130,7 @@ class Command(BaseCommand):
             trust.h  # validates p_h and p_1
             loop = LoopConfig(
                 initial_size=o["initial"], batch_size=o["batch"], budget=o["budget"], tau=o["tau"],
+                batch_per_annotator=o["batch_per_annotator"],
                 defenses={"auto": None, "on": True, "off": False}[o["defenses"]],
                 secured_size=o["secured_size"],
                 secured_verification=o["secured_verification"],
