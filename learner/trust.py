@@ -65,11 +65,19 @@ class TrustPolicy:
     suspend_alpha: float = 1e-4  # suspend at once when they are this improbable
     audit_alpha: float = 0.01  # after a targeted audit: suspend when recent runs stay this improbable
     window: int = 20  # the longest recent run scanned besides all labels (see scan_lengths)
+    # suspensions test against this many times the honest error rate (ours): a suspension needs a
+    # record implausible for someone who errs twice as often as P_1 allows, not just an unlucky run
+    suspend_error_factor: float = 2.0
     decrease: str = "ours"  # trust_decrease's rule: "ours" or "paper" (docs/method.md, measured)
 
     @property
     def h(self) -> int:
         return required_labelers(self.p_h, self.p_1)
+
+    @property
+    def suspend_error(self) -> float:
+        """The error rate the suspension tests assume for an honest labeler."""
+        return min(0.5, self.suspend_error_factor * (1.0 - self.p_1))
 
     @property
     def scan_lengths(self) -> tuple[int, ...]:
@@ -238,7 +246,8 @@ def audit_threshold(state: LabelerTrust, confidence: float, proven_confidence: f
 
 
 def refutation_pvalue(history: list[tuple[int, int | None]], n_classes: int, policy: TrustPolicy,
-                      lengths: tuple[int, ...] | None = None, *, distinct: bool = True) -> float:
+                      lengths: tuple[int, ...] | None = None, *, distinct: bool = True,
+                      error: float | None = None) -> float:
     """How improbable a labeler's refuted first labels are for an honest labeler (a scan test).
 
     ``history``: one ``(given label, consensus label or None)`` per first label, in the order
@@ -251,10 +260,11 @@ def refutation_pvalue(history: list[tuple[int, int | None]], n_classes: int, pol
     number of distinct tests (Bonferroni; a run longer than the labels there are is the same test
     as all of them, so a short record is not charged for tests it cannot have), is returned.
     ``distinct=False`` charges every scanned length for all labels and every class (the
-    conservative count that suspensions use; ours). A mapping a -> b is caught in class a, where
+    conservative count that suspensions use; ours); ``error`` replaces ``1 - P_1`` (suspensions
+    use :attr:`TrustPolicy.suspend_error`). A mapping a -> b is caught in class a, where
     every label is refuted; a spammer overall. ``lengths=(0,)`` tests the whole record only.
     """
-    honest_error = 1.0 - policy.p_1
+    honest_error = 1.0 - policy.p_1 if error is None else float(error)
     true = np.array([g if c is None else c for g, c in history], dtype=np.int64)
     refuted = np.array([c is not None and c != g for g, c in history], dtype=bool)
     if not refuted.any():
@@ -301,9 +311,9 @@ def assess(state: LabelerTrust, history: list[tuple[int, int | None]], n_classes
     cleared : entries of ``history`` an audit or a review already cleared (default ``state.cleared``)
     """
     cleared = state.cleared if cleared is None else cleared
-    # suspensions rest on the conservative count of tests, flags on the sharper one (a flag costs
-    # an audit, a suspension the labeler's work)
-    p = refutation_pvalue(history, n_classes, policy, distinct=False)
+    # suspensions rest on the conservative count of tests and on twice the honest error rate, flags
+    # on the sharper test (a flag costs an audit, a suspension the labeler's work)
+    p = refutation_pvalue(history, n_classes, policy, distinct=False, error=policy.suspend_error)
     if state.status is Status.SUSPENDED:
         return Assessment(Status.SUSPENDED, "", p)
     if p < policy.suspend_alpha:
@@ -318,7 +328,8 @@ def assess(state: LabelerTrust, history: list[tuple[int, int | None]], n_classes
         # (below audit_alpha) and the whole record shows an excess too (below flag_alpha), or when
         # a class mapping persists with the recent runs below flag_alpha; a chance cluster in an
         # honest labeler's short run is diluted in the whole record and maps no class (ours)
-        whole = refutation_pvalue(history, n_classes, policy, lengths=(0,), distinct=False)
+        whole = refutation_pvalue(history, n_classes, policy, lengths=(0,), distinct=False,
+                                  error=policy.suspend_error)
         why = (f"audit done; recent runs p = {p:.1e}, whole record p = {whole:.1e}"
                + ("; a class mapping persists" if pattern else ""))
         if (p < policy.audit_alpha and whole < policy.flag_alpha) or (pattern and p < policy.flag_alpha):
@@ -330,12 +341,12 @@ def assess(state: LabelerTrust, history: list[tuple[int, int | None]], n_classes
 def suggest_review(history: list[tuple[int, int | None]], n_classes: int, systematic: list | tuple,
                    policy: TrustPolicy) -> tuple[str, str]:
     """What the rules suggest to an admin reviewing a flagged labeler: ``("suspend" | "reinstate", why)``."""
-    p = refutation_pvalue(history, n_classes, policy, distinct=False)
+    p = refutation_pvalue(history, n_classes, policy, distinct=False, error=policy.suspend_error)
     k, n = sum(1 for g, c in history if c is not None and c != g), len(history)
     if systematic:
         return "suspend", "systematic confusion " + ", ".join(f"{a} -> {b}" for a, b in systematic)
     if p < policy.flag_alpha:
         return "suspend", (f"{k} refuted of {n} labels is implausible for an honest labeler "
-                           f"(error rate <= {1 - policy.p_1:.3f}; p = {p:.1e})")
+                           f"(error rate <= {policy.suspend_error:.3f}; p = {p:.1e})")
     return "reinstate", (f"{k} refuted of {n} labels is plausible for an honest labeler "
-                         f"(error rate <= {1 - policy.p_1:.3f}; p = {p:.2f}); no systematic confusion")
+                         f"(error rate <= {policy.suspend_error:.3f}; p = {p:.2f}); no systematic confusion")

@@ -67,7 +67,9 @@ def test_rounds_ask_one_labeler_first_or_h_at_once(setup, mode, first_votes):
 def test_a_flagged_labeler_is_audited_then_suspended_and_its_labels_leave(setup):
     x, y, pool = setup
     cfg = live.LiveConfig(h=3, augment=(), secured_size=0, confusion_min_rate=None)
-    state, previous = _batch_with_wrong_labels(cfg, pool, y, wrong=12)
+    # 20 of 40 wrong: implausible even for someone erring twice as often as P_1 allows (a
+    # suspension's standard); 12 of 40 only flags and audits (learner.trust, suspend_error_factor)
+    state, previous = _batch_with_wrong_labels(cfg, pool, y, wrong=20)
     plan = engine.step(cfg, pool, state, previous_model=previous)
     for _ in range(6):
         if plan.closed:

@@ -152,3 +152,16 @@ def test_paper_decrease_is_inverse_to_the_model_confidence():
     assert trust_decrease(0.5, 0.1, rule="paper", prob_consensus_label=0.5) == pytest.approx(0.1)
     with pytest.raises(ValueError):
         trust_decrease(0.5, 0.1, rule="magic")
+
+
+def test_suspension_needs_a_record_implausible_at_twice_the_honest_error_rate():
+    policy = TrustPolicy()
+    assert policy.suspend_error == pytest.approx(2 * (1 - policy.p_1))
+    unlucky = [(0, None)] * 6 + [(1, 0)] * 5  # 5 refuted of 11: flags, but a suspension needs more
+    state = LabelerTrust(status=Status.FLAGGED)
+    verdict = assess(state, unlucky, 4, systematic=False, unchecked=0, policy=policy)
+    assert refutation_pvalue(unlucky, 4, policy) < policy.flag_alpha
+    assert verdict.status is Status.ACTIVE  # audit done: reinstated
+    spammer = [(0, None)] * 3 + [(1, 0), (2, 3), (3, 1)] * 3  # 9 refuted of 12
+    verdict = assess(LabelerTrust(status=Status.FLAGGED), spammer, 4, systematic=False, unchecked=0, policy=policy)
+    assert verdict.status is Status.SUSPENDED
