@@ -130,7 +130,7 @@ def test_a_round_whose_voters_all_reject_the_label_refutes_it_and_discards_the_i
     assert rnd["outcome"] == "rejected" and rnd["consensus_label"] == int(y[300])
     assert state.discarded[300] and state.labels[300] == -1
     assert state.verdicts[(0, 300)] == int(y[300])  # the label counts as refuted for the tests
-    assert state.trust[0].disagreements == 1
+    assert state.trust[0].trust == 1.0  # but lowers no training weight
 
 
 def test_a_single_confirming_vote_settles_a_round_only_from_a_voter_with_a_clean_record(setup):

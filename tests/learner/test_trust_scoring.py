@@ -32,11 +32,11 @@ def test_resolve_outcomes():
     assert rejected_class([2, 0, 0]) == 0 and rejected_class([2, 0]) == 2
 
 
-def test_a_rejected_round_counts_against_the_labeler():
+def test_a_rejected_round_changes_no_training_weight():
     policy = TrustPolicy()
     state = LabelerTrust()
-    assert apply_outcome(state, Outcome.REJECTED, prob_original=0.1, prob_consensus=0.6, policy=policy) == "disagreement"
-    assert state.checked == 1 and state.disagreements == 1 and state.trust < 1.0
+    assert apply_outcome(state, Outcome.REJECTED, prob_original=0.1, prob_consensus=0.6, policy=policy) is None
+    assert state.checked == 0 and state.trust == 1.0  # the refutation counts in assess (engine verdicts)
 
 
 def test_decrease_shrinks_as_the_model_believes_the_original_label():
