@@ -151,7 +151,8 @@ class EngineState:
     def secured_history(self) -> dict[int, list[tuple[int, int]]]:
         """Per labeler, (their vote, the others' common vote) on each item of S whose other voters
         (at least two) agree, by item index: S doubles as a check of each labeler (ours, at no extra
-        cost). An honest vote is refuted there at most as often as it is wrong, like a first label."""
+        cost). An honest vote is refuted there about as often as it is wrong, like a first label (more
+        often only when both co-voters share a mapping, as colluders do)."""
         votes: dict[int, list[tuple[int, int]]] = {}
         for item, uid, label in self.answers:
             if 0 <= item < len(self.secured) and self.secured[item]:
