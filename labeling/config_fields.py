@@ -180,6 +180,12 @@ _INFO = {
                  _FEATURES),
     "weights": ("model", "Backbone weights", "A weights file for the backbone (empty: its built-in "
                 "initialisation).", _FEATURES, "built-in"),
+    "training_mode": ("model", "Training mode", "head: the backbone stays frozen and only the linear head "
+                      "learns (fast on a CPU worker). finetune: once per iteration the backbone's last stage (the "
+                      "last residual stage of resnet20 and resnet50, the last conv block of smallcnn) learns too, on "
+                      "the labeled items weighted by their annotators' trust, and the pool's features are "
+                      "re-extracted through it; flatten has no stage to train. Runs on a CPU worker, slowly: give "
+                      "the train workers a GPU for large pools or resnet50.", _METHOD),
     "feature_size": ("model", "Input size", "Images are resized to this many pixels a side before feature "
                      "extraction.", _FEATURES),
     "channels": ("model", "Channels", "1: grayscale, 3: colour.", _FEATURES),
@@ -193,6 +199,7 @@ _CHOICES = {
     "strategy": tuple((s, s) for s in STRATEGY_NAMES),
     "reannotation": (("adaptive", "adaptive"), ("parallel", "parallel")),
     "augment_space": tuple((s, s) for s in live.AUGMENT_SPACES),
+    "training_mode": tuple((s, s) for s in live.TRAINING_MODES),
     "pool_defence": tuple((s, s) for s in ("none", *POOL_DEFENCES)),
     "backbone": tuple((s, s) for s in BACKBONE_NAMES),
     "channels": ((1, "1 (grayscale)"), (3, "3 (colour)")),

@@ -84,10 +84,12 @@ def _decode(project: Project, items: list[Item]) -> np.ndarray:
     return out
 
 
-def pixel_crafter(project: Project):
+def pixel_crafter(project: Project, backbone_of=None):
     """The engine's crafter for a project with ``augment_space = "pixel"``: the new labels' images
     through the project's backbone and the current head (:func:`learner.augment.pixel_crafter`,
-    the function ``simulate --augment-space pixel`` uses)."""
+    the function ``simulate --augment-space pixel`` uses). ``backbone_of()`` gives the backbone
+    instead of the project's frozen one (finetune: the fine-tuned stage's,
+    :meth:`learner.finetune.FineTuner.backbone`)."""
     from learner.augment import PixelSettings, pixel_crafter as make
 
     built = []  # the backbone is built on the first call: a re-annotation step crafts nothing
@@ -95,10 +97,114 @@ def pixel_crafter(project: Project):
     def crafter(model, items, labels, seed):
         if not built:
             cfg = project.live_config
-            built.append(make(lambda idx: load_items(project, idx), live.project_backbone(cfg),
+            backbone = backbone_of() if backbone_of is not None else live.project_backbone(cfg)
+            built.append(make(lambda idx: load_items(project, idx), backbone,
                               PixelSettings(tuple(cfg.augmentations), cfg.noise_variance)))
         return built[0](model, items, labels, seed)
     return crafter
+
+
+# --------------------------------------------------------------------------------------
+# training_mode "finetune": the last stage's inputs of the pool, and the fine-tuned stage per iteration
+# --------------------------------------------------------------------------------------
+
+
+def stage_inputs_file(project: Project) -> Path:
+    """``stage-inputs-<key>.npy``: row i = the backbone's last-stage input of item i (same key as the features)."""
+    final = features_file(project)
+    return final.with_name(final.name.replace("features-", "stage-inputs-", 1))
+
+
+def finetune_path(project: Project, iteration: int) -> Path:
+    """The stage fine-tuned when ``iteration`` closed (a torch state_dict)."""
+    return project_cache_dir(project) / f"finetune-{iteration}.pt"
+
+
+def finetune_features_path(project: Project, iteration: int) -> Path:
+    """The pool's features through the stage of ``iteration``."""
+    return project_cache_dir(project) / f"finetune-features-{iteration}.npy"
+
+
+def _stage_chunk(project: Project, start: int, stop: int) -> np.ndarray:
+    from learner.device import pick
+    from learner.finetune import stage_inputs
+
+    return stage_inputs(live.project_backbone(project.live_config), load_images(project, start, stop), device=pick())
+
+
+def write_stage_chunk(project: Project, start: int, stop: int) -> bool:
+    """The last-stage inputs of one chunk (idempotent; the chunk tasks write them next to the
+    features when the project fine-tunes); assembles the file when every chunk is there."""
+    final = stage_inputs_file(project)
+    if final.is_file():
+        return True
+    part = chunk_file(final, start, stop)
+    if not part.is_file():
+        try:
+            live.save_array(part, _stage_chunk(project, start, stop))
+        except OSError:
+            if not final.is_file():
+                raise
+    chunks = [chunk_file(final, s, e) for s, e in chunk_plan(project)]
+    if not all(c.is_file() for c in chunks):
+        return final.is_file()
+    try:
+        arr = np.concatenate([np.load(c) for c in chunks])
+    except OSError:  # assembled and removed by another process
+        if final.is_file():
+            return True
+        raise
+    if len(arr) != project.items.count():
+        raise ValueError(f"assembled {len(arr)} stage-input rows for {project.items.count()} items")
+    live.save_array(final, arr)
+    shutil.rmtree(chunk_dir(final), ignore_errors=True)
+    return True
+
+
+def stage_inputs_for(project: Project) -> np.ndarray:
+    """The pool's last-stage inputs (read-only, memory-mapped), computing missing chunks here."""
+    final = stage_inputs_file(project)
+    for start, stop in chunk_plan(project):
+        if final.is_file():
+            break
+        write_stage_chunk(project, start, stop)
+    return np.load(final, mmap_mode="r")
+
+
+def fine_tuner(project: Project, through: int):
+    """``(tuner, features)``: :class:`learner.finetune.FineTuner` with the stage fine-tuned when
+    iteration ``through`` closed (the backbone's own stage for ``through < 0``) and the pool's
+    features through that stage. Runs on :func:`learner.device.pick`."""
+    import torch
+
+    from learner.device import pick
+    from learner.finetune import FineTuner
+
+    tuner = FineTuner(live.project_backbone(project.live_config), stage_inputs_for(project), device=pick())
+    if through < 0:
+        return tuner, features_for(project)[0]
+    path = finetune_path(project, through)
+    if not path.is_file():
+        log.warning("project %s: fine-tuned stage of iteration %s missing from the cache; starting from the "
+                    "backbone's own stage", project.pk, through)
+        return tuner, features_for(project)[0]
+    tuner.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    fpath = finetune_features_path(project, through)
+    feats = np.load(fpath) if fpath.is_file() else None
+    if feats is None or len(feats) != len(tuner.inputs):
+        feats = tuner.features()
+    return tuner, feats
+
+
+def finetune_refit(project: Project, tuner, iteration: int):
+    """The engine's ``Pool.refit`` for iteration ``iteration``: fine-tunes ``tuner`` and keeps the
+    stage and the pool's new features in the cache (a redelivered step writes the same files)."""
+    from learner.finetune import refit_hook
+
+    def keep(t, feats):
+        live.save_state_dict(finetune_path(project, iteration), t.state_dict())
+        live.save_array(finetune_features_path(project, iteration), feats)
+    return refit_hook(tuner, project.n_classes, after=keep)
 
 
 def compute_chunk(project: Project, start: int, stop: int) -> np.ndarray:
@@ -118,6 +224,8 @@ def write_chunk(project: Project, start: int, stop: int) -> bool:
 
     Returns True when the final features file exists afterwards.
     """
+    if project.live_config.training_mode == "finetune":
+        write_stage_chunk(project, start, stop)
     final = features_file(project)
     if final.is_file():
         return True

@@ -171,18 +171,25 @@ def advance_loop(*, batch_id: int) -> str:
 def _plan(snap: _Snapshot) -> engine.Plan:
     """The heavy part, no lock held: the engine step, the model and crafted rows saved to the cache."""
     features, features_file = feature_cache.features_for(snap.project)
-    crafter = feature_cache.pixel_crafter(snap.project) if snap.cfg.augment_space == "pixel" else None
-    pool = engine.Pool(features=features, n_classes=snap.project.n_classes, cache_key=str(features_file),
-                       crafter=crafter)
+    i = snap.batch.iteration
+    tuner, refit, cache_key = None, None, str(features_file)
+    if snap.cfg.training_mode == "finetune":  # the stage of the last closed iteration, and its features
+        tuner, features = feature_cache.fine_tuner(snap.project, i - 1)
+        refit = feature_cache.finetune_refit(snap.project, tuner, i)
+        cache_key += f"#stage{i - 1}"
+        log.info("project %s batch %s: finetune on %s", snap.project.pk, i, tuner.device)
+    crafter = (feature_cache.pixel_crafter(snap.project, backbone_of=tuner.backbone if tuner else None)
+               if snap.cfg.augment_space == "pixel" else None)
+    pool = engine.Pool(features=features, n_classes=snap.project.n_classes, cache_key=cache_key,
+                       crafter=crafter, refit=refit)
     previous = _previous_model(snap, pool)
     plan = engine.step(snap.cfg, pool, snap.state, previous_model=previous)
-    i = snap.batch.iteration
     if snap.batch.phase == QueryBatch.Phase.LABELING:
         live.save_artificial(feature_cache.artificial_path(snap.project, i), plan.artificial)
     if plan.closed:
         live.save_model(feature_cache.model_path(snap.project, i), plan.model)
         truth = (snap.pool.ground_truth >= 0) & ~snap.pool.secured_items
-        plan.metric["ground_truth_accuracy"] = live.accuracy_on(plan.model, features, snap.pool.ground_truth, truth)
+        plan.metric["ground_truth_accuracy"] = live.accuracy_on(plan.model, pool.features, snap.pool.ground_truth, truth)
         if snap.cfg.pipeline:  # the batch labeled while F_i trained is paid for when F_i is ready (as in simulate)
             plan.metric["labels_bought"] += len(snap.state.batch)
     return plan

@@ -65,6 +65,11 @@ class Pool:
     the feature-space crafting (pixel space, :func:`learner.augment.pixel_crafter`, in both
     drivers); ``train_filter(items, labels) -> keep``
     filters the training set before each training (the dknn defence).
+    ``refit(items, labels, weights, seed) -> features`` (``training_mode = "finetune"``,
+    :func:`learner.finetune.refit_hook`) trains the backbone's last stage on the labeled items
+    once per iteration and returns the pool's new features; the engine then refits the
+    standardizer and trains the iteration's head again on them. With it, a crafted copy is kept
+    as its offset from its item's features and follows the item when the features change.
     """
 
     features: np.ndarray
@@ -73,6 +78,7 @@ class Pool:
     cache_key: str | None = None
     crafter: Callable | None = None
     train_filter: Callable | None = None
+    refit: Callable | None = None
     head: object | None = None  # learner.heads.HeadConfig (None: the default)
 
     def __post_init__(self):
@@ -256,6 +262,8 @@ def step(cfg: live.LiveConfig, pool: Pool, state: EngineState, *, previous_model
     ``previous_model`` is F_{i-1} (None at iteration 0). Deterministic for a given state and
     ``cfg.seed``, so a redelivered task or another driver computes the same plan.
     """
+    if cfg.training_mode == "finetune" and pool.refit is None:
+        raise ValueError("training_mode is 'finetune' but the driver gave the engine no Pool.refit")
     plan = Plan(phase=REANNOTATION)
     if state.phase == LABELING:
         model = _after_labeling(cfg, pool, state, previous_model, plan)
@@ -287,7 +295,10 @@ def _train(cfg: live.LiveConfig, pool: Pool, state: EngineState):
             labels[items[~keep]] = -1  # their artificial copies go too (train_model skips them)
             state.filtered = int((~keep).sum())
     weights = state.weights() if cfg.trust_weights else (labels >= 0).astype(float)
-    return live.train_model(pool.features, labels, weights, pool.n_classes, artificial=state.artificial,
+    artificial = state.artificial
+    if pool.refit is not None:  # offsets from the item's current features (finetune)
+        artificial = {k: pool.features[k] + off for k, off in artificial.items() if 0 <= k < len(labels)}
+    return live.train_model(pool.features, labels, weights, pool.n_classes, artificial=artificial,
                             augment_weight=cfg.augment_weight, standardizer=pool.standardizer,
                             seed=cfg.seed + state.iteration, head=pool.head)
 
@@ -323,6 +334,8 @@ def _after_labeling(cfg, pool: Pool, state: EngineState, previous, plan: Plan):
         rows, perts = live.craft(pool.features, pool.standardizer, previous, labeled_now, state.labels, cfg,
                                  seed=seed_of(cfg, state.iteration, 3))
         failed = sum(1 for v in perts.values() if math.isinf(v))  # no boundary to cross (degenerate head)
+    if pool.refit is not None:  # finetune: kept as offsets, so they follow their item's features
+        rows = {k: np.asarray(r - pool.features[k], dtype=np.float32) for k, r in rows.items()}
     plan.artificial = rows
     state.artificial.update(rows)
     state.perturbations = dict(perts)
@@ -497,6 +510,23 @@ def _after_redundancy(cfg, pool: Pool, state: EngineState, plan: Plan):
                             "consensus_label": int(state.labels[req.item]), "prob_original": None,
                             "prob_consensus": None})
     state.carry["reannotated"] = int(state.carry.get("reannotated", 0)) + len(done)
+    return _train(cfg, pool, state)
+
+
+def _refit(cfg, pool: Pool, state: EngineState, model):
+    """finetune: the backbone's last stage learns from the iteration's final labels (trust
+    weighted); the pool's features, their standardizer and the head follow."""
+    items = np.flatnonzero(state.labels >= 0)
+    if not len(items):
+        return model
+    weights = state.weights() if cfg.trust_weights else (state.labels >= 0).astype(float)
+    from .heads import fit_standardizer
+
+    pool.features = np.asarray(pool.refit(items, state.labels[items], weights[items],
+                                          seed_of(cfg, state.iteration, 6)), dtype=np.float32)
+    pool.standardizer = fit_standardizer(pool.features)
+    if pool.cache_key:  # the strategy's clustering was of the old features
+        pool.cache_key = f"{pool.cache_key.split('#refit')[0]}#refit{state.iteration}"
     return _train(cfg, pool, state)
 
 
@@ -690,6 +720,8 @@ def _finish(cfg, pool: Pool, state: EngineState, previous, model, plan: Plan) ->
             return
     if suspended:
         model = _train(cfg, pool, state)
+    if pool.refit is not None:
+        model = _refit(cfg, pool, state, model)
     s_acc = live.accuracy_on(model, pool.features, state.secured_labels, state.secured_labels >= 0)
     plan.model = model
     min_pert = live.min_perturbation(state.perturbations)

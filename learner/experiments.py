@@ -76,6 +76,14 @@ class ExperimentSpec:
         if self.scenario == "poison" and self.backbone == "flatten":
             raise ValueError("the poison scenario needs a trainable backbone (smallcnn, resnet20, resnet50): "
                              "feature collision optimises through the backbone")
+        if self.loop.training_mode == "finetune":
+            from .live import FINETUNE_BACKBONES
+
+            if self.backbone not in FINETUNE_BACKBONES:
+                raise ValueError(f"training_mode 'finetune' needs a backbone with a trainable last stage "
+                                 f"({', '.join(FINETUNE_BACKBONES)}); {self.backbone!r} has none")
+            if self.scenario == "poison":
+                raise ValueError("training_mode 'finetune' is not supported in the poison scenario")
         if any(not 0 <= w < 1 for w in self.poison_watermarks) or not self.poison_watermarks:
             raise ValueError("poison watermarks must be in [0, 1)")
 
@@ -116,11 +124,13 @@ def prepare_data(spec: ExperimentSpec, progress: bool = False) -> PreparedData:
     for split, images in (("pool", ds.x_pool), ("test", ds.x_test)):
         key = feature_cache_key(ds.fingerprint, spec.backbone, spec.weights, split, extra=extra)
         feats[split] = extract_features(backbone, images, cache_key=key, progress=progress)
+    images_needed = spec.loop.augment_space == "pixel" or spec.loop.training_mode == "finetune"
     data = LoopData(
         pool_features=feats["pool"], pool_labels=ds.y_pool, test_features=feats["test"],
         test_labels=ds.y_test, n_classes=len(ds.classes),
-        pool_images=ds.x_pool if spec.loop.augment_space == "pixel" else None,
-        backbone=backbone if spec.loop.augment_space == "pixel" else None,
+        pool_images=ds.x_pool if images_needed else None,
+        backbone=backbone if images_needed else None,
+        test_images=ds.x_test if spec.loop.training_mode == "finetune" else None,
     )
     prepared = PreparedData(data, tuple(ds.classes), ds.name, ds.fingerprint, time.perf_counter() - start)
     if spec.scenario == "poison":

@@ -32,6 +32,8 @@ BACKBONE_NAMES = ("flatten", "smallcnn", "resnet20", "resnet50")
 RETIRED_SETTINGS = ("flag_below", "suspend_below")
 AGGREGATIONS = ("majority", "dawid_skene")  # learner.aggregation
 AUGMENT_SPACES = ("feature", "pixel")  # learner.augment
+TRAINING_MODES = ("head", "finetune")  # learner.finetune
+FINETUNE_BACKBONES = ("smallcnn", "resnet20", "resnet50")  # = learner.finetune.FINETUNE_BACKBONES
 
 
 # --------------------------------------------------------------------------------------
@@ -101,6 +103,10 @@ class LiveConfig:
     pool_defence: str = "none"
     backbone: str = "flatten"
     weights: str | None = None
+    # "head": frozen backbone, the linear head learns; "finetune": the backbone's last stage learns
+    # too, on the labeled items with their trust weights, once per iteration, and the pool's
+    # features are re-extracted through it (learner.finetune; slow on a CPU worker)
+    training_mode: str = "head"
     feature_size: int = 32
     channels: int = 3
     feature_chunk_size: int = 2000
@@ -245,6 +251,11 @@ class LiveConfig:
             raise ValueError(f"pool_defence must be one of {['none', *POOL_DEFENCES]}, got {self.pool_defence!r}")
         if self.backbone not in BACKBONE_NAMES:
             raise ValueError(f"backbone must be one of {BACKBONE_NAMES}, got {self.backbone!r}")
+        if self.training_mode not in TRAINING_MODES:
+            raise ValueError(f"training_mode must be one of {TRAINING_MODES}, got {self.training_mode!r}")
+        if self.training_mode == "finetune" and self.backbone not in FINETUNE_BACKBONES:
+            raise ValueError(f"training_mode 'finetune' needs a backbone with a trainable last stage "
+                             f"({', '.join(FINETUNE_BACKBONES)}); {self.backbone!r} has none")
 
     def to_dict(self) -> dict:
         out = dataclasses.asdict(self)
@@ -543,6 +554,13 @@ def save_model(path: Path, model) -> None:
     _atomic_write(Path(path), lambda fh: np.savez(fh, **arrays))
 
 
+def save_state_dict(path: Path, state: dict) -> None:
+    """Store a torch state_dict (e.g. a fine-tuned stage, :mod:`learner.finetune`) atomically."""
+    import torch
+
+    _atomic_write(Path(path), lambda fh: torch.save(state, fh))
+
+
 def load_model(path: Path):
     """The head saved by :func:`save_model`, or None when the file is missing."""
     import torch
@@ -630,7 +648,7 @@ def extract(images_uint8: np.ndarray, cfg: LiveConfig) -> np.ndarray:
 
 
 __all__ = [
-    "LiveConfig", "train_model", "accuracy_on", "performance_dropped", "audit", "craft",
+    "LiveConfig", "train_model", "accuracy_on", "save_state_dict", "performance_dropped", "audit", "craft",
     "select_batch", "quarantined_items", "random_items", "spread", "choose_distinct", "save_model", "load_model",
     "save_artificial", "load_artificial", "plan_chunks", "features_key", "assemble_chunks",
     "save_array", "extract", "project_backbone", "rng_for", "min_perturbation", "class_probabilities",

@@ -55,6 +55,7 @@ class LoopConfig:
     augment_space: str = "feature"  # "feature" (exact, frozen backbone) or "pixel" (through it)
     augment_weight: float = 0.1  # ours: 0.25 left some runs just under the target (docs/method.md)
     attack_impl: str = "fast"  # pixel space: "fast" (batched torch) or "art" (reference)
+    training_mode: str = "head"  # "head" (frozen backbone) or "finetune" (its last stage too; learner.finetune)
     overshoot: float = 0.02
     noise_variance: float = 0.3  # paper: variance 0.3 "on the model's input scale"
     n_clusters: int = 10
@@ -84,6 +85,8 @@ class LoopConfig:
             raise ValueError(f"unknown augmentation(s) {sorted(unknown)}; choose from {ATTACKS}")
         if out.augment_space not in ("feature", "pixel"):
             raise ValueError("augment_space must be 'feature' or 'pixel'")
+        if out.training_mode not in live.TRAINING_MODES:
+            raise ValueError(f"training_mode must be one of {live.TRAINING_MODES}, got {out.training_mode!r}")
         if out.secured_verification not in ("admin", "consensus"):
             raise ValueError("secured_verification must be 'admin' or 'consensus'")
         out.engine_config(0)  # validates the rest
@@ -97,7 +100,7 @@ class LoopConfig:
             secured_size=self.secured_size, epsilon=t.epsilon, h=t.h, budget=self.budget, target=None,
             tau=self.tau, defenses=self.defenses, audit_confidence=self.audit_confidence,
             audit_confidence_proven=self.audit_confidence_proven, audit_proven_after=self.audit_proven_after,
-            recheck=self.recheck, secured_evidence=self.secured_evidence, augment_space=self.augment_space, pipeline=self.pipeline, batch_per_annotator=self.batch_per_annotator, audit_posterior=self.audit_posterior, reannotation=self.reannotation, augment=None if self.augment is None else tuple(self.augment),
+            recheck=self.recheck, secured_evidence=self.secured_evidence, augment_space=self.augment_space, training_mode=self.training_mode, pipeline=self.pipeline, batch_per_annotator=self.batch_per_annotator, audit_posterior=self.audit_posterior, reannotation=self.reannotation, augment=None if self.augment is None else tuple(self.augment),
             augment_weight=self.augment_weight, noise_variance=self.noise_variance, overshoot=self.overshoot,
             n_clusters=self.n_clusters, candidate_factor=self.candidate_factor, robust_pick=self.robust_pick,
             robust_size_weight=self.robust_size_weight, robust_fragile_top=self.robust_fragile_top,
@@ -111,7 +114,8 @@ class LoopConfig:
 
 @dataclass
 class LoopData:
-    """Arrays a run needs. ``pool_images``/``classifier_backbone`` only for pixel-space crafting."""
+    """Arrays a run needs. ``pool_images`` and ``backbone`` only for pixel-space crafting and
+    ``finetune`` (which also needs ``test_images``: the test set's features follow the stage)."""
 
     pool_features: np.ndarray
     pool_labels: np.ndarray
@@ -120,6 +124,7 @@ class LoopData:
     n_classes: int
     pool_images: np.ndarray | None = None  # uint8 NHWC
     backbone: object | None = None  # torch module: images [0,1] NCHW -> features
+    test_images: np.ndarray | None = None  # uint8 NHWC (finetune)
     watch_features: np.ndarray | None = None  # e.g. poisoning targets: the final model's predictions are reported
 
 
@@ -173,10 +178,13 @@ class _Run:
         self.data, self.cfg, self.labelers, self.seed = data, config.resolved(), labelers, seed
         self.ecfg = self.cfg.engine_config(seed)
         n = len(data.pool_labels)
+        self.test_features = data.test_features  # follow the stage under finetune
+        self.tuner = self._fine_tuner() if self.cfg.training_mode == "finetune" else None
         self.pool = engine.Pool(features=data.pool_features, n_classes=data.n_classes,
                                 standardizer=fit_standardizer(data.pool_features),
                                 cache_key=f"sim:{id(data)}:{n}", head=self.cfg.head,
                                 crafter=self._pixel_crafter() if self.cfg.augment_space == "pixel" else None,
+                                refit=self._refit() if self.tuner is not None else None,
                                 train_filter=self._train_filter() if self.cfg.defence not in (
                                     None, "none", *POOL_DEFENCES) else None)
         self.state = engine.EngineState(
@@ -197,15 +205,37 @@ class _Run:
         if self.data.pool_images is None or self.data.backbone is None:
             raise ValueError("pixel-space crafting needs the pool's images and the backbone")
         images = self.data.pool_images
-        return pixel_crafter(lambda items: images[items], self.data.backbone,
-                             PixelSettings(tuple(self.cfg.augment), self.cfg.noise_variance, self.cfg.attack_impl))
+        settings = PixelSettings(tuple(self.cfg.augment), self.cfg.noise_variance, self.cfg.attack_impl)
+        if self.tuner is not None:  # finetune: through the current stage (a fresh copy per call)
+            return lambda *args: pixel_crafter(lambda items: images[items], self.tuner.backbone(), settings)(*args)
+        return pixel_crafter(lambda items: images[items], self.data.backbone, settings)
+
+    def _fine_tuner(self):
+        """finetune: the pool's and the test set's last-stage inputs, computed once per run."""
+        from .finetune import FineTuner, stage_inputs
+
+        d = self.data
+        if d.pool_images is None or d.test_images is None or d.backbone is None:
+            raise ValueError("training_mode 'finetune' needs the pool's and the test set's images and the backbone")
+        if d.watch_features is not None:
+            raise ValueError("training_mode 'finetune' does not follow watched features (the poison scenario)")
+        tuner = FineTuner(d.backbone, stage_inputs(d.backbone, d.pool_images))
+        self.test_inputs = stage_inputs(d.backbone, d.test_images)
+        return tuner
+
+    def _refit(self):
+        from .finetune import refit_hook
+
+        def follow(tuner, _features):  # the test set is measured through the same stage
+            self.test_features = tuner.features(self.test_inputs)
+        return refit_hook(self.tuner, self.data.n_classes, after=follow)
 
     def _train_filter(self):
         from .defences import apply_defence
 
         def keep(items, labels):
             mean, scale = self.pool.standardizer
-            return apply_defence(self.cfg.defence, (self.data.pool_features[items] - mean) / scale, labels,
+            return apply_defence(self.cfg.defence, (self.pool.features[items] - mean) / scale, labels,
                                  k=self.cfg.defence_k, n_classes=self.data.n_classes)
         return keep
 
@@ -262,7 +292,7 @@ class _Run:
         return engine.step(self.ecfg, self.pool, self.state, previous_model=previous)
 
     def evaluate(self, model: LinearHead) -> float:
-        return accuracy(model, self.data.test_features, self.data.test_labels)
+        return accuracy(model, self.test_features, self.data.test_labels)
 
     def run(self) -> RunResult:
         st, n = self.state, len(self.data.pool_labels)

@@ -27,10 +27,13 @@ def producer_to(worker):
     from config.celery import app
 
     def reset():
+        from kombu import pools
+
         if app._pool is not None:
             app._pool.force_close_all()
             app._pool = None
         app.amqp._producer_pool = None
+        pools.reset()  # kombu's global producer pools keep the closed connection pool otherwise
 
     saved = app.conf.broker_url, app.conf.broker_transport_options
     app.conf.broker_url, app.conf.broker_transport_options = worker.broker_url, worker.transport_options
@@ -109,3 +112,33 @@ def test_live_loop_on_a_real_worker_over_redis(labeling_dirs, annotators, redis_
         wait_until(lambda: f"process_batch({batch0.pk}): noop" in redis_worker.log(), timeout=60, worker=redis_worker)
         assert QueryBatch.objects.filter(project=project).count() == n_batches
         assert IterationMetric.objects.filter(project=project, iteration=0).count() == 1
+
+
+def test_a_finetune_step_with_pixel_crafting_on_a_real_worker_over_redis(labeling_dirs, annotators, redis_worker):
+    """training_mode finetune (issue 19): the worker fine-tunes the backbone's last stage on the
+    device learner.device picks, crafts pixel-space copies through it, and keeps the stage."""
+    from labeling import features
+
+    with producer_to(redis_worker):
+        project = digits_project(n=30, config={"secured_size": 6, "initial_size": 6, "batch_size": 6, "budget": 40,
+                                               "backbone": "smallcnn", "training_mode": "finetune",
+                                               "augment_space": "pixel", "noise_variance": 0.01})
+        iteration = 0
+        for _ in range(6):  # batch 0 (no model to attack yet), then batch 1: crafted and fine-tuned
+            answer_batch(project)
+            wait_until(labeling_again(project, iteration), timeout=120, worker=redis_worker)
+            iteration = project.iteration
+            if iteration >= 2 or project.state == "finished":
+                break
+        assert iteration >= 2, (project.state, project.stop_reason, redis_worker.log()[-3000:])
+        metric = IterationMetric.objects.get(project=project, iteration=1)
+        assert metric.n_artificial > 0  # crafted from the images through the fine-tuned stage
+        for i in (0, 1):
+            assert features.finetune_path(project, i).is_file()
+            assert features.finetune_features_path(project, i).is_file()
+        frozen = features.features_for(project)[0]
+        import numpy as np
+
+        assert np.abs(np.load(features.finetune_features_path(project, 1)) - frozen).max() > 1e-4
+        log = redis_worker.log()
+        assert "finetune on cpu" in log or "finetune on cuda" in log

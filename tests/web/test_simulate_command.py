@@ -50,6 +50,7 @@ def test_simulate_same_seed_same_numbers(tmp_path):
     (["--dataset", "/no/such/file.npz"], "not found"),
     (["--scenario", "malicious", "--mapping", "cat:dog"], "names classes not in"),
     (["--p1", "1.5"], "strictly between"),
+    (["--training-mode", "finetune"], "trainable last stage"),  # the default backbone is flatten
 ])
 def test_simulate_bad_input_is_a_clear_error(args, message, tmp_path):
     with pytest.raises(CommandError, match=message):

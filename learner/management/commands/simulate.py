@@ -90,6 +90,9 @@ class Command(BaseCommand):
         lp.add_argument("--augment", default="auto", help="cw,deepfool,noise | none | auto (robust only)")
         lp.add_argument("--augment-space", choices=["feature", "pixel"], default="feature")
         lp.add_argument("--attack-impl", choices=["fast", "art"], default="fast")
+        lp.add_argument("--training-mode", choices=["head", "finetune"], default="head",
+                        help="head: frozen backbone, linear head; finetune: the backbone's last stage learns too "
+                             "(once per iteration, trust-weighted; needs smallcnn, resnet20 or resnet50)")
         lp.add_argument("--noise-variance", type=float, default=0.3)
         lp.add_argument("--augment-weight", type=float, default=LoopConfig.augment_weight,
                         help="training weight of an artificial example relative to its source label")
@@ -137,6 +140,7 @@ class Command(BaseCommand):
                 audit_confidence=o["audit_confidence"] if o["audit_confidence"] > 0 else None,
                 reannotation=o["reannotation"],
                 augment=augment, augment_space=o["augment_space"], attack_impl=o["attack_impl"],
+                training_mode=o["training_mode"],
                 noise_variance=o["noise_variance"], augment_weight=o["augment_weight"], n_clusters=o["n_clusters"],
                 candidate_factor=o["candidate_factor"], head=HeadConfig(epochs=o["head_epochs"]), trust=trust,
                 defence=None if o["defence"] == "none" else o["defence"], defence_k=o["defence_k"],
