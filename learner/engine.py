@@ -35,10 +35,10 @@ import numpy as np
 
 from . import live
 from .trust import (LabelerTrust, Outcome, Status, TrustPolicy, apply_confirmation, apply_outcome, assess,
-                    audit_threshold, refutation_pvalue, rejected_class, resolve, resolve_votes)
+                    audit_threshold, refutation_pvalue, rejected_class, resolve, resolve_votes, vote_history)
 
 LABELING, REANNOTATION = "labeling", "reannotation"
-MIN_AUDITOR_PER_CLASS = 5  # verified S labels of every class before a model of S may audit the first batch
+MIN_AUDITOR_PER_CLASS = 3  # verified S labels of every class before a model of S may audit the first batch
 # an adaptive round's single confirming vote settles it only when the voter's own refuted labels
 # are this plausible for an honest labeler (ours: two spammers confirmed each other's wrong labels)
 CONFIRMER_ALPHA = 0.25
@@ -153,6 +153,13 @@ class EngineState:
     def history(self, uid: int) -> list[tuple[int, int | None]]:
         """(given label, consensus of others or None) of each first label of ``uid``, in order."""
         return [(label, self.verdicts.get((uid, item))) for item, label in self.first_labels.get(uid, [])]
+
+    def vote_history(self) -> dict[int, list[tuple[int, int | None, int]]]:
+        """Per labeler, each re-annotation vote on a pool item judged by the item's other answers
+        (:func:`learner.trust.vote_history`), in the order given."""
+        firsts = {(int(item), int(uid)) for uid, given in self.first_labels.items() for item, _ in given}
+        secured = set(np.flatnonzero(self.secured).tolist())
+        return vote_history(self.answers, firsts, exclude=secured)
 
     def secured_history(self) -> dict[int, list[tuple[int, int]]]:
         """Per labeler, (their vote, the others' common vote) on each item of S whose other voters
@@ -554,10 +561,11 @@ def _after_reannotation(cfg, pool: Pool, state: EngineState, previous, plan: Pla
     adaptive = cfg.reannotation == "adaptive"
     load: Counter = Counter()
     done: list[tuple[Request, Outcome, int | None]] = []
+    cast = state.vote_history() if adaptive else {}
     for item in sorted(state.requests):
         req = state.requests[item]
         req.new_voters = []
-        confirms = adaptive and bool(req.asked) and _reliable(state, req.asked[0], pool.n_classes, policy)
+        confirms = adaptive and bool(req.asked) and _reliable(state, req.asked[0], pool.n_classes, policy, cast)
         outcome, keep = resolve_votes(req.label, req.votes, cfg.h, adaptive=confirms)
         if outcome is None:
             need = cfg.h - len(req.votes)
@@ -611,13 +619,16 @@ def _after_reannotation(cfg, pool: Pool, state: EngineState, previous, plan: Pla
     return _train(cfg, pool, state)
 
 
-def _reliable(state: EngineState, uid: int, n_classes: int, policy: TrustPolicy) -> bool:
+def _reliable(state: EngineState, uid: int, n_classes: int, policy: TrustPolicy,
+              cast: dict[int, list] | None = None) -> bool:
     """May ``uid``'s single vote confirm a label (adaptive rounds)? Active, and their own refuted
-    labels not improbable for an honest labeler at :data:`CONFIRMER_ALPHA`."""
+    labels and votes not improbable for an honest labeler at :data:`CONFIRMER_ALPHA` (``cast``:
+    :meth:`EngineState.vote_history`, computed once per step)."""
     trust = state.trust.get(uid)
     if trust is not None and trust.status is not Status.ACTIVE:
         return False
-    return refutation_pvalue(state.history(uid), n_classes, policy) >= CONFIRMER_ALPHA
+    votes = [(g, c) for g, c, _ in (state.vote_history() if cast is None else cast).get(uid, [])]
+    return refutation_pvalue(state.history(uid), n_classes, policy, votes=votes) >= CONFIRMER_ALPHA
 
 
 def _confusion(cfg, pool: Pool, state: EngineState, model, plan: Plan) -> tuple[set[int], set[int]]:
@@ -683,13 +694,14 @@ def _assess_everyone(cfg, state: EngineState, n_classes: int, systematic: set[in
         return flagged, suspended
     pending = {r.original for r in state.requests.values()}
     gold = state.secured_history() if cfg.secured_evidence else {}
+    cast = state.vote_history()
     for uid in sorted(state.trust):
         trust = state.trust[uid]
         unchecked = int((state.labeler_of == uid).sum()) if uid not in pending else 1
         mine = gold.get(uid, [])  # their S votes come first; an audit that cleared them covers those too
         verdict = assess(trust, mine + state.history(uid), n_classes, systematic=uid in systematic,
                          unchecked=unchecked, policy=policy, pattern=uid in patterns,
-                         cleared=len(mine) + trust.cleared if trust.cleared else 0)
+                         cleared=len(mine) + trust.cleared if trust.cleared else 0, votes=cast.get(uid, []))
         if verdict.status is trust.status:
             continue
         trust.status = verdict.status

@@ -247,9 +247,28 @@ def audit_threshold(state: LabelerTrust, confidence: float, proven_confidence: f
     return max(confidence, proven_confidence)
 
 
+def tarone_tests(minimal: list[float], alpha: float) -> int:
+    """Tarone's count of tests for a Bonferroni correction at level ``alpha`` (Tarone 1990).
+
+    A discrete test whose smallest attainable p-value (``minimal``) exceeds ``alpha / K`` can never
+    reject, so it need not be charged: K is the smallest count with at most K tests able to reach
+    ``alpha / K``. The family-wise error stays at most ``alpha``.
+
+    >>> tarone_tests([1e-5, 0.06, 0.06, 0.06], 0.03)
+    1
+    >>> tarone_tests([1e-5, 0.004, 0.06], 0.03)
+    2
+    """
+    for k in range(1, len(minimal) + 1):
+        if sum(1 for pi in minimal if pi <= alpha / k) <= k:
+            return k
+    return max(len(minimal), 1)
+
+
 def refutation_pvalue(history: list[tuple[int, int | None]], n_classes: int, policy: TrustPolicy,
                       lengths: tuple[int, ...] | None = None, *, distinct: bool = True,
-                      error: float | None = None) -> float:
+                      error: float | None = None, alpha: float | None = None,
+                      votes: list[tuple[int, int | None]] | None = None) -> float:
     """How improbable a labeler's refuted first labels are for an honest labeler (a scan test).
 
     ``history``: one ``(given label, consensus label or None)`` per first label, in the order
@@ -265,19 +284,39 @@ def refutation_pvalue(history: list[tuple[int, int | None]], n_classes: int, pol
     conservative count that suspensions use; ours); ``error`` replaces ``1 - P_1`` (suspensions
     use :attr:`TrustPolicy.suspend_error`). A mapping a -> b is caught in class a, where
     every label is refuted; a spammer overall. ``lengths=(0,)`` tests the whole record only.
+
+    ``alpha`` (with ``distinct``): charge only the tests that can reach ``alpha`` at all
+    (:func:`tarone_tests`; ours): a run of one or two labels of a class can never be significant,
+    so a short record is not charged for it. The result is then meant for comparison with that
+    ``alpha`` (the flag test's ``flag_alpha``).
+
+    ``votes``: the labeler's re-annotation votes as ``(vote, verdict or None)``
+    (:meth:`learner.engine.EngineState.vote_history`) add one test, of first labels and votes
+    together over the whole record (ours): a spammer's votes are refuted about as often as its
+    first labels, so its first steps give more evidence than its first labels alone.
     """
     honest_error = 1.0 - policy.p_1 if error is None else float(error)
     true = np.array([g if c is None else c for g, c in history], dtype=np.int64)
     refuted = np.array([c is not None and c != g for g, c in history], dtype=bool)
-    if not refuted.any():
+    votes = list(votes or [])
+    n_cast = len(history) + len(votes)
+    k_cast = int(refuted.sum()) + sum(1 for g, c in votes if c is not None and c != g)
+    if not k_cast:
         return 1.0
     lengths = policy.scan_lengths if lengths is None else lengths
 
-    def runs(n: int) -> int:  # distinct runs among the scanned lengths for n labels
-        return len({min(m, n) if m else n for m in lengths}) if n else 0
+    def runs(n: int) -> set[int]:  # the distinct run lengths among the scanned ones for n labels
+        return {min(m, n) if m else n for m in lengths} if n else set()
 
-    tests = (runs(len(history)) + sum(runs(int((true == a).sum())) for a in range(n_classes))
-             if distinct else len(lengths) * (n_classes + 1))
+    sizes = [r for n in [len(history)] + [int((true == a).sum()) for a in range(n_classes)] for r in runs(n)]
+    if votes:
+        sizes.append(n_cast)
+    if not distinct:
+        tests = len(lengths) * (n_classes + 1) + int(bool(votes))
+    elif alpha is not None:
+        tests = tarone_tests([honest_error ** r for r in sizes], alpha)
+    else:
+        tests = len(sizes)
     best = 1.0
     for mask in [np.ones(len(history), dtype=bool)] + [true == a for a in np.unique(true[refuted])]:
         seq = refuted[mask]
@@ -286,7 +325,44 @@ def refutation_pvalue(history: list[tuple[int, int | None]], n_classes: int, pol
             k = int(part.sum())
             if k:
                 best = min(best, float(binom.sf(k - 1, len(part), honest_error)))
+    if votes:
+        best = min(best, float(binom.sf(k_cast - 1, n_cast, honest_error)))
     return min(1.0, best * tests)
+
+
+def vote_history(answers: list[tuple[int, int, int]], firsts: set[tuple[int, int]], *,
+                 exclude: set[int] = frozenset()) -> dict[int, list[tuple[int, int | None, int]]]:
+    """Per labeler, (their vote, verdict or None, first labels they had given before it) of each
+    re-annotation vote, in the order given (ours).
+
+    ``answers``: (item, labeler, label) of every answer, in the order given; ``firsts``: the
+    (item, labeler) pairs that are first labels (every other answer on a pool item is a vote);
+    ``exclude``: items that are not pool items (the secured set). A vote is judged by the item's
+    other answers (the first label and the other votes): when at least three of them agree on one
+    class, that class is the verdict, and a vote against it is refuted. An honest vote is refuted at
+    most as often as it is wrong, unless three others share a wrong answer (colluders). A round
+    settled by one confirming vote, or whose answers split, judges nobody (None: counted, never
+    refuted), so the test stays conservative.
+    """
+    by_item: dict[int, list[tuple[int, int, int]]] = {}
+    given: Counter = Counter()
+    position: dict[int, int] = {}  # answer index -> first labels its labeler had given before it
+    for k, (item, uid, label) in enumerate(answers):
+        item, uid = int(item), int(uid)
+        position[k] = given[uid]
+        if (item, uid) in firsts:
+            given[uid] += 1
+        if item not in exclude:
+            by_item.setdefault(item, []).append((k, uid, int(label)))
+    out: dict[int, list[tuple[int, int, int | None, int]]] = {}
+    for item, rows in by_item.items():
+        for k, uid, label in rows:
+            if (item, uid) in firsts:
+                continue
+            others = {lab for k2, _, lab in rows if k2 != k}
+            verdict = next(iter(others)) if len(others) == 1 and len(rows) >= 4 else None
+            out.setdefault(uid, []).append((k, label, verdict, position[k]))
+    return {uid: [(g, c, pos) for _, g, c, pos in sorted(rows)] for uid, rows in out.items()}
 
 
 @dataclass(frozen=True)
@@ -299,7 +375,8 @@ class Assessment:
 
 
 def assess(state: LabelerTrust, history: list[tuple[int, int | None]], n_classes: int, *, systematic: bool,
-           unchecked: int, policy: TrustPolicy, pattern: bool = False, cleared: int | None = None) -> Assessment:
+           unchecked: int, policy: TrustPolicy, pattern: bool = False, cleared: int | None = None,
+           votes: list[tuple[int, int | None, int]] = ()) -> Assessment:
     """The labeler's status after this step's evidence (see the module docstring).
 
     Parameters
@@ -311,17 +388,22 @@ def assess(state: LabelerTrust, history: list[tuple[int, int | None]], n_classes
     pattern : Dawid-Skene sees a (true, given) mapping now (reported before or not)
     unchecked : this labeler's labels still standing on their word alone (the targeted audit's work)
     cleared : entries of ``history`` an audit or a review already cleared (default ``state.cleared``)
+    votes : (vote, verdict or None, first labels given before it) of each re-annotation vote
+        (:meth:`learner.engine.EngineState.vote_history`); votes cast before ``state.cleared``
+        first labels are cleared with them
     """
     cleared = state.cleared if cleared is None else cleared
+    cast = [(g, c) for g, c, _ in votes]
+    cast_new = [(g, c) for g, c, pos in votes if pos >= state.cleared]
     # suspensions rest on the conservative count of tests and on twice the honest error rate, flags
     # on the sharper test (a flag costs an audit, a suspension the labeler's work)
-    p = refutation_pvalue(history, n_classes, policy, distinct=False, error=policy.suspend_error)
+    p = refutation_pvalue(history, n_classes, policy, distinct=False, error=policy.suspend_error, votes=cast)
     if state.status is Status.SUSPENDED:
         return Assessment(Status.SUSPENDED, "", p)
     if p < policy.suspend_alpha:
         return Assessment(Status.SUSPENDED, f"refuted labels p = {p:.1e} < {policy.suspend_alpha:g}", p)
     # evidence an audit already cleared does not flag twice: only labels given since count
-    p_new = refutation_pvalue(history[cleared:], n_classes, policy)
+    p_new = refutation_pvalue(history[cleared:], n_classes, policy, alpha=policy.flag_alpha, votes=cast_new)
     if state.status is Status.ACTIVE and (p_new < policy.flag_alpha or systematic):
         why = "systematic confusion" if systematic else f"refuted labels p = {p_new:.1e} < {policy.flag_alpha:g}"
         return Assessment(Status.FLAGGED, why, p_new)
@@ -341,14 +423,19 @@ def assess(state: LabelerTrust, history: list[tuple[int, int | None]], n_classes
 
 
 def suggest_review(history: list[tuple[int, int | None]], n_classes: int, systematic: list | tuple,
-                   policy: TrustPolicy) -> tuple[str, str]:
-    """What the rules suggest to an admin reviewing a flagged labeler: ``("suspend" | "reinstate", why)``."""
-    p = refutation_pvalue(history, n_classes, policy, distinct=False, error=policy.suspend_error)
+                   policy: TrustPolicy, votes: list[tuple[int, int | None]] = ()) -> tuple[str, str]:
+    """What the rules suggest to an admin reviewing a flagged labeler: ``("suspend" | "reinstate", why)``.
+
+    ``votes``: their re-annotation votes as (vote, verdict or None) (:func:`vote_history`)."""
+    votes = list(votes)
+    p = refutation_pvalue(history, n_classes, policy, distinct=False, error=policy.suspend_error, votes=votes)
     k, n = sum(1 for g, c in history if c is not None and c != g), len(history)
+    kv = sum(1 for g, c in votes if c is not None and c != g)
+    record = f"{k} refuted of {n} labels" + (f" and {kv} of {len(votes)} re-annotation votes" if votes else "")
     if systematic:
         return "suspend", "systematic confusion " + ", ".join(f"{a} -> {b}" for a, b in systematic)
     if p < policy.flag_alpha:
-        return "suspend", (f"{k} refuted of {n} labels is implausible for an honest labeler "
+        return "suspend", (f"{record} is implausible for an honest labeler "
                            f"(error rate <= {policy.suspend_error:.3f}; p = {p:.1e})")
-    return "reinstate", (f"{k} refuted of {n} labels is plausible for an honest labeler "
+    return "reinstate", (f"{record} is plausible for an honest labeler "
                          f"(error rate <= {policy.suspend_error:.3f}; p = {p:.2f}); no systematic confusion")

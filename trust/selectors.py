@@ -112,4 +112,20 @@ def review_suggestion(user) -> tuple[str, str] | None:
               .values_list("assignment__item_id", "label", "assignment__batch__project__classes"))
     history = [(label, verdicts.get(item)) for item, label, _ in firsts]
     n_classes = max((len(c) for _, _, c in firsts), default=2)
-    return suggest_review(history, n_classes, pairs, TrustPolicy())
+    return suggest_review(history, n_classes, pairs, TrustPolicy(), votes=_votes_of(user))
+
+
+def _votes_of(user) -> list[tuple[int, int | None]]:
+    """(vote, verdict or None) of each re-annotation vote of ``user``, judged by the item's other
+    answers as the loop judges them (:func:`learner.trust.vote_history`)."""
+    from learner.trust import vote_history
+
+    voted = Annotation.objects.filter(assignment__labeler=user, assignment__kind=Assignment.Kind.REANNOTATION,
+                                      discard__isnull=True).values("assignment__item_id")
+    rows = list(Annotation.objects.filter(assignment__item_id__in=voted, discard__isnull=True,
+                                          assignment__labeler__isnull=False)
+                .exclude(assignment__kind=Assignment.Kind.SECURED).order_by("id")
+                .values_list("assignment__item_id", "assignment__labeler_id", "label", "assignment__kind"))
+    firsts = {(item, uid) for item, uid, _, kind in rows if kind == Assignment.Kind.FIRST_LABEL}
+    answers = [(item, uid, label) for item, uid, label, _ in rows]
+    return [(g, c) for g, c, _ in vote_history(answers, firsts).get(user.pk, [])]

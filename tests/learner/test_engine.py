@@ -169,6 +169,50 @@ def test_votes_on_the_secured_set_count_against_their_voter():
     assert refutation_pvalue(gold[0], 2, TrustPolicy()) == 1.0
 
 
+def test_re_annotation_votes_are_judged_by_the_items_other_answers():
+    """EngineState.vote_history: a vote against three agreeing other answers (the first label and
+    two other votes) is refuted; one that agrees with them held; a round settled by one vote, or
+    whose answers split, judges nobody. Each vote carries how many first labels its labeler gave before it."""
+    n = 12
+    state = engine.EngineState(labels=np.full(n, -1), labeler_of=np.full(n, -1), discarded=np.zeros(n, bool),
+                               secured=np.r_[np.ones(2, bool), np.zeros(10, bool)], secured_labels=np.full(n, -1),
+                               trust={u: LabelerTrust() for u in range(5)}, crowd=list(range(5)))
+    state.first_labels = {0: [(4, 1), (5, 0)], 3: [(6, 0)], 1: [(7, 1)]}
+    state.answers = [(4, 0, 1), (5, 0, 0), (6, 3, 0), (7, 1, 1),
+                     (4, 3, 0), (4, 1, 1), (4, 2, 1),  # item 4: voter 3 against 0's label and two votes
+                     (5, 1, 0),  # item 5: one confirming vote settles it
+                     (6, 4, 1), (6, 1, 0), (6, 2, 1),  # item 6: the answers split
+                     (7, 0, 1), (7, 2, 1), (7, 4, 1),  # item 7: everyone agrees
+                     (0, 4, 1), (0, 1, 0), (0, 2, 0), (0, 3, 0)]  # S: not a re-annotation vote
+    votes = state.vote_history()
+    assert votes[3] == [(0, 1, 1)]  # refuted by 1; it had given one first label before (item 6 came later)
+    assert votes[1] == [(1, None, 1), (0, None, 1), (0, None, 1)]  # voter 3 split item 4; 5: one vote; 6: split
+    assert votes[0] == [(1, 1, 2)]
+    assert votes[4] == [(1, None, 0), (1, 1, 0)]
+    assert 2 in votes and all(c is None or c == g for g, c, _ in votes[2])
+
+
+def test_refuted_votes_flag_a_spammer_before_its_first_labels_alone_would(setup):
+    """Two refuted first labels of three are not enough at the first step; the same labeler's
+    refuted votes are (learner.trust.assess with votes), and votes an audit cleared do not count."""
+    from learner.trust import TrustPolicy, assess
+
+    policy = TrustPolicy()
+    history = [(2, 0), (1, None), (3, 1), (0, None), (1, None)]  # two of five first labels refuted
+    votes = [(2, 0, 1), (1, 3, 2), (0, 0, 3), (3, None, 4)]  # two of four votes refuted
+    alone = assess(LabelerTrust(), history, 4, systematic=False, unchecked=3, policy=policy)
+    assert alone.status is Status.ACTIVE
+    both = assess(LabelerTrust(), history, 4, systematic=False, unchecked=3, policy=policy, votes=votes)
+    assert both.status is Status.FLAGGED
+    cleared = LabelerTrust(cleared=5)  # an audit cleared everything up to the fifth first label
+    later = assess(cleared, history, 4, systematic=False, unchecked=3, policy=policy, votes=votes)
+    assert later.status is Status.ACTIVE
+    honest = [(0, 1, k) for k in range(1)] + [(v, v, k) for k, v in enumerate([0, 1, 2, 3] * 3)]
+    calm = assess(LabelerTrust(), [(a, a) for a in [0, 1, 2, 3] * 3] + [(1, 0)], 4, systematic=False,
+                  unchecked=0, policy=policy, votes=honest)
+    assert calm.status is Status.ACTIVE  # one refuted label and one refuted vote in 26 answers
+
+
 def test_batch_per_annotator_sizes_the_next_batch_by_the_active_labelers(setup):
     """The step's next batch: max(batch_size, batch_per_annotator x active), budget permitting;
     ``active`` is the driver's input (EngineState.active_labelers), required when the setting is on."""

@@ -128,3 +128,10 @@ def test_review_suggestion_follows_the_rules():
     assert what == "suspend" and "implausible" in why
     what, why = scoring.suggest_review(slip, 3, [("1", "7")], policy)
     assert what == "suspend" and "1 -> 7" in why
+    # a spammer whose first labels look plausible but whose re-annotation votes were refuted
+    short = [(0, None)] * 5 + [(1, 0)]
+    spam_votes = [(1, 0)] * 8 + [(0, 0)] * 4
+    assert scoring.suggest_review(short, 3, [], policy)[0] == "reinstate"
+    assert scoring.suggest_review(short, 3, [], policy, votes=[(0, 0)] * 12)[0] == "reinstate"
+    what, why = scoring.suggest_review(short, 3, [], policy, votes=spam_votes)
+    assert what == "suspend" and "8 of 12 re-annotation votes" in why

@@ -4,7 +4,7 @@ import pytest
 
 from learner.trust import (LabelerTrust, Outcome, Status, TrustPolicy, apply_confirmation, apply_outcome, assess,
                            is_alert, performance_dropped, refutation_pvalue, rejected_class, required_labelers, resolve,
-                           resolve_votes,
+                           resolve_votes, tarone_tests,
                            trust_decrease)
 
 
@@ -165,3 +165,23 @@ def test_suspension_needs_a_record_implausible_at_twice_the_honest_error_rate():
     spammer = [(0, None)] * 3 + [(1, 0), (2, 3), (3, 1)] * 3  # 9 refuted of 12
     verdict = assess(LabelerTrust(status=Status.FLAGGED), spammer, 4, systematic=False, unchecked=0, policy=policy)
     assert verdict.status is Status.SUSPENDED
+
+
+def test_tarone_charges_only_the_tests_that_can_reach_alpha():
+    """A class seen once can never be significant (its smallest p-value is 1 - P_1): the flag test
+    is not charged for it (Tarone), so two refuted labels of three flag a new labeler, and the
+    family-wise error of one assessment stays below alpha for an honest labeler (exact, by enumeration)."""
+    policy = TrustPolicy()
+    spam = [(1, 0), (2, 3), (1, None)]  # three classes seen once each, two labels refuted
+    assert refutation_pvalue(spam, 4, policy) > policy.flag_alpha  # charged for every test
+    assert refutation_pvalue(spam, 4, policy, alpha=policy.flag_alpha) < policy.flag_alpha
+    assert tarone_tests([0.06, 0.06, 1e-4], 0.03) == 1 and tarone_tests([1e-4] * 3, 0.03) == 3
+    # honest labeler, 6 labels of classes 0,0,1,1,2,3, each refuted with probability 1 - P_1
+    import itertools
+    e, labels, false_flag = 1 - policy.p_1, [0, 0, 1, 1, 2, 3], 0.0
+    for pattern in itertools.product([False, True], repeat=len(labels)):
+        hist = [(y, (y + 1) % 4 if r else None) for y, r in zip(labels, pattern)]
+        prob = math.prod(e if r else 1 - e for r in pattern)
+        if refutation_pvalue(hist, 4, policy, alpha=policy.flag_alpha) < policy.flag_alpha:
+            false_flag += prob
+    assert false_flag < policy.flag_alpha
