@@ -209,7 +209,8 @@ class ResNet50Features(nn.Module):
         self.net = torchvision.models.resnet50(weights=None)
         self.net.fc = nn.Identity()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def prepared(self, x: torch.Tensor) -> torch.Tensor:
+        """The network's input: three channels, at least ``min_size`` a side, normalised."""
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
         h, w = x.shape[-2:]
@@ -217,7 +218,10 @@ class ResNet50Features(nn.Module):
             scale = self.min_size / min(h, w)
             size = (max(self.min_size, round(h * scale)), max(self.min_size, round(w * scale)))
             x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-        return self.net(self.normalize(x))
+        return self.normalize(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(self.prepared(x))
 
 
 # --------------------------------------------------------------------------------------

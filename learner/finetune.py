@@ -72,15 +72,7 @@ class _ResNet50Stem(nn.Module):
         self.body = nn.Sequential(n.conv1, n.bn1, n.relu, n.maxpool, n.layer1, n.layer2, n.layer3)
 
     def forward(self, x):
-        o = self.outer
-        if x.shape[1] == 1:
-            x = x.expand(-1, 3, -1, -1)
-        h, w = x.shape[-2:]
-        if o.min_size and min(h, w) < o.min_size:
-            scale = o.min_size / min(h, w)
-            size = (max(o.min_size, round(h * scale)), max(o.min_size, round(w * scale)))
-            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-        return self.body(o.normalize(x))
+        return self.body(self.outer.prepared(x))
 
 
 def split_last_stage(backbone: nn.Module) -> tuple[nn.Module, nn.Module]:

@@ -25,7 +25,7 @@ def _smallcnn():
     return build_backbone("smallcnn", in_channels=1)
 
 
-@pytest.mark.parametrize("name", ["smallcnn", "resnet20"])
+@pytest.mark.parametrize("name", ["smallcnn", "resnet20", "resnet50"])
 def test_the_split_backbone_computes_the_same_features(name):
     torch.manual_seed(0)
     backbone = build_backbone(name, in_channels=3)
