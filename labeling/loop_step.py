@@ -109,7 +109,8 @@ def engine_state(project: Project, batch: QueryBatch) -> tuple[engine.EngineStat
         perturbations={int(k): (math.inf if v is None else float(v)) for k, v in (carry.get("perturbations") or {}).items()},
         previous_secured_accuracy=prev.secured_accuracy if prev else None,
         reported_pairs=history.reported_pairs(project), carry=carry, pending=pending_items(project, batch),
-        active_labelers=queue.active_labeler_count(project) if project.live_config.batch_per_annotator else None)
+        active_labelers=queue.active_labeler_count(project) if project.live_config.batch_per_annotator else None,
+        gold=pool.secured_items & (pool.ground_truth >= 0))
     return state, pool
 
 

@@ -119,7 +119,11 @@ def start_project(*, project: Project) -> QueryBatch:
             raise Conflict("nothing to label: the pool is empty or the budget is spent by the secured set")
         batch = QueryBatch.objects.create(project=project, iteration=0, strategy="random",
                                           bought_before=selectors.labels_bought(project))
-        _assign_first_labels(batch, [items[i] for i in plan.initial])
+        # first labels with the gold questions spread among them (engine.start_queue: one order for
+        # the queue and the planners); a gold question is a secured-set slot of an item the admin labeled
+        kinds = {"first": Assignment.Kind.FIRST_LABEL, "gold": Assignment.Kind.SECURED}
+        Assignment.objects.bulk_create([Assignment(item=items[index], batch=batch, kind=kinds[kind])
+                                        for kind, index, _ in engine.start_queue(plan)])
         # The engine's voters only size the queue: h slots per secured item, claimed by distinct members.
         Assignment.objects.bulk_create([Assignment(item=items[index], batch=batch, kind=Assignment.Kind.SECURED)
                                         for index, voters in plan.secured_voters.items() for _ in voters])

@@ -131,6 +131,8 @@ class EngineState:
     # web app: members who answered or held a claim within the last lease; learner.loop: its
     # eligible labelers). Required when that setting is on, ignored when it is off
     active_labelers: int | None = None
+    # items of S whose label the admin gave (gold questions are asked on them); None: none
+    gold: np.ndarray | None = None
 
     @property
     def labeled(self) -> np.ndarray:
@@ -161,6 +163,17 @@ class EngineState:
         secured = set(np.flatnonzero(self.secured).tolist())
         return vote_history(self.answers, firsts, exclude=secured)
 
+    def gold_history(self) -> dict[int, list[tuple[int, int]]]:
+        """Per labeler, (their answer, the admin's label) of each gold question they answered, in
+        the order given: a wrong answer is refuted by the truth itself (``LiveConfig.gold_per_labeler``)."""
+        out: dict[int, list[tuple[int, int]]] = {}
+        if self.gold is None:
+            return out
+        for item, uid, label in self.answers:
+            if 0 <= item < len(self.gold) and self.gold[item] and self.secured_labels[item] >= 0:
+                out.setdefault(int(uid), []).append((int(label), int(self.secured_labels[item])))
+        return out
+
     def secured_history(self) -> dict[int, list[tuple[int, int]]]:
         """Per labeler, (their vote, the others' common vote) on each item of S whose other voters
         (at least two) agree, by item index: S doubles as a check of each labeler (ours, at no extra
@@ -168,7 +181,7 @@ class EngineState:
         often only when both co-voters share a mapping, as colluders do)."""
         votes: dict[int, list[tuple[int, int]]] = {}
         for item, uid, label in self.answers:
-            if 0 <= item < len(self.secured) and self.secured[item]:
+            if 0 <= item < len(self.secured) and self.secured[item] and not (self.gold is not None and self.gold[item]):
                 votes.setdefault(int(item), []).append((int(uid), int(label)))
         out: dict[int, list[tuple[int, int]]] = {}
         for item in sorted(votes):
@@ -189,6 +202,25 @@ class StartPlan:
     # LiveConfig.pipeline: a second random batch, labeled while the first is processed
     following: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
     following_assignees: list[int | None] = field(default_factory=list)
+    # gold questions (LiveConfig.gold_per_labeler): (item of S with a known label, labeler), asked
+    # with the initial batch; start_queue() interleaves them with its first labels
+    gold: list[tuple[int, int]] = field(default_factory=list)
+
+
+def start_queue(plan: StartPlan) -> list[tuple[str, int, int | None]]:
+    """The first batch's slots in queue order: ``("first", item, assignee)`` and ``("gold", item,
+    labeler)``, the gold questions spread evenly among the first labels (so that whoever labels
+    gets some, and nobody can tell them apart by their place)."""
+    first = [("first", int(i), a) for i, a in zip(plan.initial, plan.assignees)]
+    out: list[tuple[str, int, int | None]] = []
+    n, g = len(first), len(plan.gold)
+    k = 0
+    for j, (item, uid) in enumerate(plan.gold):
+        upto = -(-(j + 1) * n // (g + 1))  # after a first label: the queue never opens with one
+        out += first[k:upto]
+        k = max(k, upto)
+        out.append(("gold", int(item), int(uid)))
+    return out + first[k:]
 
 
 @dataclass
@@ -231,7 +263,15 @@ def start(cfg: live.LiveConfig, n: int, *, label_known: np.ndarray, crowd: list[
     known = np.asarray(label_known, dtype=bool)
     admin = int(known[secured].sum()) if len(secured) else 0
     consensus = [int(i) for i in secured if not known[i]]
-    budget_left = (cfg.budget if cfg.budget is not None else 10**12) - admin - cfg.h * len(consensus)
+    gold: list[tuple[int, int]] = []
+    golden = sorted(int(i) for i in secured if known[i])
+    if cfg.defenses_on and cfg.gold_per_labeler and golden:
+        rng = live.rng_for(cfg.seed, 0, 7)
+        for uid in crowd:
+            picks = rng.choice(golden, size=min(cfg.gold_per_labeler, len(golden)), replace=False)
+            gold += [(int(i), int(uid)) for i in picks]
+    budget_left = ((cfg.budget if cfg.budget is not None else 10**12) - admin - cfg.h * len(consensus)
+                   - len(gold))
     initial = live.random_items(np.setdiff1d(indices, drawn), min(cfg.initial_size, max(budget_left, 0)),
                                 seed_of(cfg, 0, 2))
     following = np.empty(0, dtype=np.int64)
@@ -247,7 +287,7 @@ def start(cfg: live.LiveConfig, n: int, *, label_known: np.ndarray, crowd: list[
         load.update(voters[item])
     return StartPlan(secured=secured, secured_voters=voters, initial=initial, assignees=assignees,
                      admin_labels=admin, following=following,
-                     following_assignees=live.spread(len(following), eligible, {}, seed=cfg.seed + 1))
+                     following_assignees=live.spread(len(following), eligible, {}, seed=cfg.seed + 1), gold=gold)
 
 
 def secured_label(votes: list[int]) -> int | None:
@@ -693,12 +733,14 @@ def _assess_everyone(cfg, state: EngineState, n_classes: int, systematic: set[in
     if not cfg.defenses_on:
         return flagged, suspended
     pending = {r.original for r in state.requests.values()}
-    gold = state.secured_history() if cfg.secured_evidence else {}
+    gold = state.gold_history()
+    peers = state.secured_history() if cfg.secured_evidence else {}
     cast = state.vote_history()
     for uid in sorted(state.trust):
         trust = state.trust[uid]
         unchecked = int((state.labeler_of == uid).sum()) if uid not in pending else 1
-        mine = gold.get(uid, [])  # their S votes come first; an audit that cleared them covers those too
+        # their gold answers and S votes come first; an audit that cleared them covers those too
+        mine = gold.get(uid, []) + peers.get(uid, [])
         verdict = assess(trust, mine + state.history(uid), n_classes, systematic=uid in systematic,
                          unchecked=unchecked, policy=policy, pattern=uid in patterns,
                          cleared=len(mine) + trust.cleared if trust.cleared else 0, votes=cast.get(uid, []))
@@ -779,5 +821,5 @@ def _finish(cfg, pool: Pool, state: EngineState, previous, model, plan: Plan) ->
     state.iteration += 1
 
 
-__all__ = ["EngineState", "Plan", "Pool", "Request", "StartPlan", "start", "step", "secured_label", "seed_of",
+__all__ = ["EngineState", "Plan", "Pool", "Request", "StartPlan", "start", "start_queue", "step", "secured_label", "seed_of",
            "policy_of", "batch_size_for", "LABELING", "REANNOTATION"]

@@ -123,6 +123,10 @@ class LiveConfig:
     # count each labeler's votes on the secured set S against the other voters' common answer in
     # the refuted-label test (learner.engine.EngineState.secured_history; ours, no extra labels)
     secured_evidence: bool = True
+    # gold questions (ours): items of S whose label the admin gave, asked of every labeler among
+    # their first work (learner.engine.start); a wrong answer is evidence in the refuted-label test
+    # from the first step on. Each is a label bought; 0 turns them off
+    gold_per_labeler: int = 2
     p1: float = 0.9391  # an honest labeler's accuracy P_1 (the refuted-label test's null hypothesis)
     # Dawid-Skene check (learner.confusion): flag a labeler whose confusion[a, b] >= min_rate over
     # >= min_count expected labels; null min_rate turns the check off
@@ -231,6 +235,7 @@ class LiveConfig:
             raise ValueError("robust_fragile_top must be true or false")
         if not isinstance(self.pipeline, bool):
             raise ValueError("pipeline must be true or false")
+        _int("gold_per_labeler", 0, 1000)
         if not isinstance(self.secured_evidence, bool):
             raise ValueError("secured_evidence must be true or false")
         if not isinstance(self.recheck, bool):

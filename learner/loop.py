@@ -310,7 +310,10 @@ class _Run:
         for item, voters in sp.secured_voters.items():
             label = engine.secured_label([self.ask(v, item, "secured") for v in voters])
             st.secured_labels[item] = -1 if label is None else label
+        st.gold = st.secured & known
         self.label_batch(sp.initial, sp.assignees)
+        for item, labeler in sp.gold:  # gold questions: answered as any secured-set vote, bought as one
+            self.ask(labeler, item, "secured")
         st.batch = np.asarray(sp.initial, dtype=np.int64)
         pipeline = self.ecfg.pipeline
         st.pending, waiting = np.asarray(sp.following, dtype=np.int64), list(sp.following_assignees)

@@ -97,7 +97,8 @@ def _recording_plans():
 
     def recording_start(*args, **kwargs):
         plan = start(*args, **kwargs)
-        planned.batches[:] = [list(plan.assignees) + [v for voters in plan.secured_voters.values() for v in voters]]
+        queued = [who for _, _, who in engine.start_queue(plan)]  # first labels and gold questions, in queue order
+        planned.batches[:] = [queued + [v for voters in plan.secured_voters.values() for v in voters]]
         if len(plan.following):
             planned.batches.append(list(plan.following_assignees))
         return plan

@@ -100,6 +100,51 @@ def test_every_strategy_starts_from_the_same_labels():
     assert not set(robust.initial) & set(robust.secured)
 
 
+def test_gold_questions_ask_every_labeler_known_secured_items_spread_among_the_first_labels():
+    cfg = live.LiveConfig(strategy="robust", secured_size=50, initial_size=20, seed=3, budget=200)
+    known = np.ones(500, bool)
+    plan = engine.start(cfg, 500, label_known=known, crowd=list(range(11)))
+    assert len(plan.gold) == 22 and {u for _, u in plan.gold} == set(range(11))
+    for uid in range(11):
+        mine = [i for i, u in plan.gold if u == uid]
+        assert len(set(mine)) == 2 and set(mine) <= set(plan.secured.tolist())
+    queue = engine.start_queue(plan)
+    kinds = "".join("g" if k == "gold" else "f" for k, _, _ in queue)
+    assert kinds.count("g") == 22 and kinds.count("f") == 20 and "ggg" not in kinds  # spread, not bunched
+    assert [i for k, i, _ in queue if k == "first"] == plan.initial.tolist()
+    # gold is bought: with a budget of 200 the secured set (50) and gold (22) leave the first batch its 20
+    tight = engine.start(live.LiveConfig(strategy="robust", secured_size=50, initial_size=20, seed=3, budget=80),
+                         500, label_known=known, crowd=list(range(11)))
+    assert len(tight.initial) == 80 - 50 - 22
+    off = engine.start(live.LiveConfig(strategy="robust", secured_size=50, initial_size=20, seed=3, gold_per_labeler=0),
+                       500, label_known=known, crowd=list(range(11)))
+    assert off.gold == [] and off.initial.tolist() == plan.initial.tolist()
+    consensus = engine.start(cfg, 500, label_known=np.zeros(500, bool), crowd=list(range(11)))
+    assert consensus.gold == []  # no item whose label the admin gave: nothing to ask
+    margin = engine.start(live.LiveConfig(strategy="margin", secured_size=50, initial_size=20, seed=3), 500,
+                          label_known=known, crowd=list(range(11)), buy_secured=False)
+    assert margin.gold == []  # an undefended baseline buys no secured set and no gold
+
+
+def test_wrong_gold_answers_flag_a_labeler_at_the_first_step():
+    from learner.trust import TrustPolicy
+
+    n = 10
+    secured = np.r_[np.ones(4, bool), np.zeros(6, bool)]
+    state = engine.EngineState(labels=np.full(n, -1), labeler_of=np.full(n, -1), discarded=np.zeros(n, bool),
+                               secured=secured, secured_labels=np.r_[[0, 1, 0, 1], np.full(6, -1)],
+                               trust={u: LabelerTrust() for u in range(3)}, crowd=list(range(3)), gold=secured.copy())
+    state.answers = [(0, 0, 1), (1, 0, 0), (0, 1, 0), (1, 1, 1), (2, 2, 0), (3, 2, 1)]  # 0 misses both, 1 and 2 none
+    assert state.gold_history() == {0: [(1, 0), (0, 1)], 1: [(0, 0), (1, 1)], 2: [(0, 0), (1, 1)]}
+    assert state.secured_history() == {}  # gold items are judged by the truth, not by co-voters
+    state.first_labels = {0: [(5, 1)]}
+    state.verdicts = {(0, 5): 0}  # and one first label refuted
+    cfg = live.LiveConfig(strategy="robust")
+    flagged, _ = engine._assess_everyone(cfg, state, 2, set(), set(), engine.Plan(phase="closed"))
+    assert flagged == [0]
+    assert TrustPolicy().flag_alpha == cfg.flag_alpha
+
+
 def test_the_simulator_and_a_second_run_agree_step_by_step(digits):
     x, y, xt, yt = digits
     data = LoopData(x[:400], y[:400], xt, yt, 10)
