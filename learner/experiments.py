@@ -225,7 +225,7 @@ VARIANTS = {
     "recheck": {"recheck": True},
     "pipeline": {"pipeline": True},
     "no-recheck": {"recheck": False},
-    "no-gold": {"secured_evidence": False},
+    "no-gold": {"secured_evidence": False, "gold_per_labeler": 0},
     "pick-margin": {"robust_pick": "margin"},
     "pick-farthest": {"robust_pick": "farthest"},
     "size0": {"robust_size_weight": 0.0},

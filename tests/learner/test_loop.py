@@ -76,7 +76,10 @@ def test_malicious_labeler_stands_out_and_defenses_clean_its_labels(binary):
         bad = result.malicious[0]
         others = [t for i, t in result.trust.items() if i != bad]
         caught += result.trust[bad]["status"] == "suspended"
-        assert result.trust[bad]["trust"] < min(t["trust"] for t in others)
+        # it stands out: suspended or flagged (gold questions may catch it before any round lowers
+        # its trust), or trusted less than every honest labeler
+        assert (result.trust[bad]["status"] != "active"
+                or result.trust[bad]["trust"] < min(t["trust"] for t in others)), result.trust[bad]
         honest_suspended += sum(t["status"] == "suspended" for t in others)
     assert caught >= 3  # seed 1: the pool (about 200 items) runs out before the evidence is in
     # an honest labeler whose first labels of one class happen to be wrong three times running
