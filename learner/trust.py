@@ -17,8 +17,12 @@ Rules (from the paper, with our choices marked):
   in the order given, are marked refuted when a consensus of others overturned them. Under the
   honest hypothesis each label is refuted with probability at most ``1 - P_1`` (an honest
   labeler's error rate), so the refuted count among the last m labels (of one true class, or of
-  all) is at most Binomial(m, 1 - P_1); :func:`refutation_pvalue` scans a few m (a scan test). A p-value below ``flag_alpha``, or a systematic class mapping
-  found by Dawid-Skene (:mod:`learner.confusion`, also over each labeler's recent labels),
+  all) is at most Binomial(m, 1 - P_1); :func:`refutation_pvalue` scans a few m (a scan test),
+  charging the flag test only for the runs that can reach ``flag_alpha`` at all (Tarone). Two more
+  kinds of evidence join the record: answers to gold questions (items of the secured set whose
+  label the admin gave, judged by that label) and re-annotation votes judged by the item's other
+  answers (:func:`vote_history`, one extra whole-record test). A p-value below ``flag_alpha``,
+  or a systematic class mapping found by Dawid-Skene (:mod:`learner.confusion`, also over each labeler's recent labels),
   *flags* the labeler: no new work, and every label of theirs that nobody checked yet goes to
   ``h`` others (a targeted audit). Below ``suspend_alpha`` (over all their labels) the labeler is
   *suspended*: their unverified labels leave the training set. When the audit has checked every
