@@ -125,8 +125,9 @@ class LiveConfig:
     secured_evidence: bool = True
     # gold questions (ours): items of S whose label the admin gave, asked of every labeler among
     # their first work (learner.engine.start); a wrong answer is evidence in the refuted-label test
-    # from the first step on. Each is a label bought; 0 turns them off
-    gold_per_labeler: int = 2
+    # from the first step on. Each is a label bought; off by default (no gain beyond the runs'
+    # spread in the trust benchmark, docs/method.md)
+    gold_per_labeler: int = 0
     p1: float = 0.9391  # an honest labeler's accuracy P_1 (the refuted-label test's null hypothesis)
     # Dawid-Skene check (learner.confusion): flag a labeler whose confusion[a, b] >= min_rate over
     # >= min_count expected labels; null min_rate turns the check off

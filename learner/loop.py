@@ -47,7 +47,7 @@ class LoopConfig:
     audit_proven_after: int = 10  # checked labels before a labeler can be proven
     recheck: bool = True  # ours: audit earlier standing labels the newer model contradicts
     secured_evidence: bool = True  # ours: S votes (consensus verification) count in the refuted-label test
-    gold_per_labeler: int = 2  # ours: gold questions on S items the admin labeled (LiveConfig.gold_per_labeler)
+    gold_per_labeler: int = 0  # ours: gold questions on S items the admin labeled (LiveConfig.gold_per_labeler)
     pipeline: bool = False  # people label the next batch (chosen by F_{i-1}) while F_i trains
     batch_per_annotator: int | None = None  # batches of max(batch_size, this x eligible labelers)
     audit_posterior: float | None = None  # ours: audit where a label is this likely wrong (engine.posterior_threshold)

@@ -101,7 +101,7 @@ def test_every_strategy_starts_from_the_same_labels():
 
 
 def test_gold_questions_ask_every_labeler_known_secured_items_spread_among_the_first_labels():
-    cfg = live.LiveConfig(strategy="robust", secured_size=50, initial_size=20, seed=3, budget=200)
+    cfg = live.LiveConfig(strategy="robust", secured_size=50, initial_size=20, seed=3, budget=200, gold_per_labeler=2)
     known = np.ones(500, bool)
     plan = engine.start(cfg, 500, label_known=known, crowd=list(range(11)))
     assert len(plan.gold) == 22 and {u for _, u in plan.gold} == set(range(11))
@@ -113,15 +113,17 @@ def test_gold_questions_ask_every_labeler_known_secured_items_spread_among_the_f
     assert kinds.count("g") == 22 and kinds.count("f") == 20 and "ggg" not in kinds  # spread, not bunched
     assert [i for k, i, _ in queue if k == "first"] == plan.initial.tolist()
     # gold is bought: with a budget of 200 the secured set (50) and gold (22) leave the first batch its 20
-    tight = engine.start(live.LiveConfig(strategy="robust", secured_size=50, initial_size=20, seed=3, budget=80),
+    tight = engine.start(live.LiveConfig(strategy="robust", secured_size=50, initial_size=20, seed=3, budget=80,
+                                         gold_per_labeler=2),
                          500, label_known=known, crowd=list(range(11)))
     assert len(tight.initial) == 80 - 50 - 22
-    off = engine.start(live.LiveConfig(strategy="robust", secured_size=50, initial_size=20, seed=3, gold_per_labeler=0),
+    off = engine.start(live.LiveConfig(strategy="robust", secured_size=50, initial_size=20, seed=3),  # the default
                        500, label_known=known, crowd=list(range(11)))
     assert off.gold == [] and off.initial.tolist() == plan.initial.tolist()
     consensus = engine.start(cfg, 500, label_known=np.zeros(500, bool), crowd=list(range(11)))
     assert consensus.gold == []  # no item whose label the admin gave: nothing to ask
-    margin = engine.start(live.LiveConfig(strategy="margin", secured_size=50, initial_size=20, seed=3), 500,
+    margin = engine.start(live.LiveConfig(strategy="margin", secured_size=50, initial_size=20, seed=3,
+                                          gold_per_labeler=2), 500,
                           label_known=known, crowd=list(range(11)), buy_secured=False)
     assert margin.gold == []  # an undefended baseline buys no secured set and no gold
 
