@@ -6,12 +6,15 @@ annotator accounts answer every batch truthfully through the shared queue (no HT
 and each complete batch is processed by ``advance_loop`` in this process. Per batch it prints the
 seconds of the batch's first loop call (audit, crafting, training, secured-set check; the call
 that crafts) and of the whole batch (re-annotation rounds included), the rows crafted, the
-attacks that failed and the smallest perturbation. The pool's features are extracted once
-before the first step and timed apart.
+attacks that failed and the smallest perturbation. The pool's features (and, with
+``--training-mode finetune``, the last stage's inputs) are computed once before the first step
+and timed apart; a finetune step also fine-tunes the stage and re-extracts the pool's features.
 
     .venv/bin/python bench/bench_live_step.py --dataset digits --augment-space pixel
     .venv/bin/python bench/bench_live_step.py --dataset cifar2 --pool-size 1000 --backbone resnet20 \\
         --weights ~/.cache/robustal/backbones/<name>/weights.pt --augment-space pixel --threads 1
+    .venv/bin/python bench/bench_live_step.py --dataset cifar2 --pool-size 3000 --backbone resnet20 \\
+        --weights ~/.cache/robustal/backbones/<name>/weights.pt --augment-space pixel --training-mode finetune
 """
 from __future__ import annotations
 
@@ -36,6 +39,8 @@ def main(argv=None) -> int:
     parser.add_argument("--backbone", default=None, help="default: flatten (digits), resnet20 (otherwise)")
     parser.add_argument("--weights", default=None)
     parser.add_argument("--augment-space", default="pixel", choices=("feature", "pixel"))
+    parser.add_argument("--training-mode", default="head", choices=("head", "finetune"),
+                        help="finetune: each step also fine-tunes the backbone's last stage (learner.finetune)")
     parser.add_argument("--batches", type=int, default=3, help="batches to process (iteration 0 crafts nothing)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="", help="ROBUSTAL_DEVICE for this run (default: auto)")
@@ -78,7 +83,7 @@ def main(argv=None) -> int:
         config = {"strategy": "robust", "batch_size": args.batch, "initial_size": args.batch,
                   "secured_size": args.secured, "h": 2, "backbone": backbone, "weights": args.weights,
                   "feature_size": int(images.shape[1]), "channels": channels, "n_clusters": 5,
-                  "augment_space": args.augment_space, "budget": 10**6}
+                  "augment_space": args.augment_space, "training_mode": args.training_mode, "budget": 10**6}
         users = []
         for name in ("bench_a", "bench_b", "bench_c"):
             u = get_user_model().objects.create_user(username=name, password=None)
@@ -92,11 +97,19 @@ def main(argv=None) -> int:
         start = time.perf_counter()
         features.features_for(project)
         t_features = time.perf_counter() - start
+        t_stage = None
+        if args.training_mode == "finetune":  # the feature chunk tasks compute them in the app, once
+            start = time.perf_counter()
+            features.stage_inputs_for(project)
+            t_stage = time.perf_counter() - start
         services.start_project(project=project)
         print(f"{args.dataset} pool {len(images)} ({images.shape[1]}x{images.shape[2]}x{channels}), backbone {backbone} "
               f"({'weights ' + str(args.weights) if args.weights else 'random init'}), batch {args.batch}, "
-              f"augment_space {args.augment_space}, {args.threads} torch thread(s), device {device.info().describe()}")
+              f"augment_space {args.augment_space}, training_mode {args.training_mode}, {args.threads} torch thread(s), "
+              f"device {device.info().describe()}")
         print(f"features of the pool: {t_features:.1f} s (once)")
+        if t_stage is not None:
+            print(f"last-stage inputs of the pool: {t_stage:.1f} s (once)")
         print(f"{'batch':>5} {'first call s':>12} {'batch s':>8} {'rows':>5} {'failed':>6} {'min L2':>8}  outcome")
 
         def answer_all() -> None:

@@ -150,3 +150,22 @@ def test_a_pair_report_leaves_results_md_and_adds_its_section(tmp_path, monkeypa
         "## Second CIFAR-10 pair") == 0  # a pair page never lists pairs
     smoke = dict(report, pair=None, results_name="results", plots_dir="results")
     assert "## Second CIFAR-10 pair" in render_markdown(smoke, docs)
+
+
+def test_regenerating_results_md_keeps_the_training_mode_section(tmp_path):
+    from learner.management.commands.reproduce_paper import KEPT_MARKERS, render_markdown
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    start, end = KEPT_MARKERS[0]
+    block = f"{start}\n## Training mode: head vs finetune (issue 19)\n\n| mode | labels |\n|---|---|\n| head | 1 |\n{end}"
+    (docs / "results.md").write_text(f"# Reproduction results\n\nold tables\n\n{block}\n\n## Exact command\n\nx\n")
+    report = {"command": "python manage.py reproduce_paper", "finished": "now", "total_s": 60.0, "note": "",
+              "backbone": None, "scenarios": {}, "pair": None, "results_name": "results", "plots_dir": "results"}
+    md = render_markdown(report, docs)
+    assert md.count(block) == 1 and md.index(block) < md.index("## Exact command")
+    assert "old tables" not in md  # the rest is regenerated
+    (docs / "results.md").write_text(md)
+    assert render_markdown(report, docs).count(start) == 1  # regenerating again never stacks it
+    (docs / "results.md").write_text("# Reproduction results\n")
+    assert start not in render_markdown(report, docs)  # nothing to keep

@@ -16,6 +16,10 @@ and ``report.json`` in ``docs/results/deer-truck/``), never to ``docs/results.md
 "Second CIFAR-10 pair" section of ``docs/results.md`` (between the ``second-pair`` markers) is
 rewritten from every ``docs/results/<pair>/report.json`` present, and a regeneration of
 ``docs/results.md`` renders the same section, so neither run loses the other.
+
+Sections other benchmarks write into ``docs/results.md`` between :data:`KEPT_MARKERS` (the
+"Training mode" figures of ``bench/bench_finetune.py``) are carried over byte for byte when
+``docs/results.md`` is regenerated.
 """
 from __future__ import annotations
 
@@ -55,6 +59,8 @@ OURS = ("robust", "robust+density")
 CROWD_BASELINES = ("margin+defended", "margin+vote3", "margin+ds2", "margin+ds3")
 PAPER_PAIR = ("airplane", "frog")
 PAIR_MARKERS = ("<!-- second-pair:start -->", "<!-- second-pair:end -->")
+# sections of results.md written from other benchmarks' runs, kept when the reproduction regenerates it
+KEPT_MARKERS = (("<!-- training-mode:start -->", "<!-- training-mode:end -->"),)
 
 
 def _csv(value: str) -> tuple[str, ...]:
@@ -423,8 +429,20 @@ def render_markdown(report: dict, docs: Path | None = None) -> str:
         section = pairs_section(docs)
         if section:
             lines += [*section, ""]
+        lines += [block + "\n" for block in kept_sections(docs / "results.md")]
     lines += ["## Exact command", "", "```bash", report["command"], "```", ""]
     return "\n".join(lines)
+
+
+def kept_sections(results_md: Path) -> list[str]:
+    """The blocks of an existing ``results.md`` between :data:`KEPT_MARKERS` (markers included)."""
+    if not results_md.is_file():
+        return []
+    text, out = results_md.read_text(), []
+    for start, end in KEPT_MARKERS:
+        if start in text and end in text.split(start, 1)[1]:
+            out.append(start + text.split(start, 1)[1].split(end, 1)[0] + end)
+    return out
 
 
 PAIR_ROWS = ("margin", "margin+defended", "margin+vote3", "margin+ds2", "margin+ds3", "robust", "robust+density")
