@@ -169,9 +169,10 @@ _INFO = {
     "secured_evidence": ("trust", "Check annotators on the secured set", "Count an annotator's answers on the secured "
                          "set against the other annotators' common answer when testing for unreliable annotators "
                          "(no extra labels).", _TRUST),
-    "gold_per_labeler": ("trust", "Gold questions per annotator", "Secured-set images whose label you gave, asked "
-                         "of every annotator among their first work, looking like any other image; a wrong answer "
-                         "counts against them from the first model update on. Each is one label bought; 0: none.",
+    "gold_per_labeler": ("trust", "Gold questions per annotator", "Secured-set images whose label you gave, this many "
+                         "per annotator, spread among the first batch's images and looking like any other image "
+                         "(whoever reaches one answers it); a wrong answer counts against whoever gave it from the "
+                         "first model update on. Each is one label bought; 0: none.",
                          _TRUST),
     "p1": ("trust", "Honest accuracy (P_1)", "Accuracy assumed for an honest annotator (CIFAR-10 humans: "
            "0.9391); the flag and suspend tests measure against it.", _TRUST),

@@ -659,15 +659,14 @@ def _after_reannotation(cfg, pool: Pool, state: EngineState, previous, plan: Pla
     return _train(cfg, pool, state)
 
 
-def _reliable(state: EngineState, uid: int, n_classes: int, policy: TrustPolicy,
-              cast: dict[int, list] | None = None) -> bool:
+def _reliable(state: EngineState, uid: int, n_classes: int, policy: TrustPolicy, cast: dict[int, list]) -> bool:
     """May ``uid``'s single vote confirm a label (adaptive rounds)? Active, and their own refuted
     labels and votes not improbable for an honest labeler at :data:`CONFIRMER_ALPHA` (``cast``:
     :meth:`EngineState.vote_history`, computed once per step)."""
     trust = state.trust.get(uid)
     if trust is not None and trust.status is not Status.ACTIVE:
         return False
-    votes = [(g, c) for g, c, _ in (state.vote_history() if cast is None else cast).get(uid, [])]
+    votes = [(g, c) for g, c, _ in cast.get(uid, [])]
     return refutation_pvalue(state.history(uid), n_classes, policy, votes=votes) >= CONFIRMER_ALPHA
 
 

@@ -123,8 +123,9 @@ class LiveConfig:
     # count each labeler's votes on the secured set S against the other voters' common answer in
     # the refuted-label test (learner.engine.EngineState.secured_history; ours, no extra labels)
     secured_evidence: bool = True
-    # gold questions (ours): items of S whose label the admin gave, asked of every labeler among
-    # their first work (learner.engine.start); a wrong answer is evidence in the refuted-label test
+    # gold questions (ours): items of S whose label the admin gave, this many per labeler, spread
+    # among the first batch's first labels (learner.engine.start; the live queue hands each to
+    # whoever reaches it); a wrong answer is evidence in the refuted-label test
     # from the first step on. Each is a label bought; off by default (no gain beyond the runs'
     # spread in the trust benchmark, docs/method.md)
     gold_per_labeler: int = 0
