@@ -38,7 +38,7 @@ from .trust import (LabelerTrust, Outcome, Status, TrustPolicy, apply_confirmati
                     audit_threshold, refutation_pvalue, rejected_class, resolve, resolve_votes, vote_history)
 
 LABELING, REANNOTATION = "labeling", "reannotation"
-MIN_AUDITOR_PER_CLASS = 3  # verified S labels of every class before a model of S may audit the first batch
+MIN_AUDITOR_PER_CLASS = 1  # verified S labels of every class before a model of S may audit the first batch
 # an adaptive round's single confirming vote settles it only when the voter's own refuted labels
 # are this plausible for an honest labeler (ours: two spammers confirmed each other's wrong labels)
 CONFIRMER_ALPHA = 0.25
@@ -374,6 +374,8 @@ def _after_labeling(cfg, pool: Pool, state: EngineState, previous, plan: Plan):
         suspicious = _audit(cfg, pool, state, auditor, labeled_now, plan)
         if cfg.recheck and previous is not None:
             suspicious = np.concatenate([suspicious, _recheck(cfg, pool, state, previous, batch)])
+    if cfg.defenses_on and cfg.probation_labels:
+        suspicious = np.union1d(suspicious, on_probation(state, labeled_now, cfg.probation_labels))
     if pool.crafter is not None and previous is not None and cfg.augmentations and len(labeled_now):
         rows, perts, failed = pool.crafter(previous, labeled_now, state.labels[labeled_now],
                                            seed_of(cfg, state.iteration, 3))
@@ -424,6 +426,17 @@ def _audit(cfg, pool: Pool, state: EngineState, model, items: np.ndarray, plan: 
             _event(plan, uid, "confirmed", before, state.trust[uid], item=int(item),
                    confidence=float(proba[int(item)][label]), original=label, consensus=label)
     return suspicious
+
+
+def on_probation(state: EngineState, items: np.ndarray, first: int) -> np.ndarray:
+    """Labels of ``items`` that are among their labeler's ``first`` first labels
+    (``LiveConfig.probation_labels``, ours): a newcomer's first answers are re-annotated whatever
+    the model says, so a spammer's first batch is checked although a weak first model neither
+    confirms nor contradicts it."""
+    wanted = {int(x) for x in items}
+    out = [item for uid, given in state.first_labels.items() for item, _ in given[:first]
+           if item in wanted and int(state.labeler_of[item]) == uid]
+    return np.asarray(sorted(set(out)), dtype=np.int64)
 
 
 def _recheck(cfg, pool: Pool, state: EngineState, model, batch: np.ndarray) -> np.ndarray:

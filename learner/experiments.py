@@ -226,6 +226,7 @@ VARIANTS = {
     "pipeline": {"pipeline": True},
     "no-recheck": {"recheck": False},
     "no-gold": {"secured_evidence": False, "gold_per_labeler": 0},
+    "probation": {"probation_labels": 4},
     "pick-margin": {"robust_pick": "margin"},
     "pick-farthest": {"robust_pick": "farthest"},
     "size0": {"robust_size_weight": 0.0},

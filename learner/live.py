@@ -129,6 +129,9 @@ class LiveConfig:
     # from the first step on. Each is a label bought; off by default (no gain beyond the runs'
     # spread in the trust benchmark, docs/method.md)
     gold_per_labeler: int = 0
+    # probation (ours): each labeler's first this many first labels are re-annotated whatever the
+    # model says (learner.engine.on_probation); adaptive rounds make a confirmed one cost one label
+    probation_labels: int = 0
     p1: float = 0.9391  # an honest labeler's accuracy P_1 (the refuted-label test's null hypothesis)
     # Dawid-Skene check (learner.confusion): flag a labeler whose confusion[a, b] >= min_rate over
     # >= min_count expected labels; null min_rate turns the check off
@@ -238,6 +241,7 @@ class LiveConfig:
         if not isinstance(self.pipeline, bool):
             raise ValueError("pipeline must be true or false")
         _int("gold_per_labeler", 0, 1000)
+        _int("probation_labels", 0, 1000)
         if not isinstance(self.secured_evidence, bool):
             raise ValueError("secured_evidence must be true or false")
         if not isinstance(self.recheck, bool):
