@@ -13,6 +13,7 @@ is missing in-process, so a lost chunk task only costs time.
 from __future__ import annotations
 
 import logging
+import math
 import shutil
 from pathlib import Path
 
@@ -196,15 +197,176 @@ def fine_tuner(project: Project, through: int):
     return tuner, feats
 
 
-def finetune_refit(project: Project, tuner, iteration: int):
-    """The engine's ``Pool.refit`` for iteration ``iteration``: fine-tunes ``tuner`` and keeps the
-    stage and the pool's new features in the cache (a redelivered step writes the same files)."""
+def finetune_refit(project: Project, tuner, iteration: int, *, dispatch: bool = True):
+    """The engine's ``Pool.refit`` for iteration ``iteration``: fine-tunes ``tuner``, keeps the
+    stage, re-extracts the pool's features through it (:func:`reextract`: chunk tasks on the
+    ``train`` queue and this process together) and keeps them in the cache (a redelivered step
+    writes the same files)."""
     from learner.finetune import refit_hook
 
     def keep(t, feats):
-        live.save_state_dict(finetune_path(project, iteration), t.state_dict())
         live.save_array(finetune_features_path(project, iteration), feats)
-    return refit_hook(tuner, project.n_classes, after=keep)
+    return refit_hook(tuner, project.n_classes, after=keep,
+                      extract=lambda t: reextract(project, t, iteration, dispatch=dispatch))
+
+
+# -- re-extraction after a refit, chunked over train workers ------------------------------------
+#
+# The refit saves the stage (finetune-<i>.pt), creates ``finetune-chunks-<i>-<stage hash>/`` and sends
+# one ``reextract_finetune_chunk`` task per chunk of the pool. A task (or this process) first claims a
+# chunk (``<start>-<stop>.claim``, created exclusively), then writes ``<start>-<stop>.npy``. The loop
+# takes chunks from the end while workers take them from the start, then waits for the chunks others
+# claimed; one whose claim is older than STALE_CLAIM_S (or 5x the loop's own time per chunk, whichever
+# is larger) is computed here, so a lost task costs time, never correctness. The loop assembles the
+# rows and removes the folder; a task that finds the folder gone, or the stage file of another hash
+# (an older try of the step), does nothing.
+
+STALE_CLAIM_S = 30.0
+_POLL_S = 0.05
+
+
+def refit_chunk_dir(project: Project, iteration: int, digest: str) -> Path:
+    return project_cache_dir(project) / f"finetune-chunks-{iteration}-{digest[:16]}"
+
+
+def _chunk_name(start: int, stop: int) -> str:
+    return f"{start:09d}-{stop:09d}"
+
+
+def _claim(path: Path) -> bool:
+    """Create ``path`` exclusively: True for the one process that did (False if it exists or its folder is gone)."""
+    import os
+
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+        return True
+    except (FileExistsError, FileNotFoundError):
+        return False
+
+
+def _write_into(folder: Path, name: str, array: np.ndarray) -> bool:
+    """Atomically write ``folder/name.npy`` without creating ``folder`` (gone = assembled: False)."""
+    import os
+    import tempfile
+
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
+    except FileNotFoundError:
+        return False
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.save(fh, np.asarray(array, dtype=np.float32))
+        os.replace(tmp, folder / f"{name}.npy")
+        return True
+    except FileNotFoundError:
+        return False
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def write_refit_chunk(project: Project, iteration: int, digest: str, start: int, stop: int) -> bool:
+    """A ``train`` worker's share of :func:`reextract` (task ``reextract_finetune_chunk``): the features
+    of items ``start <= index < stop`` through the stage saved for ``iteration``, if that stage still
+    has hash ``digest`` and the loop has not assembled the features yet. True when it wrote the chunk."""
+    import torch
+
+    from learner.device import pick
+    from learner.finetune import FineTuner, stage_hash
+
+    folder = refit_chunk_dir(project, iteration, digest)
+    name = _chunk_name(start, stop)
+    if not folder.is_dir() or (folder / f"{name}.npy").is_file():
+        return False
+    spath, ipath = finetune_path(project, iteration), stage_inputs_file(project)
+    if not spath.is_file() or not ipath.is_file():
+        return False
+    state = torch.load(spath, map_location="cpu", weights_only=True)
+    if stage_hash(state) != digest or not _claim(folder / f"{name}.claim"):
+        return False
+    tuner = FineTuner(live.project_backbone(project.live_config), np.load(ipath, mmap_mode="r"), device=pick())
+    tuner.load_state_dict(state)
+    return _write_into(folder, name, tuner.features(tuner.inputs[start:stop]))
+
+
+def _send_refit_chunks(project: Project, iteration: int, digest: str, chunks) -> None:
+    from celery import group
+
+    from . import tasks
+
+    try:
+        group(tasks.reextract_finetune_chunk.si(project.pk, iteration, digest, start, stop)
+              for start, stop in chunks).apply_async()
+    except Exception as exc:  # broker down: this process computes every chunk
+        log.warning("project %s: could not send the re-extraction chunk tasks (%s: %s); computing them here",
+                    project.pk, exc.__class__.__name__, exc)
+
+
+def _remove_stale_chunk_dirs(project: Project, keep: Path) -> None:
+    """Chunk folders of older steps (or older tries of this one): nobody assembles them any more."""
+    for old in project_cache_dir(project).glob("finetune-chunks-*"):
+        if old != keep:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def reextract(project: Project, tuner, iteration: int, *, dispatch: bool = True) -> np.ndarray:
+    """The pool's features through ``tuner``'s stage, which is saved first as iteration
+    ``iteration``'s. With more than one chunk and ``dispatch``, the chunks are shared with
+    ``train`` workers (see above); equal to ``tuner.features()`` either way (tested)."""
+    import time
+
+    from learner.finetune import stage_hash
+
+    state = tuner.state_dict()
+    live.save_state_dict(finetune_path(project, iteration), state)
+    plan = chunk_plan(project)
+    if len(plan) <= 1 or not dispatch:
+        return tuner.features()
+    digest = stage_hash(state)
+    folder = refit_chunk_dir(project, iteration, digest)
+    _remove_stale_chunk_dirs(project, keep=folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    _send_refit_chunks(project, iteration, digest, plan)
+    parts: dict[int, np.ndarray] = {}
+    own: list[float] = []
+
+    def compute(start, stop):
+        t = time.perf_counter()
+        parts[start] = tuner.features(tuner.inputs[start:stop])
+        own.append(time.perf_counter() - t)
+
+    for start, stop in reversed(plan):  # workers start from the front
+        name = _chunk_name(start, stop)
+        if not (folder / f"{name}.npy").is_file() and _claim(folder / f"{name}.claim"):
+            compute(start, stop)
+    by_workers = 0
+    while len(parts) < len(plan):
+        stale = max(STALE_CLAIM_S, 5 * max(own, default=0.0))
+        waiting = False
+        for start, stop in plan:
+            if start in parts:
+                continue
+            name = _chunk_name(start, stop)
+            done, claim = folder / f"{name}.npy", folder / f"{name}.claim"
+            if done.is_file():
+                parts[start] = np.load(done)
+                by_workers += 1
+                continue
+            try:
+                age = time.time() - claim.stat().st_mtime
+            except FileNotFoundError:  # folder removed under us (a concurrent try of this step)
+                age = math.inf
+            if age > stale:
+                log.warning("project %s iteration %s: re-extraction chunk %s claimed %.0f s ago and not "
+                            "written; computing it here", project.pk, iteration, name, age)
+                compute(start, stop)
+            else:
+                waiting = True
+        if waiting:
+            time.sleep(_POLL_S)
+    shutil.rmtree(folder, ignore_errors=True)
+    log.info("project %s iteration %s: re-extracted %d chunks, %d by train workers",
+             project.pk, iteration, len(plan), by_workers)
+    return np.concatenate([parts[start] for start, _ in plan]).astype(np.float32, copy=False)
 
 
 def compute_chunk(project: Project, start: int, stop: int) -> np.ndarray:

@@ -60,6 +60,23 @@ def extract_features_chunk(project_id: int, start: int, stop: int) -> bool:
     return features.write_chunk(project, int(start), int(stop))
 
 
+@shared_task(name="labeling.tasks.train.reextract_finetune_chunk", **_RETRY)
+def reextract_finetune_chunk(project_id: int, iteration: int, digest: str, start: int, stop: int) -> bool:
+    """After a finetune refit: features of items ``start <= index < stop`` through the stage saved for
+    ``iteration`` (hash ``digest``); the loop task assembles them (``features.reextract``) and computes
+    whatever no worker wrote. A no-op once the loop has assembled them or for another try's stage."""
+    from . import features
+    from .models import Project
+
+    project = Project.objects.filter(pk=project_id).first()
+    if project is None:
+        return False
+    wrote = features.write_refit_chunk(project, int(iteration), str(digest), int(start), int(stop))
+    log.info("reextract_finetune_chunk(%s, %s, %s-%s): %s", project_id, iteration, start, stop,
+             "written" if wrote else "nothing to do")
+    return wrote
+
+
 @shared_task(name="labeling.tasks.sweep_loop", **_RETRY)
 def sweep_loop() -> list[int]:
     """Re-send lost loop tasks (``services.sweep_stalled_loops``); idempotent, cheap when nothing is stalled."""

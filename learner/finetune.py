@@ -12,7 +12,9 @@ third residual stage; ResNet-50: ``layer4``; SmallCNN: the last conv block) lear
   ``epochs`` passes; BatchNorm keeps its running statistics (eval mode), its affine weights
   learn. Each refit starts from the stage of the refit before (the drivers keep it: the
   simulator in memory, the web app next to the project's feature cache);
-* :meth:`FineTuner.features` re-extracts the pool's features through the new stage.
+* :meth:`FineTuner.features` re-extracts the pool's features through the new stage (the web
+  app spreads this over ``train`` workers chunk by chunk, ``labeling.features.reextract``; a
+  chunk is ``features(inputs[start:stop])`` and the stage is named by :func:`stage_hash`).
 
 The loop engine calls this through ``Pool.refit`` once per iteration, when the iteration's labels
 are final (:func:`learner.engine.step`); the head of that iteration is then trained again on the
@@ -216,18 +218,33 @@ class FineTuner:
         return True
 
 
-def refit_hook(tuner: FineTuner, n_classes: int, *, after=None):
+def stage_hash(state: dict) -> str:
+    """sha256 (hex) of a stage's state_dict: names, dtypes, shapes and bytes, in key order. Names
+    one fine-tuned stage, so files made from it (the web app's re-extraction chunks) are never
+    mixed with another stage's."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for key in sorted(state):
+        t = state[key].detach().cpu().contiguous()
+        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def refit_hook(tuner: FineTuner, n_classes: int, *, after=None, extract=None):
     """The engine's ``Pool.refit``: fine-tune on the labeled items, return the pool's new
-    features. ``after(tuner, features)`` lets a driver persist the stage (or re-extract its
+    features. ``extract(tuner)`` computes them (default :meth:`FineTuner.features`, in this
+    process); ``after(tuner, features)`` lets a driver persist the stage (or re-extract its
     test set) once the features are new."""
 
     def refit(items, labels, weights, seed):
         tuner.fit(items, labels, weights, n_classes, seed)
-        feats = tuner.features()
+        feats = tuner.features() if extract is None else extract(tuner)
         if after is not None:
             after(tuner, feats)
         return feats
     return refit
 
 
-__all__ = ["FINETUNE_BACKBONES", "FineTuneSettings", "FineTuner", "split_last_stage", "stage_inputs", "refit_hook"]
+__all__ = ["FINETUNE_BACKBONES", "FineTuneSettings", "FineTuner", "split_last_stage", "stage_inputs", "stage_hash", "refit_hook"]

@@ -137,3 +137,21 @@ def test_the_engine_refuses_finetune_without_a_refit_hook():
                                secured=np.zeros(4, bool), secured_labels=np.full(4, -1), trust={}, crowd=[])
     with pytest.raises(ValueError, match="Pool.refit"):
         engine.step(cfg, pool, state, previous_model=None)
+
+
+def test_stage_hash_names_one_stage():
+    """The web app keys re-extraction chunks by this hash: equal states give equal hashes, any change
+    of a weight, a buffer or a name gives another."""
+    import torch
+
+    from learner.finetune import stage_hash
+
+    state = {"w": torch.arange(6, dtype=torch.float32).view(2, 3), "n": torch.tensor(3)}
+    same = {"n": torch.tensor(3), "w": torch.arange(6, dtype=torch.float32).view(2, 3)}
+    assert stage_hash(state) == stage_hash(same) and len(stage_hash(state)) == 64
+    moved = {"w": state["w"].clone(), "n": torch.tensor(3)}
+    moved["w"][1, 2] += 1e-6
+    assert stage_hash(moved) != stage_hash(state)
+    assert stage_hash({"w": state["w"].view(3, 2), "n": state["n"]}) != stage_hash(state)  # shape
+    assert stage_hash({"w": state["w"], "n": torch.tensor(4)}) != stage_hash(state)  # a buffer
+    assert stage_hash({"v": state["w"], "n": state["n"]}) != stage_hash(state)  # a name

@@ -114,15 +114,25 @@ def test_live_loop_on_a_real_worker_over_redis(labeling_dirs, annotators, redis_
         assert IterationMetric.objects.filter(project=project, iteration=0).count() == 1
 
 
-def test_a_finetune_step_with_pixel_crafting_on_a_real_worker_over_redis(labeling_dirs, annotators, redis_worker):
+def test_a_finetune_step_with_pixel_crafting_on_a_real_worker_over_redis(labeling_dirs, annotators, redis_worker,
+                                                                         tmp_path, request):
     """training_mode finetune (issue 19): the worker fine-tunes the backbone's last stage on the
-    device learner.device picks, crafts pixel-space copies through it, and keeps the stage."""
+    device learner.device picks, crafts pixel-space copies through it, and keeps the stage; the
+    pool's features through each new stage are re-extracted in chunks (feature_chunk_size 10: three
+    chunk tasks on the train queue, a second worker to take them, the loop assembles) and equal
+    what the saved stage gives in one process."""
     from labeling import features
+    from tests.web.conftest import start_worker
 
+    (tmp_path / "second").mkdir()
+    second = start_worker(broker_url=redis_worker.broker_url, transport_options={}, env_extra={},
+                          tmp_path=tmp_path / "second", queues="train")
+    request.addfinalizer(second.stop)
     with producer_to(redis_worker):
         project = digits_project(n=30, config={"secured_size": 6, "initial_size": 6, "batch_size": 6, "budget": 40,
                                                "backbone": "smallcnn", "training_mode": "finetune",
-                                               "augment_space": "pixel", "noise_variance": 0.01})
+                                               "augment_space": "pixel", "noise_variance": 0.01,
+                                               "feature_chunk_size": 10})
         iteration = 0
         for _ in range(6):  # batch 0 (no model to attack yet), then batch 1: crafted and fine-tuned
             answer_batch(project)
@@ -140,5 +150,21 @@ def test_a_finetune_step_with_pixel_crafting_on_a_real_worker_over_redis(labelin
         import numpy as np
 
         assert np.abs(np.load(features.finetune_features_path(project, 1)) - frozen).max() > 1e-4
-        log = redis_worker.log()
+        log = redis_worker.log() + second.log()
         assert "finetune on cpu" in log or "finetune on cuda" in log
+        # chunked re-extraction: the loop said how it went, and its rows are the saved stage's features
+        assert "re-extracted 3 chunks" in log, log[-3000:]
+        import torch
+
+        from learner import live
+        from learner.finetune import FineTuner
+
+        tuner = FineTuner(live.project_backbone(project.live_config), features.stage_inputs_for(project), device="cpu")
+        for i in (0, 1):
+            tuner.load_state_dict(torch.load(features.finetune_path(project, i), weights_only=True))
+            np.testing.assert_allclose(np.load(features.finetune_features_path(project, i)), tuner.features(),
+                                       rtol=0, atol=1e-5)
+        # every chunk task ran (on either worker) and left no chunk folder behind
+        wait_until(lambda: (redis_worker.log() + second.log()).count("reextract_finetune_chunk(") >= 6, timeout=60,
+                   worker=redis_worker)
+        assert not list(features.project_cache_dir(project).glob("finetune-chunks-*"))
