@@ -10,6 +10,7 @@ Usage::
     python bench/bench_crafting.py                 # ResNet-20 on CIFAR-2, 64 images, 2 threads
     python bench/bench_crafting.py --model tiny    # small CNN, seconds
     python bench/bench_crafting.py --skip-art      # fast attacks only
+    python bench/bench_crafting.py --previous-cw   # also the fast C&W's settings before its speed-up
 
 CIFAR-2 is read from ``--npz`` or ``$ROBUSTAL_SHARED_DIR/data/cifar2/cifar2.npz`` (default
 shared dir ``/work/shared``); without it the model stays randomly initialised and the images
@@ -208,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=3, help="training epochs if no cached weights")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip-art", action="store_true", help="only the fast implementations")
+    p.add_argument("--previous-cw", action="store_true",
+                   help="also run the fast C&W with its previous settings (5 x 20 Adam steps, no DeepFool seed)")
     p.add_argument("--device", default="cpu", help="cpu (default, the reference setting) or cuda")
     args = p.parse_args(argv)
 
@@ -227,6 +230,10 @@ def main(argv: list[str] | None = None) -> int:
         ("ART DeepFool (max_iter=100)", "deepfool_art", {"max_iter": 100}),
         ("fast DeepFool", "deepfool", {}),
     ]
+    if args.previous_cw:
+        # the fast C&W's settings up to commit d76c045 (5 x 20 Adam steps from x, no seed)
+        runs.insert(2, ("fast C&W, previous settings", "cw",
+                        {"binary_search_steps": 5, "init": None, "refine_step": 0.0, "stop_tol": 0.0}))
     if args.skip_art:
         runs = [r for r in runs if not r[1].endswith("_art")]
     # Warm-up: the first autograd/optimizer call of a process pays one-time lazy imports
@@ -236,16 +243,18 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     for name, method, kw in runs:
         res = attacks.craft(method, model, x, device=args.device, **kw)
-        results[method] = res
-        print(f"  done {name}: {res.seconds:.1f} s", flush=True)
+        results[name] = res
+        load = "/".join(f"{v:.1f}" for v in os.getloadavg())
+        print(f"  done {name}: {res.seconds:.1f} s (load average 1/5/15 min after it: {load})", flush=True)
 
     print()
     print(f"| method | images/s | success | median L2 | speed-up vs ART |")
     print(f"|---|---|---|---|---|")
+    art_of = {method: name for name, method, _ in runs if method.endswith("_art")}
     for name, method, _ in runs:
-        res = results[method]
+        res = results[name]
         ips = len(x) / res.seconds
-        ref = results.get(method.replace("_art", "") + "_art")
+        ref = results.get(art_of.get(method.replace("_art", "") + "_art", ""))
         speed = f"{res_ips(ref, len(x)) and ips / res_ips(ref, len(x)):.1f}x" if ref else "-"
         print(f"| {name} | {ips:.2f} | {res.success_rate:.2f} | {res.median_l2():.3f} | {speed} |")
     return 0

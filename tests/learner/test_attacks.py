@@ -110,13 +110,51 @@ def test_fast_cw_matches_art(mlp, images, cw_fast, cw_art):
 
 
 def test_fast_cw_is_minimal_not_just_successful(mlp, images, cw_fast):
-    # With a huge learning rate and a single step per search, C&W cannot minimise the
-    # distance; the tuned defaults must do clearly better than such a crude attack.
+    # With a huge learning rate and a single step per search (and no DeepFool seed), C&W cannot
+    # minimise the distance; the tuned defaults must do clearly better than such a crude attack.
     crude = attacks.carlini_l2_fast(
         mlp, images, max_iter=1, binary_search_steps=1, learning_rate=1.0, initial_const=100.0,
-        device="cpu",
+        init=None, device="cpu",
     )
     assert cw_fast.median_l2() < 0.8 * crude.median_l2()
+
+
+# The fast C&W before its speed-up (commit d76c045: 5 search steps x 20 Adam steps from a plain
+# start, torch.optim.Adam) on the 24 digits of ``images``: every image flipped, L2 per image:
+PREVIOUS_CW_L2 = np.array([
+    1.1334, 0.4625, 0.5574, 1.1415, 0.4804, 0.3927, 0.6812, 0.5218, 0.7676, 0.5372, 0.4308, 0.1268,
+    1.2574, 0.5798, 0.1205, 0.8645, 0.6496, 0.9723, 0.9143, 0.5507, 1.1356, 0.3543, 1.2134, 0.4689,
+])
+
+
+def test_fast_cw_is_not_weaker_than_before_its_speed_up(mlp, images, cw_fast):
+    """Fewer gradient steps must not cost success or distance: the defaults flip every image, with a
+    median and a mean L2 no larger than the previous implementation's, and no image more than 5 %
+    farther than it was."""
+    assert cw_fast.success_rate == 1.0
+    assert cw_fast.median_l2() <= np.median(PREVIOUS_CW_L2) + 1e-3
+    assert cw_fast.perturbation_l2.mean() <= PREVIOUS_CW_L2.mean() + 1e-3
+    assert np.all(cw_fast.perturbation_l2 <= PREVIOUS_CW_L2 * 1.05 + 1e-3)
+
+
+def test_fast_cw_previous_settings_reproduce_the_previous_results(mlp, images):
+    """The per-image Adam reproduces torch.optim.Adam: with the old settings (5 search steps, no
+    seed, no refinement, no early stop) the distances are the previous implementation's."""
+    old = attacks.carlini_l2_fast(mlp, images, binary_search_steps=5, init=None, refine_step=0.0, stop_tol=0.0,
+                                  device="cpu")
+    assert old.success_rate == 1.0
+    np.testing.assert_allclose(old.perturbation_l2, PREVIOUS_CW_L2, atol=6e-5)
+
+
+def test_fast_cw_each_option_keeps_results_valid(mlp, images):
+    """Early abort, no warm start, no seed, a larger search: still valid results (box, success checked)."""
+    for kw in ({"abort_early": True}, {"warm_start": False}, {"init": None}, {"const_scale": 0.0},
+               {"binary_search_steps": 4, "stop_tol": 0.5}):
+        res = attacks.carlini_l2_fast(mlp, images[:8], device="cpu", **kw)
+        _check_result(res, mlp, images[:8])
+        assert res.success_rate == 1.0, kw
+    with pytest.raises(ValueError, match="init"):
+        attacks.carlini_l2_fast(mlp, images[:2], init="pgd", device="cpu")
 
 
 def test_fast_cw_is_reproducible_and_accepts_tensors(mlp, images, cw_fast):
