@@ -174,9 +174,10 @@ _INFO = {
                          "(whoever reaches one answers it); a wrong answer counts against whoever gave it from the "
                          "first model update on. Each is one label bought; 0: none.",
                          _TRUST),
-    "probation_labels": ("trust", "Probation (labels)", "Each annotator's first this many labels are checked by "
-                         "another annotator whatever the model thinks of them (a second and third only when the "
-                         "first disagrees); 0: only the labels the model contradicts are checked.", _TRUST),
+    "probation_labels": ("trust", "Probation (confirmed labels)", "Every label of an annotator is checked by another "
+                         "annotator, whatever the model thinks of it, until this many of their labels were confirmed "
+                         "(a second and third checker only when the first disagrees); 0: only the labels the model "
+                         "contradicts are checked.", _TRUST),
     "p1": ("trust", "Honest accuracy (P_1)", "Accuracy assumed for an honest annotator (CIFAR-10 humans: "
            "0.9391); the flag and suspend tests measure against it.", _TRUST),
     "confusion_min_rate": ("trust", "Confusion rate", "Dawid-Skene check: flag an annotator who maps one class to "

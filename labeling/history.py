@@ -19,13 +19,18 @@ from .models import (Annotation, Assignment, ConfusionEstimate, Item, Project, Q
 
 def annotation_triples(project, *, through: int | None = None) -> list[tuple[int, int, int]]:
     """(item index, labeler id, label) of every answer in ``project`` an admin did not discard
-    (``through``: in batches up to that iteration only)."""
+    (``through``: in batches up to that iteration only), batch by batch and in the order given
+    within a batch: the engine's order (``learner.loop`` asks a batch's first labels, then its
+    rounds' votes, then the next batch's first labels). With ``pipeline`` people answer batch i+1
+    before the rounds of batch i close; in the order of the database a vote would count batch
+    i+1's first labels as given before it (``learner.trust.vote_history``'s positions)."""
     rows = Annotation.objects.filter(assignment__batch__project=project, discard__isnull=True,
                                      assignment__labeler__isnull=False)
     if through is not None:
         rows = rows.filter(assignment__batch__iteration__lte=through)
     return [(int(i), int(u), int(lab)) for i, u, lab in
-            rows.values_list("assignment__item__index", "assignment__labeler_id", "label").order_by("id")]
+            rows.values_list("assignment__item__index", "assignment__labeler_id", "label")
+            .order_by("assignment__batch__iteration", "id")]
 
 
 def pending_rounds(batch) -> list[tuple[int, int, int, list[int], list[int]]]:

@@ -38,7 +38,7 @@ from .trust import (LabelerTrust, Outcome, Status, TrustPolicy, apply_confirmati
                     audit_threshold, refutation_pvalue, rejected_class, resolve, resolve_votes, vote_history)
 
 LABELING, REANNOTATION = "labeling", "reannotation"
-MIN_AUDITOR_PER_CLASS = 1  # verified S labels of every class before a model of S may audit the first batch
+MIN_AUDITOR_PER_CLASS = 3  # verified S labels of every class before a model of S may audit the first batch
 # an adaptive round's single confirming vote settles it only when the voter's own refuted labels
 # are this plausible for an honest labeler (ours: two spammers confirmed each other's wrong labels)
 CONFIRMER_ALPHA = 0.25
@@ -428,15 +428,22 @@ def _audit(cfg, pool: Pool, state: EngineState, model, items: np.ndarray, plan: 
     return suspicious
 
 
-def on_probation(state: EngineState, items: np.ndarray, first: int) -> np.ndarray:
-    """Labels of ``items`` that are among their labeler's ``first`` first labels
-    (``LiveConfig.probation_labels``, ours): a newcomer's first answers are re-annotated whatever
-    the model says, so a spammer's first batch is checked although a weak first model neither
-    confirms nor contradicts it."""
-    wanted = {int(x) for x in items}
-    out = [item for uid, given in state.first_labels.items() for item, _ in given[:first]
-           if item in wanted and int(state.labeler_of[item]) == uid]
-    return np.asarray(sorted(set(out)), dtype=np.int64)
+def on_probation(state: EngineState, items: np.ndarray, confirmed: int) -> np.ndarray:
+    """Labels of ``items`` whose labeler is on probation (``LiveConfig.probation_labels``, ours):
+    fewer than ``confirmed`` of their earlier first labels were confirmed by others in a
+    re-annotation round. Those labels are re-annotated whatever the model says: a newcomer's
+    first answers are checked although a weak first model neither confirms nor contradicts them,
+    and a labeler whose labels keep being refuted (a spammer) stays on probation until flagged."""
+    out = []
+    for item in np.asarray(items, dtype=np.int64):
+        uid = int(state.labeler_of[item])
+        if uid < 0:
+            continue
+        held = sum(1 for it, given in state.first_labels.get(uid, [])
+                   if it != item and state.verdicts.get((uid, it)) == given)
+        if held < confirmed:
+            out.append(int(item))
+    return np.asarray(sorted(out), dtype=np.int64)
 
 
 def _recheck(cfg, pool: Pool, state: EngineState, model, batch: np.ndarray) -> np.ndarray:

@@ -219,6 +219,7 @@ VARIANTS = {
     "no-secured": {"secured_size": 0},
     "no-audits": {"audit_confidence": None},
     "no-augment": {"augment": ()},
+    "augment": {"augment": ("cw", "deepfool", "noise")},  # robust's crafted copies for another strategy
     "no-trust": {"trust_weights": False},
     "no-confusion": {"confusion_min_rate": None},
     "paper-decrease": {"trust_decrease": "paper"},
@@ -227,6 +228,7 @@ VARIANTS = {
     "no-recheck": {"recheck": False},
     "no-gold": {"secured_evidence": False, "gold_per_labeler": 0},
     "probation": {"probation_labels": 4},
+    "no-probation": {"probation_labels": 0},
     "pick-margin": {"robust_pick": "margin"},
     "pick-farthest": {"robust_pick": "farthest"},
     "size0": {"robust_size_weight": 0.0},

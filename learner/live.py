@@ -129,9 +129,10 @@ class LiveConfig:
     # from the first step on. Each is a label bought; off by default (no gain beyond the runs'
     # spread in the trust benchmark, docs/method.md)
     gold_per_labeler: int = 0
-    # probation (ours): each labeler's first this many first labels are re-annotated whatever the
-    # model says (learner.engine.on_probation); adaptive rounds make a confirmed one cost one label
-    probation_labels: int = 0
+    # probation (ours): every first label of a labeler is re-annotated whatever the model says until
+    # this many of theirs were confirmed by others (learner.engine.on_probation); adaptive rounds
+    # make a confirmed one cost one label. 0: off (measured in docs/method.md)
+    probation_labels: int = 4
     p1: float = 0.9391  # an honest labeler's accuracy P_1 (the refuted-label test's null hypothesis)
     # Dawid-Skene check (learner.confusion): flag a labeler whose confusion[a, b] >= min_rate over
     # >= min_count expected labels; null min_rate turns the check off

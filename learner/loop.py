@@ -48,7 +48,7 @@ class LoopConfig:
     recheck: bool = True  # ours: audit earlier standing labels the newer model contradicts
     secured_evidence: bool = True  # ours: S votes (consensus verification) count in the refuted-label test
     gold_per_labeler: int = 0  # ours: gold questions on S items the admin labeled (LiveConfig.gold_per_labeler)
-    probation_labels: int = 0  # ours: re-annotate each labeler's first this many labels (LiveConfig.probation_labels)
+    probation_labels: int = 4  # ours: re-annotate a labeler's labels until this many were confirmed (LiveConfig.probation_labels)
     pipeline: bool = False  # people label the next batch (chosen by F_{i-1}) while F_i trains
     batch_per_annotator: int | None = None  # batches of max(batch_size, this x eligible labelers)
     audit_posterior: float | None = None  # ours: audit where a label is this likely wrong (engine.posterior_threshold)

@@ -413,14 +413,25 @@ def assess(state: LabelerTrust, history: list[tuple[int, int | None]], n_classes
         return Assessment(Status.FLAGGED, why, p_new)
     if state.status is Status.FLAGGED and unchecked == 0:
         # every label of theirs is now checked: suspend when the recent runs stay improbable
-        # (below audit_alpha) and the whole record shows an excess too (below flag_alpha), or when
-        # a class mapping persists with the recent runs below flag_alpha; a chance cluster in an
+        # (below audit_alpha) and the whole record shows an excess too (below flag_alpha) or this
+        # is the second episode (an audit or a review cleared them before, and new labels alone
+        # flagged them again: a sleeper's long honest start dilutes its whole record), or when
+        # a class mapping persists and the record fails the flag's test; a chance cluster in an
         # honest labeler's short run is diluted in the whole record and maps no class (ours)
         whole = refutation_pvalue(history, n_classes, policy, lengths=(0,), distinct=False,
                                   error=policy.suspend_error)
+        # the second episode is judged on the labels given since the first was cleared
+        since = (refutation_pvalue(history[cleared:], n_classes, policy, distinct=False, error=policy.suspend_error,
+                                   votes=cast_new) if cleared else 1.0)
         why = (f"audit done; recent runs p = {p:.1e}, whole record p = {whole:.1e}"
+               + (f"; since cleared p = {since:.1e}" if cleared else "")
                + ("; a class mapping persists" if pattern else ""))
-        if (p < policy.audit_alpha and whole < policy.flag_alpha) or (pattern and p < policy.flag_alpha):
+        # with a persisting class mapping the record is judged at the flag's standard: Dawid-Skene
+        # and the audit's refutations are two lines of evidence (a sleeper's three mapped labels
+        # among thirty honest ones never reach the suspension's standard before the pool ends)
+        mapped = pattern and refutation_pvalue(history, n_classes, policy, alpha=policy.flag_alpha,
+                                               votes=cast) < policy.flag_alpha
+        if (p < policy.audit_alpha and whole < policy.flag_alpha) or since < policy.audit_alpha or mapped:
             return Assessment(Status.SUSPENDED, why, p)
         return Assessment(Status.ACTIVE, why, p)
     return Assessment(state.status, "", p)

@@ -64,25 +64,34 @@ def test_rounds_ask_one_labeler_first_or_h_at_once(setup, mode, first_votes):
     assert state.trust[0].disagreements == 2 and state.trust[0].status is Status.ACTIVE
 
 
-def test_probation_re_annotates_a_newcomers_first_labels_whatever_the_model_says(setup):
-    x, y, pool = setup
-    state, previous = _batch_with_wrong_labels(live.LiveConfig(), pool, y, wrong=0)  # 40 right labels of labeler 0
-    state.first_labels[1] = [(int(i), int(y[i])) for i in range(340, 350)]  # labeler 1: 10 more, also right
+def _probation_state(pool, y):
+    """Labeler 0 gives 40 right labels (300-339) with nothing confirmed yet; labeler 1 gives 10
+    (340-349) after 4 earlier labels (200-203) that re-annotation confirmed."""
+    state, previous = _batch_with_wrong_labels(live.LiveConfig(), pool, y, wrong=0)
+    state.labels[200:204] = y[200:204]  # verified by the rounds: no longer on anyone's word
+    state.first_labels[1] = [(i, int(y[i])) for i in range(200, 204)] + [(i, int(y[i])) for i in range(340, 350)]
+    state.verdicts.update({(1, i): int(y[i]) for i in range(200, 204)})
     state.labels[340:350], state.labeler_of[340:350] = y[340:350], 1
     state.batch = np.arange(300, 350)
-    assert engine.on_probation(state, state.batch, 4).tolist() == [300, 301, 302, 303, 340, 341, 342, 343]
-    assert engine.on_probation(state, np.arange(302, 345), 4).tolist() == [302, 303, 340, 341, 342, 343]
+    return state, previous
+
+
+def test_probation_re_annotates_every_label_until_enough_were_confirmed(setup):
+    x, y, pool = setup
+    state, previous = _probation_state(pool, y)
+    assert engine.on_probation(state, state.batch, 4).tolist() == list(range(300, 340))  # 1 has 4 confirmed
+    assert engine.on_probation(state, state.batch, 5).tolist() == list(range(300, 350))
+    state.verdicts[(0, 300)] = int(y[300]) + 1  # a refuted label confirms nothing
+    assert engine.on_probation(state, state.batch, 1).tolist() == list(range(300, 340))
     asked = {}
     for probation in (0, 4):
-        s, _ = _batch_with_wrong_labels(live.LiveConfig(), pool, y, wrong=0)
-        s.first_labels[1] = list(state.first_labels[1])
-        s.labels[340:350], s.labeler_of[340:350], s.batch = y[340:350], 1, np.arange(300, 350)
+        s, _ = _probation_state(pool, y)
         cfg = live.LiveConfig(h=3, augment=(), secured_size=0, probation_labels=probation, recheck=False)
         plan = engine.step(cfg, pool, s, previous_model=previous)
         asked[probation] = {r.item for r in plan.requests}
         assert all(len(r.new_voters) == 1 for r in plan.requests)  # one vote first: a confirmation costs one label
     assert len(asked[0]) < 8  # the model contradicts few of these right labels...
-    assert asked[4] == asked[0] | {300, 301, 302, 303, 340, 341, 342, 343}  # ...probation checks the first 4 anyway
+    assert asked[4] == asked[0] | set(range(300, 340))  # ...probation checks all of labeler 0's anyway
     with pytest.raises(ValueError, match="probation_labels"):
         live.LiveConfig(probation_labels=-1).validate()
 

@@ -33,6 +33,7 @@ def staff(db):
 
 
 DEFAULT_CONFIG = {"strategy": "robust", "batch_size": 6, "initial_size": 6, "secured_size": 6, "h": 2, "gold_per_labeler": 0,
+                  "probation_labels": 0,
                   "backbone": "flatten", "feature_size": 8, "channels": 1, "budget": 60, "n_clusters": 3}
 
 
