@@ -416,7 +416,7 @@ def assess(state: LabelerTrust, history: list[tuple[int, int | None]], n_classes
         # (below audit_alpha) and the whole record shows an excess too (below flag_alpha) or this
         # is the second episode (an audit or a review cleared them before, and new labels alone
         # flagged them again: a sleeper's long honest start dilutes its whole record), or when
-        # a class mapping persists and the record fails the flag's test; a chance cluster in an
+        # a class mapping persists with the recent runs below flag_alpha; a chance cluster in an
         # honest labeler's short run is diluted in the whole record and maps no class (ours)
         whole = refutation_pvalue(history, n_classes, policy, lengths=(0,), distinct=False,
                                   error=policy.suspend_error)
@@ -426,12 +426,8 @@ def assess(state: LabelerTrust, history: list[tuple[int, int | None]], n_classes
         why = (f"audit done; recent runs p = {p:.1e}, whole record p = {whole:.1e}"
                + (f"; since cleared p = {since:.1e}" if cleared else "")
                + ("; a class mapping persists" if pattern else ""))
-        # with a persisting class mapping the record is judged at the flag's standard: Dawid-Skene
-        # and the audit's refutations are two lines of evidence (a sleeper's three mapped labels
-        # among thirty honest ones never reach the suspension's standard before the pool ends)
-        mapped = pattern and refutation_pvalue(history, n_classes, policy, alpha=policy.flag_alpha,
-                                               votes=cast) < policy.flag_alpha
-        if (p < policy.audit_alpha and whole < policy.flag_alpha) or since < policy.audit_alpha or mapped:
+        if ((p < policy.audit_alpha and whole < policy.flag_alpha) or since < policy.audit_alpha
+                or (pattern and p < policy.flag_alpha)):
             return Assessment(Status.SUSPENDED, why, p)
         return Assessment(Status.ACTIVE, why, p)
     return Assessment(state.status, "", p)
