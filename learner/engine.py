@@ -434,16 +434,12 @@ def on_probation(state: EngineState, items: np.ndarray, confirmed: int) -> np.nd
     re-annotation round. Those labels are re-annotated whatever the model says: a newcomer's
     first answers are checked although a weak first model neither confirms nor contradicts them,
     and a labeler whose labels keep being refuted (a spammer) stays on probation until flagged."""
-    out = []
-    for item in np.asarray(items, dtype=np.int64):
-        uid = int(state.labeler_of[item])
-        if uid < 0:
-            continue
-        held = sum(1 for it, given in state.first_labels.get(uid, [])
-                   if it != item and state.verdicts.get((uid, it)) == given)
-        if held < confirmed:
-            out.append(int(item))
-    return np.asarray(sorted(out), dtype=np.int64)
+    items = np.asarray(items, dtype=np.int64)
+    asked = set(items.tolist())
+    on = {uid for uid in {int(u) for u in state.labeler_of[items] if u >= 0}
+          if sum(1 for it, given in state.first_labels.get(uid, [])
+                 if it not in asked and state.verdicts.get((uid, it)) == given) < confirmed}
+    return np.sort(items[np.isin(state.labeler_of[items], list(on))]).astype(np.int64)
 
 
 def _recheck(cfg, pool: Pool, state: EngineState, model, batch: np.ndarray) -> np.ndarray:
