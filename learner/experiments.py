@@ -442,7 +442,13 @@ def _statuses(runs: list[RunResult]) -> dict:
     adversarial = [r for r in runs if r.malicious]
     def every(r, states):
         return all(r.trust.get(i, {}).get("status") in states for i in r.malicious)
+    # an adversary that never attacked before the stop (a sleeper whose turn never came) gave
+    # nothing to catch: counted apart, so the suspension figure can be read against it
+    acted = [(r, i) for r in adversarial for i in r.malicious if r.adversary_attacks.get(i, 0) > 0]
     return {
+        "adversaries": int(sum(len(r.malicious) for r in adversarial)),
+        "adversaries_attacked": len(acted),
+        "attackers_suspended": int(sum(r.trust.get(i, {}).get("status") == "suspended" for r, i in acted)),
         "adversary_runs": len(adversarial),
         "adversaries_suspended": int(sum(every(r, ("suspended",)) for r in adversarial)),
         "adversaries_caught": int(sum(every(r, ("flagged", "suspended")) for r in adversarial)),

@@ -167,6 +167,8 @@ class RunResult:
     exported: int = 0
     exported_accuracy: float = float("nan")  # share of those labels that are right
     bought_by_kind: dict[str, int] = field(default_factory=dict)  # at the target (else at the end)
+    # answers each adversary gave in attack before the run stopped (a sleeper that never turned: 0)
+    adversary_attacks: dict[int, int] = field(default_factory=dict)
 
     @property
     def reached(self) -> bool:
@@ -197,6 +199,7 @@ class _Run:
         self.times_answered: dict[tuple[int, int], int] = {}
         self.bought_by_kind = {"first": 0, "secured": 0, "reannotation": 0}
         self.redundant_given: Counter = Counter()  # labels a redundancy baseline's extra asks took
+        self.attacks: Counter = Counter()  # adversary -> answers given in attack (Labeler.attacks)
         self.history: list[IterationRecord] = []
 
     # ---- hooks of the engine that only the simulator has ------------------------------------
@@ -250,9 +253,13 @@ class _Run:
         first = kind == "first"
         # a redundancy baseline's extra labels look like first labels to whoever gives them
         # (nothing tells them apart), unlike a re-annotation request
-        label = self.labelers.answer(labeler, item, int(self.data.pool_labels[item]), seed=self.seed, nth=nth,
-                                     first_label=first or kind == "redundant",
-                                     given_before=len(st.first_labels.get(labeler, [])) + self.redundant_given[labeler])
+        given_before = len(st.first_labels.get(labeler, [])) + self.redundant_given[labeler]
+        truth = int(self.data.pool_labels[item])
+        label = self.labelers.answer(labeler, item, truth, seed=self.seed, nth=nth,
+                                     first_label=first or kind == "redundant", given_before=given_before)
+        if self.labelers.labelers[labeler].attacks(truth, first_label=first or kind == "redundant",
+                                                   given_before=given_before):
+            self.attacks[labeler] += 1
         if kind == "redundant":
             self.redundant_given[labeler] += 1
         st.bought += 1
@@ -355,6 +362,8 @@ class _Run:
                                          "labels_given": t.labels_given, "disagreements": t.disagreements,
                                          "alerts": t.alerts} for i, t in st.trust.items()},
             malicious=[lab.ident for lab in self.labelers.labelers if lab.malicious],
+            adversary_attacks={lab.ident: int(self.attacks[lab.ident]) for lab in self.labelers.labelers
+                               if lab.malicious},
             final_accuracy=self.history[-1].test_accuracy,
             label_accuracy=float((st.labels[labeled] == self.data.pool_labels[labeled]).mean()) if len(labeled) else float("nan"),
             watch_predictions=(model.predict(self.data.watch_features).tolist()

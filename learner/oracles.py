@@ -34,6 +34,16 @@ class Labeler:
     def malicious(self) -> bool:
         return bool(self.mapping) or self.spammer
 
+    def attacks(self, true_label: int, *, first_label: bool = True, given_before: int = 0) -> bool:
+        """Whether this answer is an attack: a spammer's every answer, a mapping labeler's answer
+        on a mapped class (a sleeper's only after its honest first labels, and never on a
+        re-annotation)."""
+        if self.spammer:
+            return True
+        if not self.mapping or int(true_label) not in self.mapping:
+            return False
+        return not self.honest_first or (first_label and given_before >= self.honest_first)
+
     def label(self, true_label: int, n_classes: int, rng: np.random.Generator, *, first_label: bool = True,
               given_before: int = 0) -> int:
         """The label this labeler gives an item of class ``true_label``.
@@ -44,8 +54,7 @@ class Labeler:
         true_label = int(true_label)
         if self.spammer:
             return int(rng.integers(n_classes))
-        attacking = self.mapping and (not self.honest_first or (first_label and given_before >= self.honest_first))
-        if attacking and true_label in self.mapping:
+        if self.attacks(true_label, first_label=first_label, given_before=given_before):
             return int(self.mapping[true_label])
         if n_classes > 1 and rng.random() < self.error_rate:
             other = int(rng.integers(n_classes - 1))

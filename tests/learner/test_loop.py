@@ -115,3 +115,20 @@ def test_config_validation():
         LoopConfig(augment=("pgd",)).resolved()
     with pytest.raises(ValueError):
         LoopConfig(augment_space="latent").resolved()
+
+
+def test_runs_count_each_adversarys_attacking_answers(binary):
+    from learner.experiments import _statuses
+
+    mapper = LabelerPool.build(2, n_labelers=11, n_malicious=1, mapping={0: 1})
+    result = run_loop(binary, LoopConfig(strategy="margin", budget=120), mapper, seed=0)
+    bad = result.malicious[0]
+    assert set(result.adversary_attacks) == {bad}
+    assert result.adversary_attacks[bad] > 0
+    # a sleeper that gives fewer than 30 first labels before the stop never attacks
+    sleepers = LabelerPool.build(2, n_labelers=11, n_malicious=2, mapping={0: 1}, kind="sleeper")
+    quiet = run_loop(binary, LoopConfig(strategy="margin", budget=120), sleepers, seed=0)
+    assert quiet.adversary_attacks == {9: 0, 10: 0}
+    summary = _statuses([result, quiet])
+    assert (summary["adversaries"], summary["adversaries_attacked"]) == (3, 1)
+    assert summary["attackers_suspended"] == int(result.trust[bad]["status"] == "suspended")

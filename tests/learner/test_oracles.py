@@ -67,3 +67,16 @@ def test_pool_validation():
         LabelerPool.build(2, n_labelers=3, n_malicious=1)
     with pytest.raises(ValueError, match="unknown adversary kind"):
         LabelerPool.build(2, n_labelers=3, n_malicious=1, mapping={0: 1}, kind="troll")
+
+
+def test_attacks_says_which_answers_are_attacks():
+    sleeper = LabelerPool.build(3, n_labelers=2, n_malicious=1, mapping={0: 2}, kind="sleeper",
+                                error_rate=0.0).labelers[1]
+    assert not sleeper.attacks(0, given_before=29)
+    assert sleeper.attacks(0, given_before=30)
+    assert not sleeper.attacks(0, first_label=False, given_before=30)  # re-annotations stay honest
+    assert not sleeper.attacks(1, given_before=30)  # outside its mapping
+    mapper = Labeler(0, mapping={1: 7})
+    assert mapper.attacks(1, first_label=False) and not mapper.attacks(2)
+    assert Labeler(0, spammer=True).attacks(5)
+    assert not Labeler(0, error_rate=0.5).attacks(1)  # an honest error is no attack

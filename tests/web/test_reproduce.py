@@ -34,6 +34,10 @@ def test_reproduce_paper_digits_smoke(tmp_path, monkeypatch):
         assert (out / f"{r['scenario']}-seed{r['seed']}" / "summary.json").is_file()
     assert "smoke run" in md and "Paper (Table III" in md and "Paper (Table IV" in md
     assert "Issue 18's targets for `robust` here:" in md and "every adversary suspended" in md
+    mal = report["scenarios"]["malicious"]["summary"]["robust"]
+    assert mal["adversaries"] == 1 and mal["adversaries_attacked"] <= 1
+    assert (f"adversaries that gave at least one attacking answer before the run stopped: "
+            f"{mal['adversaries_attacked']} of 1") in md
 
 
 def test_reproduce_paper_rejects_bad_input(tmp_path):

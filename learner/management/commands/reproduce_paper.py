@@ -311,6 +311,11 @@ def target_lines(scenario: str, r: dict) -> list[str]:
         need = ours["adversary_runs"] - max(1, ours["adversary_runs"] // 30)
         out.append(f"- every adversary suspended: {ours['adversaries_suspended']}/{ours['adversary_runs']} runs — "
                    f"{verdict(ours['adversaries_suspended'] >= need)}")
+        if "adversaries_attacked" in ours:
+            out.append(f"  - adversaries that gave at least one attacking answer before the run stopped: "
+                       f"{ours['adversaries_attacked']} of {ours['adversaries']}; of those, suspended: "
+                       f"{ours['attackers_suspended']} (an adversary that never attacked has nothing to be "
+                       f"caught for: a sleeper turns after its first 30 first labels)")
     out.append(f"- honest labelers suspended: {ours.get('honest_suspended', 0)} — "
                f"{verdict(ours.get('honest_suspended', 0) == 0)}")
     if r.get("attack_success"):
