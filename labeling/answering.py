@@ -17,7 +17,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from . import queue, selectors, workflow
-from .db import prepared_cursor
+from .db import instances, prepared_cursor
 from .models import TAKES_ANSWERS, Annotation, Assignment, LabelerProfile, Project, QueryBatch
 from .workflow import Conflict, InvalidInput, NotFound, loop_delay_seconds, undo_seconds
 
@@ -37,11 +37,11 @@ def _answer_sql(vendor: str) -> dict[str, str]:
     """Hand-written statements of the answer path (one set per database vendor).
 
     Django compiles every ORM query anew, about 1 ms of CPU for a join; these run on every
-    answer, so they are written once here, with the two plain UPDATEs of every answer; the
-    other writes stay in the ORM.
+    answer, so they are written once here, with the INSERT and the two plain UPDATEs of every
+    answer; the other writes stay in the ORM.
     """
     q = connection.ops.quote_name
-    p, a, b = (q(m._meta.db_table) for m in (Project, Assignment, QueryBatch))
+    p, a, b, n = (q(m._meta.db_table) for m in (Project, Assignment, QueryBatch, Annotation))
     locks = vendor == "postgresql"  # SQLite serialises writers: no row locks there
     return {
         # the project of the user's assignment (Django has no FOR SHARE)
@@ -54,6 +54,7 @@ def _answer_sql(vendor: str) -> dict[str, str]:
                        f"b.frozen_at IS NOT NULL AS batch_frozen FROM {a} a JOIN {b} b ON b.id = a.batch_id "
                        "WHERE a.id = %s AND a.labeler_id = %s" + (" FOR NO KEY UPDATE OF a" if locks else "")),
         "open_left": f"SELECT EXISTS(SELECT 1 FROM {a} WHERE batch_id = %s AND status IN (%s, %s))",  # open, queued
+        "insert": f"INSERT INTO {n} (assignment_id, label, seconds, created_at) VALUES (%s, %s, %s, %s) RETURNING id",
         "mark": f"UPDATE {a} SET status = %s, completed_at = %s WHERE id = %s",
         "count_label": (f"UPDATE {q(LabelerProfile._meta.db_table)} SET labels_given = labels_given + 1 "
                         "WHERE user_id = %s"),
@@ -73,11 +74,13 @@ def _lock_assignment(user, assignment_id: int, *, exclusive: bool = False) -> tu
     if not 0 < assignment_id < 2**63:  # keep out-of-range ids from reaching the database
         raise NotFound("no such assignment for you")
     sql = _answer_sql(connection.vendor)
-    project = next(iter(Project.objects.raw(sql["project"] + sql["exclusive" if exclusive else "share"],
-                                            [assignment_id, user.pk])), None)
-    if project is None:
-        raise NotFound(_not_yours(assignment_id))
-    asg = next(iter(Assignment.objects.raw(sql["assignment"], [assignment_id, user.pk])), None)
+    with connection.cursor() as cursor:  # not Model.objects.raw: see labeling.db.instances
+        cursor.execute(sql["project"] + sql["exclusive" if exclusive else "share"], [assignment_id, user.pk])
+        project = next(iter(instances(Project, cursor)), None)
+        if project is None:
+            raise NotFound(_not_yours(assignment_id))
+        cursor.execute(sql["assignment"], [assignment_id, user.pk])
+        asg = next(iter(instances(Assignment, cursor)), None)
     if asg is None or asg.batch_project_id != project.pk:  # handed to someone else meanwhile
         raise NotFound(_not_yours(assignment_id))
     return project, asg
@@ -224,6 +227,19 @@ def _existing_answer(annotation: Annotation, label: int) -> Annotation:
     raise Conflict("this assignment is already answered with another label; undo it first")
 
 
+def _insert_annotation(assignment_id: int, label: int, seconds: float | None) -> Annotation:
+    """``Annotation.objects.create(...)`` as one hand-written INSERT (the ORM compiles it anew each time)."""
+    now = timezone.now()
+    with connection.cursor() as cursor:
+        cursor.execute(_answer_sql(connection.vendor)["insert"],
+                       [assignment_id, label, seconds, connection.ops.adapt_datetimefield_value(now)])
+        annotation_id = cursor.fetchone()[0]
+    annotation = Annotation(id=annotation_id, assignment_id=assignment_id, label=label, seconds=seconds,
+                            created_at=now)
+    annotation._state.adding, annotation._state.db = False, connection.alias
+    return annotation
+
+
 def _mark(asg: Assignment, status: str) -> None:
     """Set the assignment's status and completion time (one UPDATE; the row is locked)."""
     asg.status, asg.completed_at = status, timezone.now()
@@ -267,7 +283,7 @@ def submit_annotation(*, user, assignment_id: int, label, seconds: float | None 
             _check_answerable(project, asg)
             # No savepoint around the insert: the row lock above makes a duplicate impossible on
             # PostgreSQL, and the rare SQLite race is handled below, after the rollback.
-            annotation = Annotation.objects.create(assignment=asg, label=parsed, seconds=seconds)
+            annotation = _insert_annotation(asg.pk, parsed, seconds)
             _mark(asg, Assignment.Status.DONE)
             _count_label(user)
             _after_progress(project, asg.batch_id)

@@ -16,7 +16,7 @@ from django.db import connection
 from django.utils.translation import gettext_lazy as _
 from rest_framework import authentication, exceptions
 
-from .db import instance_from_row, prepared_cursor
+from .db import instances, prepared_cursor
 from .models import ANNOTATORS_GROUP
 
 #: attribute set on the request's user: True/False when known, absent otherwise
@@ -53,12 +53,11 @@ class TokenAuthentication(authentication.TokenAuthentication):
         model = self.get_model()
         with prepared_cursor() as cursor:
             cursor.execute(_token_sql(connection.vendor), [ANNOTATORS_GROUP, key])
-            row = cursor.fetchone()
-            names = [col[0] for col in cursor.description]
-        if row is None:
+            found = instances(get_user_model(), cursor)  # the group flag: an attribute, unconverted
+        if not found:
             raise exceptions.AuthenticationFailed(_("Invalid token."))
-        user = instance_from_row(get_user_model(), names[:-1], row[:-1])
+        user = found[0]
         if not user.is_active:
             raise exceptions.AuthenticationFailed(_("User inactive or deleted."))
-        setattr(user, IS_ANNOTATOR_ATTR, bool(row[-1]))
+        setattr(user, IS_ANNOTATOR_ATTR, bool(getattr(user, IS_ANNOTATOR_ATTR)))
         return user, model(key=key, user=user)

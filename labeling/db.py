@@ -9,6 +9,9 @@ cursor is wrapped by Django as usual (errors translated, queries logged when deb
 
 Set ``DB_PREPARED_STATEMENTS=0`` behind a transaction-mode pooler (PgBouncer < 1.21), which does
 not keep prepared statements across transactions.
+
+:func:`instances` turns the rows of those hand-written SELECTs into model instances (on any
+database) as ``Model.objects.raw`` would, at a fraction of its CPU.
 """
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ import functools
 import os
 from contextlib import contextmanager
 
-from django.db import connection
+from django.db import connection, connections
 
 #: psycopg's automatic preparation threshold on our connections: never reached by repetition
 _ONLY_WHEN_ASKED = 2**31 - 1
@@ -64,8 +67,53 @@ def _preparing_cursor_class():
     return PreparingCursor
 
 
-def instance_from_row(model, names, values):
-    """A model instance from a ``SELECT t.*`` row (columns by name, in any order)."""
-    by_name = dict(zip(names, values))
+def instances(model, cursor) -> list:
+    """Model instances from the rows of a ``SELECT t.*, extra ...`` just run on ``cursor``.
+
+    What ``Model.objects.raw`` gives (each field through Django's converters: SQLite's datetimes,
+    booleans and JSON arrive as text or integers; columns that are no field of the model become
+    attributes, unconverted), without its per-query cost: a raw queryset looks up the columns'
+    converters again on every query (a third of an SQLite ``next`` + answer outside the
+    database). Here they are looked up once per statement shape and thread's connection.
+    """
+    loader = _loader(model, tuple(col[0] for col in cursor.description))
+    return [loader(row) for row in cursor.fetchall()]
+
+
+def _loader(model, names: tuple):
+    conn = connections[connection.alias]  # this thread's connection: converters are bound to it
+    cache = conn.__dict__.setdefault("_labeling_row_loaders", {})
+    loader = cache.get((model, names))
+    if loader is None:
+        loader = cache[(model, names)] = _make_loader(conn, model, names)
+    return loader
+
+
+def _make_loader(conn, model, names: tuple):
     fields = model._meta.concrete_fields
-    return model.from_db(connection.alias, [f.attname for f in fields], [by_name[f.column] for f in fields])
+    at = {name: i for i, name in enumerate(names)}
+    positions = [at[f.column] for f in fields]  # every field's column must be there (``t.*``)
+    attnames = [f.attname for f in fields]
+    converted = []
+    for k, f in enumerate(fields):
+        col = f.get_col(model._meta.db_table)
+        funcs = conn.ops.get_db_converters(col) + col.get_db_converters(conn)
+        if funcs:
+            converted.append((k, funcs, col))
+    columns = {f.column for f in fields}
+    extra = [(i, name) for i, name in enumerate(names) if name not in columns]
+    alias, from_db = conn.alias, model.from_db
+
+    def load(row):
+        values = [row[i] for i in positions]
+        for k, funcs, col in converted:
+            value = values[k]
+            for func in funcs:
+                value = func(value, col, conn)
+            values[k] = value
+        obj = from_db(alias, attnames, values)
+        for i, name in extra:
+            setattr(obj, name, row[i])
+        return obj
+
+    return load

@@ -39,7 +39,7 @@ from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
 from . import selectors
-from .db import instance_from_row, prepared_cursor
+from .db import instances, prepared_cursor
 from .models import ANNOTATORS_GROUP, TAKES_ANSWERS, Assignment, LabelerProfile, Project, ProjectMember, QueryBatch
 
 
@@ -92,21 +92,11 @@ def _states() -> str:
 
 
 def _items(statement: str, params: list) -> list[Assignment]:
-    """Assignments (with ``batch_bought_before``) of one of :func:`_read_sql`'s SELECTs: on
-    PostgreSQL a statement prepared on the server, elsewhere Django's raw query (its converters)."""
-    sql = _read_sql(connection.vendor)[statement]
-    if connection.vendor != "postgresql":
-        return list(Assignment.objects.raw(sql, params))
+    """Assignments (with ``batch_bought_before``) of one of :func:`_read_sql`'s SELECTs (on
+    PostgreSQL a statement prepared on the server), through Django's converters."""
     with prepared_cursor() as cursor:
-        cursor.execute(sql, params)
-        names = [c.name for c in cursor.description]
-        rows = cursor.fetchall()
-    out = []
-    for row in rows:
-        asg = instance_from_row(Assignment, names, row)
-        asg.batch_bought_before = row[-1]
-        out.append(asg)
-    return out
+        cursor.execute(_read_sql(connection.vendor)[statement], params)
+        return instances(Assignment, cursor)
 
 
 def held_claims(user, project: Project) -> list[Assignment]:

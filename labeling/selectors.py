@@ -11,6 +11,7 @@ from django.db.models import Q, QuerySet
 
 from learner.engine import secured_label
 
+from .db import instances, prepared_cursor
 from .models import (ANNOTATORS_GROUP, TAKES_ANSWERS, Annotation, Assignment, Item, IterationMetric, LabelerProfile,
                      Project, ProjectMember, QueryBatch, ReannotationRound)
 
@@ -121,7 +122,9 @@ def claimable_projects(user) -> list[Project]:
     sql = (f"SELECT p.* FROM {q(Project._meta.db_table)} p JOIN {q(ProjectMember._meta.db_table)} m "
            "ON m.project_id = p.id WHERE m.user_id = %s AND p.state IN (%s, %s) AND p.paused_at IS NULL ORDER BY p.id")
     # "updating" too: with pipeline a younger batch is labeled while the model updates
-    return list(Project.objects.raw(sql, [user.pk, *TAKES_ANSWERS]))
+    with prepared_cursor() as cursor:
+        cursor.execute(sql, [user.pk, *TAKES_ANSWERS])
+        return instances(Project, cursor)
 
 
 def item_holders(assignment: Assignment) -> set[int]:
