@@ -450,7 +450,9 @@ class Bench:
         self.env = dict(os.environ)
         self.env.update({
             "DJANGO_SETTINGS_MODULE": "config.settings", "DATABASE_URL": self.db_url,
-            "SECRET_KEY": "bench-submit-" + os.urandom(16).hex(), "DEBUG": "0",
+            # scripts/run.sh (the embedded default) exports DEBUG=1 unless told otherwise
+            "SECRET_KEY": "bench-submit-" + os.urandom(16).hex(),
+            "DEBUG": args.debug if args.debug is not None else ("1" if args.db == "sqlite" else "0"),
             "SECURE_SSL_REDIRECT": "0", "SESSION_COOKIE_SECURE": "0", "CSRF_COOKIE_SECURE": "0",
             "ALLOWED_HOSTS": "127.0.0.1,localhost", "CELERY_BROKER_URL": "filesystem://",
             "ROBUSTAL_DATA_DIR": str(self.tmp / "data"), "ROBUSTAL_CACHE_DIR": str(self.tmp / "cache"),
@@ -693,6 +695,8 @@ def main(argv=None) -> int:
     p.add_argument("--no-profile", action="store_true", help="skip the per-request SQL listing")
     p.add_argument("--db", choices=("postgresql", "sqlite"), default="postgresql",
                    help="sqlite: the embedded default of scripts/run.sh (a file in the temp dir, WAL)")
+    p.add_argument("--debug", choices=("0", "1"), default=None,
+                   help="DEBUG of the server (default: 1 with --db sqlite, as scripts/run.sh exports; else 0)")
     p.add_argument("--pg-url", default=os.environ.get("BENCH_PG_URL", "postgres://postgres@127.0.0.1:5432/postgres"),
                    help="PostgreSQL URL of a role that may create databases (env BENCH_PG_URL)")
     args = p.parse_args(argv)
@@ -728,7 +732,8 @@ def main(argv=None) -> int:
               f"(+{args.warmup:g} s warm-up), {'GET next/ + POST' if not args.no_next else 'POST only'} per loop, "
               f"think {args.think_ms:g} ms; load generator: {client_name(args.client)} (asyncio, 1 process, "
               "one keep-alive connection per annotator); "
-              f"{os.cpu_count()} CPUs shared by client, gunicorn and {'SQLite (in gunicorn)' if args.db == 'sqlite' else 'PostgreSQL'}")
+              f"{os.cpu_count()} CPUs shared by client, gunicorn and {'SQLite (in gunicorn)' if args.db == 'sqlite' else 'PostgreSQL'}; "
+              f"server DEBUG={bench.env['DEBUG']}")
         print(f"batch: {data['first_label']} first-label + {data['secured_open']} secured items in the members' queue; "
               "ok/s = 2xx answers per second (for submit: submissions/s); cpu columns in cores busy")
         print()
