@@ -617,6 +617,15 @@ def _deepfool_batch(
             l_best = dist.argmin(dim=1)
             w = w_all[torch.arange(len(ya), device=x.device), l_best]
             f = f_all.gather(1, l_best[:, None]).squeeze(1)
+        # Pixels already at a bound of the box that the step would push further out cannot move.
+        # Where they hold most of the gradient, clipping would eat most of every step and the
+        # image would only creep towards the boundary (and fail where ART's DeepFool succeeds):
+        # there the step is taken along the rest of the gradient.
+        xf = xa.detach().flatten(1)
+        stuck = ((xf >= 1) & (w > 0)) | ((xf <= 0) & (w < 0))
+        w_free = torch.where(stuck, torch.zeros_like(w), w)
+        eaten = 1 - w_free.pow(2).sum(dim=1) / (w.pow(2).sum(dim=1) + tol)
+        w = torch.where((eaten > 0.5)[:, None], w_free, w)
         # Minimal step to the linearised boundary (+1e-4 so it is crossed, as in the paper).
         r = ((f.abs() + 1e-4) / (w.pow(2).sum(dim=1) + tol))[:, None] * w
         idx = active[still]
