@@ -104,7 +104,7 @@ def engine_state(project: Project, batch: QueryBatch) -> tuple[engine.EngineStat
         phase=engine.REANNOTATION if batch.phase == QueryBatch.Phase.REANNOTATION else engine.LABELING,
         batch=batch_items, requests=requests, bought=selectors.labels_bought(project, through=through),
         answers=history.annotation_triples(project, through=through), first_labels=first_labels,
-        verdicts=history.round_verdicts(project),
+        verdicts=history.round_verdicts(project), support=dict(pool.support),
         artificial=live.load_artificial(feature_cache.artificial_path(project, k) for k in range(batch.iteration + 1)),
         perturbations={int(k): (math.inf if v is None else float(v)) for k, v in (carry.get("perturbations") or {}).items()},
         previous_secured_accuracy=prev.secured_accuracy if prev else None,

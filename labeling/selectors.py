@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from django.contrib.auth import get_user_model
 from django.db import connection
-from django.db.models import Q, QuerySet
+from django.db.models import F, Q, QuerySet
 
 from learner.engine import secured_label
 
@@ -211,6 +211,8 @@ class PoolLabels:
     item_ids: np.ndarray
     secured_items: np.ndarray  # every item of the secured set (never queried, never trained on)
     first_label: dict[int, tuple[int, int, int]] = field(default_factory=dict)  # index -> (label, labeler, batch iteration)
+    # index -> (original labeler, original label, labelers whose voice carried the verified label)
+    support: dict[int, tuple[int, int, set[int]]] = field(default_factory=dict)
 
     @property
     def labeled(self) -> np.ndarray:
@@ -248,25 +250,42 @@ def pool_labels(project: Project, *, through: int | None = None) -> PoolLabels:
             firsts[index].append((label, labeler, iteration, annotation_id))
         elif kind == Assignment.Kind.SECURED and labeler not in suspended:
             secured_votes[index].append(label)
-    # the outcome of each resolved re-annotation round, by the first label it reviewed
-    outcomes = {a: (o, c) for a, o, c in ReannotationRound.objects.filter(project=project)
-                .exclude(outcome=ReannotationRound.Outcome.PENDING)
-                .values_list("original_annotation_id", "outcome", "consensus_label")}
+    # the outcome of each resolved re-annotation round, by the first label it reviewed (the latest
+    # round wins), and who carried its consensus: the original labeler when the round agreed, and
+    # the voters who gave the consensus (a suspended one's voice is withdrawn below, as
+    # learner.engine.withdraw_support does when the engine suspends someone)
+    outcomes, carried = {}, defaultdict(set)
+    for rnd, a, o, c, original in (ReannotationRound.objects.filter(project=project)
+                                   .exclude(outcome=ReannotationRound.Outcome.PENDING).order_by("id")
+                                   .values_list("id", "original_annotation_id", "outcome", "consensus_label",
+                                                "original_labeler_id")):
+        outcomes[a] = (o, c, rnd)
+        if o == ReannotationRound.Outcome.AGREED:
+            carried[rnd].add(original)
+    for rnd, who in (ReannotationRound.assignments.through.objects
+                     .filter(reannotationround__project=project,
+                             assignment__annotation__label=F("reannotationround__consensus_label"),
+                             assignment__annotation__discard__isnull=True)
+                     .exclude(reannotationround__outcome=ReannotationRound.Outcome.PENDING)
+                     .values_list("reannotationround_id", "assignment__labeler_id")):
+        carried[rnd].add(who)
 
     labels = np.full(n, -1, dtype=np.int64)
     weights = np.zeros(n, dtype=np.float64)
     labeler_of = np.full(n, -1, dtype=np.int64)
     discarded = np.zeros(n, dtype=bool)
     first_label: dict[int, tuple[int, int, int]] = {}
+    support: dict[int, tuple[int, int, set[int]]] = {}
     for index, answers in firsts.items():
         label, labeler, iteration, annotation_id = answers[-1]
         first_label[index] = (label, labeler, iteration)
-        outcome, consensus = outcomes.get(annotation_id, (None, None))
+        outcome, consensus, rnd = outcomes.get(annotation_id, (None, None, None))
         if outcome in (ReannotationRound.Outcome.INCONSISTENT, ReannotationRound.Outcome.REJECTED):
             discarded[index] = True
-        elif outcome is not None:
+        elif outcome is not None and not carried[rnd] & suspended:
             labels[index], weights[index] = consensus, 1.0
-        elif labeler not in suspended:
+            support[index] = (labeler, label, set(carried[rnd]))
+        elif labeler not in suspended:  # no round, or a suspended labeler's voice carried it
             labels[index], labeler_of[index] = label, labeler
             weights[index] = weights_of.get(labeler, 1.0)
 
@@ -282,7 +301,7 @@ def pool_labels(project: Project, *, through: int | None = None) -> PoolLabels:
     return PoolLabels(n=n, labels=labels, weights=weights, labeler_of=labeler_of, discarded=discarded,
                       secured=secured & (secured_labels >= 0), secured_labels=secured_labels,
                       ground_truth=ground_truth, item_ids=item_ids, secured_items=secured,
-                      first_label=first_label)
+                      first_label=first_label, support=support)
 
 
 # --------------------------------------------------------------------------------------

@@ -118,6 +118,9 @@ class EngineState:
     answers: list[tuple[int, int, int]] = field(default_factory=list)  # (item, labeler, label), Dawid-Skene input
     first_labels: dict[int, list[tuple[int, int]]] = field(default_factory=dict)  # labeler -> [(item, label)] in order
     verdicts: dict[tuple[int, int], int] = field(default_factory=dict)  # (labeler, item) -> consensus of its round
+    # item -> (original labeler, original label, labelers whose voice carried its verified label:
+    # the original labeler when the round agreed, and the voters who gave the consensus)
+    support: dict[int, tuple[int, int, set[int]]] = field(default_factory=dict)
     artificial: dict[int, np.ndarray] = field(default_factory=dict)
     perturbations: dict[int, float] = field(default_factory=dict)
     previous_secured_accuracy: float | None = None
@@ -442,6 +445,24 @@ def on_probation(state: EngineState, items: np.ndarray, confirmed: int) -> np.nd
     return np.sort(items[np.isin(state.labeler_of[items], list(on))]).astype(np.int64)
 
 
+def withdraw_support(state: EngineState) -> list[int]:
+    """Verified labels that a suspended labeler's voice carried lose their verification (ours):
+    the label stands again on its first labeler's word (rechecked and audited as such), or, when
+    that labeler is suspended too, leaves D and the item returns to the pool. Returns the items.
+    The web app derives the same from its rounds (:func:`labeling.selectors.pool_labels`)."""
+    blocked = {uid for uid, t in state.trust.items() if t.status is Status.SUSPENDED}
+    hit = sorted(item for item, (_, _, who) in state.support.items() if who & blocked)
+    for item in hit:
+        uid, label, _ = state.support.pop(item)
+        if state.labeler_of[item] >= 0 or state.labels[item] < 0:
+            continue  # no longer a verified label
+        if uid not in blocked:
+            state.labels[item], state.labeler_of[item] = label, uid
+        else:
+            state.labels[item], state.labeler_of[item] = -1, -1
+    return hit
+
+
 def _recheck(cfg, pool: Pool, state: EngineState, model, batch: np.ndarray) -> np.ndarray:
     """Earlier labels still standing on one labeler's word that the newer model contradicts at
     their labeler's threshold (ours): a label given near the boundary, where the model of its day
@@ -658,6 +679,8 @@ def _after_reannotation(cfg, pool: Pool, state: EngineState, previous, plan: Pla
             discarded += 1
         else:
             state.labels[req.item], state.labeler_of[req.item] = keep, -1
+            state.support[req.item] = (req.original, req.label, ({req.original} if req.label == keep else set()) | {
+                who for who, vote in zip(req.asked, req.votes) if vote == keep})
         if against is not None:
             state.verdicts[(req.original, req.item)] = int(against)
         trust = state.trust.get(req.original)
@@ -781,6 +804,8 @@ def _finish(cfg, pool: Pool, state: EngineState, previous, model, plan: Plan) ->
     for uid in suspended:  # their unverified labels leave D; the items return to the pool
         mine = state.labeler_of == uid
         state.labels[mine], state.labeler_of[mine] = -1, -1
+    if suspended:
+        withdraw_support(state)
     if flagged:  # a targeted audit of every label that stands on their word alone
         todo = [int(i) for uid in flagged for i in np.flatnonzero(state.labeler_of == uid)
                 if not state.secured[i]]

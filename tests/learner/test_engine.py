@@ -331,3 +331,38 @@ def test_the_simulator_sizes_batches_by_its_eligible_labelers(digits):
     assert [h.labels_bought for h in run.history] == [20, 75, 130, 185, 200]
     fixed = run_loop(data, LoopConfig(strategy="margin", budget=100), LabelerPool.build(10, error_rate=0.0), seed=0)
     assert [h.labels_bought for h in fixed.history] == [20, 40, 60, 80, 100]
+
+
+def test_a_suspended_labelers_voice_no_longer_verifies_a_label():
+    """A label verified by a round that a now suspended labeler's vote carried stands again on its
+    first labeler's word; when the first labeler is the suspended one, it leaves D."""
+    y = np.zeros(6, dtype=np.int64)
+    state = _state(y, crowd=range(4))
+    state.labels[:4] = [1, 1, 0, 0]
+    # item 0: labeler 0's label 1 confirmed by labeler 3's vote; item 1: labeler 3's own label 1
+    # confirmed by labeler 1; item 2: labeler 0's label 1 replaced by the votes 0, 0 of 1 and 2;
+    # item 3: labeler 1's label 0 confirmed by labeler 2 (no suspended voice)
+    state.support = {0: (0, 1, {0, 3}), 1: (3, 1, {3, 1}), 2: (0, 1, {1, 2}), 3: (1, 0, {1, 2})}
+    state.trust[3].status = Status.SUSPENDED
+    assert engine.withdraw_support(state) == [0, 1]
+    assert (state.labels[:4].tolist(), state.labeler_of[:4].tolist()) == ([1, -1, 0, 0], [0, -1, -1, -1])
+    assert set(state.support) == {2, 3}
+    assert engine.withdraw_support(state) == []  # once
+
+
+def test_rounds_record_who_carried_the_consensus(setup):
+    x, y, pool = setup
+    cfg = live.LiveConfig(batch_size=10, initial_size=10, secured_size=0, h=3, reannotation="parallel",
+                          audit_confidence=0.5, recheck=False, probation_labels=0)
+    state = _state(y)
+    state.labels[:300] = y[:300]
+    state.phase = engine.REANNOTATION
+    item, wrong = 300, int((y[300] + 1) % 10)
+    state.labels[item], state.labeler_of[item] = wrong, 0
+    state.first_labels[0] = [(item, wrong)]
+    state.requests[item] = engine.Request(item=item, original=0, label=wrong, votes=[int(y[item])] * 3,
+                                          asked=[4, 5, 6])
+    previous = live.train_model(pool.features, state.labels, state.weights(), 10, standardizer=pool.standardizer)
+    engine._after_reannotation(cfg, pool, state, previous, engine.Plan(phase=engine.REANNOTATION))
+    assert state.labels[item] == y[item] and state.labeler_of[item] == -1
+    assert state.support[item] == (0, wrong, {4, 5, 6})  # the refuted original carried nothing

@@ -241,3 +241,29 @@ def test_django_admin_actions_suspend_and_reinstate_with_history(labeling_dirs, 
     assert "0 labeler(s) reinstated." in r.content.decode()  # nothing to reinstate: skipped, not an error
     assert list(TrustEvent.objects.filter(labeler=a).values_list("reason", flat=True)) == [
         "suspended_by_admin", "reinstated"]
+
+
+def test_a_suspended_voters_rounds_no_longer_verify_labels(labeling_dirs, annotators, staff):
+    """The web app's label state withdraws the voice of a suspended labeler as the engine does
+    (learner.engine.withdraw_support): a label their vote carried stands again on its first
+    labeler's word, or leaves D when that labeler is suspended too."""
+    a = annotators[0]
+    project, batch1 = _disputed_project(annotators)
+    for _ in range(6):
+        answer_open(project)
+        if not loop_step.advance_loop(batch_id=batch1.pk).startswith("reannotation"):
+            break
+    refuted = ReannotationRound.objects.filter(batch=batch1, original_labeler=a, outcome="disagreed")
+    assert refuted.exists()
+    rnd = refuted.first()
+    index = rnd.item.index
+    voters = set(rnd.assignments.values_list("labeler_id", flat=True))
+    before = selectors.pool_labels(project)
+    assert before.labels[index] == rnd.consensus_label and before.labeler_of[index] == -1
+    assert before.support[index] == (a.pk, rnd.original_label, voters)
+    trust_services.suspend(labeler=type(a).objects.get(pk=sorted(voters)[0]), actor=staff)
+    after = selectors.pool_labels(project)
+    assert after.labels[index] == rnd.original_label and after.labeler_of[index] == a.pk
+    assert index not in after.support
+    trust_services.suspend(labeler=a, actor=staff)
+    assert selectors.pool_labels(project).labels[index] == -1  # the first labeler is suspended too
