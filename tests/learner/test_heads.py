@@ -55,3 +55,31 @@ def test_training_is_deterministic(digits):
 def test_mismatched_lengths_are_refused():
     with pytest.raises(ValueError, match="differ in length"):
         train_head(np.zeros((3, 2)), np.zeros(2, dtype=int), 2)
+
+
+@pytest.mark.parametrize("n_classes,batch_size", [(2, None), (10, None), (10, 64)])
+def test_numpy_training_matches_torch_adam_and_autograd(digits, n_classes, batch_size):
+    """Without dropout (the only random draw that differs) the hand-written gradients and Adam
+    give the weights ``torch.optim.Adam`` gives through autograd, full batch and mini-batch."""
+    from bench.bench_head import torch_reference_fit
+
+    xp, yp, *_ = digits
+    x, y = xp[:300], yp[:300] % n_classes
+    weight = np.linspace(0.2, 1.0, len(y))
+    config = HeadConfig(dropout=0.0, epochs=40, batch_size=batch_size)
+    ours = train_head(x, y, n_classes, sample_weight=weight, config=config, seed=5)
+    reference = torch_reference_fit(x, y, n_classes, sample_weight=weight, config=config, seed=5)
+    w_ours, b_ours = ours.class_weights()
+    w_ref, b_ref = reference.class_weights()
+    np.testing.assert_allclose(w_ours, w_ref, rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(b_ours, b_ref, rtol=1e-3, atol=1e-4)
+
+
+def test_dropout_is_seeded_and_changes_the_fit(digits):
+    xp, yp, *_ = digits
+    x, y = xp[:300], yp[:300]
+    a = train_head(x, y, 10, seed=1, config=HeadConfig(epochs=20))
+    b = train_head(x, y, 10, seed=2, config=HeadConfig(epochs=20))
+    no_dropout = train_head(x, y, 10, seed=1, config=HeadConfig(epochs=20, dropout=0.0))
+    assert not np.allclose(a.class_weights()[0], b.class_weights()[0])
+    assert not np.allclose(a.class_weights()[0], no_dropout.class_weights()[0])
