@@ -450,9 +450,9 @@ class Bench:
         self.env = dict(os.environ)
         self.env.update({
             "DJANGO_SETTINGS_MODULE": "config.settings", "DATABASE_URL": self.db_url,
-            # scripts/run.sh (the embedded default) exports DEBUG=1 unless told otherwise
+            # scripts/run.sh (the embedded default) starts the server with DEBUG=0 since 2026-12-07
             "SECRET_KEY": "bench-submit-" + os.urandom(16).hex(),
-            "DEBUG": args.debug if args.debug is not None else ("1" if args.db == "sqlite" else "0"),
+            "DEBUG": args.debug if args.debug is not None else "0",
             "SECURE_SSL_REDIRECT": "0", "SESSION_COOKIE_SECURE": "0", "CSRF_COOKIE_SECURE": "0",
             "ALLOWED_HOSTS": "127.0.0.1,localhost", "CELERY_BROKER_URL": "filesystem://",
             "ROBUSTAL_DATA_DIR": str(self.tmp / "data"), "ROBUSTAL_CACHE_DIR": str(self.tmp / "cache"),
@@ -696,7 +696,7 @@ def main(argv=None) -> int:
     p.add_argument("--db", choices=("postgresql", "sqlite"), default="postgresql",
                    help="sqlite: the embedded default of scripts/run.sh (a file in the temp dir, WAL)")
     p.add_argument("--debug", choices=("0", "1"), default=None,
-                   help="DEBUG of the server (default: 1 with --db sqlite, as scripts/run.sh exports; else 0)")
+                   help="DEBUG of the server (default 0, as scripts/run.sh and a deployment start it)")
     p.add_argument("--pg-url", default=os.environ.get("BENCH_PG_URL", "postgres://postgres@127.0.0.1:5432/postgres"),
                    help="PostgreSQL URL of a role that may create databases (env BENCH_PG_URL)")
     args = p.parse_args(argv)

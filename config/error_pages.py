@@ -1,6 +1,6 @@
 """Error pages people can read, whatever DEBUG says.
 
-``run.sh`` starts the embedded default with ``DEBUG=1``; Django then answers an unknown address
+With ``DEBUG=1`` (``DEBUG=1 bash scripts/run.sh`` for development) Django answers an unknown address
 with its technical 404 page, which lists every URL pattern of the site. This middleware gives
 every 404 of an HTML page the styled ``404.html`` instead (the API keeps its JSON 404), in DEBUG
 as without it; tracebacks of a 500 in DEBUG stay (they are for the developer running it).

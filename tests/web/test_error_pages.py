@@ -1,5 +1,5 @@
 """Error pages a person can read: styled 403/404/500 and lockout pages with a way home, no
-Django debug URL list even with DEBUG=1 (run.sh's default), and annotators who open a staff
+Django debug URL list even with DEBUG=1 (`DEBUG=1 bash scripts/run.sh` for development), and annotators who open a staff
 page or the admin get the 403 page instead of a login form."""
 from __future__ import annotations
 

@@ -310,7 +310,7 @@ def test_staff_see_flagged_labelers_and_annotator_statistics(options, labeling_d
 
 
 def test_error_pages_in_the_browser(labeling_dirs, live_server, chromium, settings):
-    settings.DEBUG = True  # run.sh's default: still no URL list
+    settings.DEBUG = True  # DEBUG=1 bash scripts/run.sh (development): still no URL list
     AnnotatorFactory(username="lost_ann")
     page = chromium(**PHONE)
     login(page, live_server, "lost_ann")
