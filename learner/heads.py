@@ -171,10 +171,10 @@ def _fit(module, features, labels, sample_weight, mean, scale, config, generator
     """Full-batch (or mini-batch) Adam on weighted cross-entropy, gradients written out.
 
     The same optimisation as ``torch.optim.Adam`` on ``LinearHeadModule`` in train mode (L2 weight
-    decay added to the gradient, bias-corrected moments), in NumPy: a head this small spends its
-    time in per-operation overhead and in drawing dropout masks, and NumPy's generator draws them
-    about four times faster than ``bernoulli_`` (``bench/bench_head.py``). Dropout masks come from
-    ``numpy.random.default_rng(seed)``, mini-batch orders from ``generator``.
+    decay added to the gradient, bias-corrected moments), in NumPy: a head this small spent its
+    time in torch's per-operation overhead and in ``bernoulli_`` drawing dropout masks (profiled);
+    the NumPy fit is 5-6x faster at 500-3,000 labels (``bench/bench_head.py``). Dropout masks come
+    from ``numpy.random.default_rng(seed)``, mini-batch orders from ``generator``.
     """
     x = (features - mean) / scale
     n = len(labels)
