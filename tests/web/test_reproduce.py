@@ -173,3 +173,27 @@ def test_regenerating_results_md_keeps_the_training_mode_section(tmp_path):
     assert render_markdown(report, docs).count(start) == 1  # regenerating again never stacks it
     (docs / "results.md").write_text("# Reproduction results\n")
     assert start not in render_markdown(report, docs)  # nothing to keep
+
+
+def test_another_seed_is_a_second_split_beside_results_md(tmp_path, monkeypatch):
+    from learner.management.commands.reproduce_paper import results_name
+
+    assert results_name("cifar2", (), seed=7) == "results-seed7"
+    assert results_name("cifar10", ("deer", "truck"), seed=7) == "results-deer-truck-seed7"
+    monkeypatch.setenv("ROBUSTAL_CACHE_DIR", str(tmp_path / "cache"))
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    main = "# Reproduction results\n\nthe seed-0 tables\n\n## Exact command\n\n```bash\nx\n```\n"
+    (docs / "results.md").write_text(main)
+    call_command("reproduce_paper", "--dataset", "digits", "--pool-size", "80", "--test-size", "60",
+                 "--backbone", "flatten", "--weights", "none", "--scenarios", "benign", "--strategies",
+                 "margin,robust", "--runs", "1", "--jobs", "1", "--seed", "7", "--out", str(tmp_path / "out"),
+                 "--docs", str(docs), "--no-progress")
+    report = json.loads((docs / "results" / "seed7" / "report.json").read_text())
+    assert report["side"] == "split" and report["seed"] == 7
+    assert (docs / "results-seed7.md").read_text().startswith("# Second data split:")
+    text = (docs / "results.md").read_text()
+    assert "the seed-0 tables" in text and "## Second data split" in text  # the seed-0 report is kept
+    assert "## Second CIFAR-10 pair" not in text and "[results-seed7.md](results-seed7.md)" in text
+    robust = report["scenarios"]["benign"]["summary"]["robust"]
+    assert f"| benign | robust | {robust['mean']:.1f} ({robust['std']:.1f}) |" in text
