@@ -278,7 +278,8 @@ def _side_table(r: dict, name: str) -> list[str]:
                  + (f" after {meta['train_time_s'] / 60:.1f} min of pretraining"
                     if meta.get("train_time_s") and r.get("side") != "split" else "")
                  + "). Backbone "
-                 f"`{meta.get('name', '?')}` ({meta.get('epochs', '?')} epochs on "
+                 f"`{meta.get('name', '?')}` (weights sha256 `{str(meta.get('weights_sha256', '?'))[:16]}…`, "
+                 f"{meta.get('epochs', '?')} epochs on "
                  f"{', '.join(meta.get('source_classes') or ['?'])}; source test accuracy "
                  f"{100 * (meta.get('source_test_accuracy') or float('nan')):.1f} %); desired accuracy "
                  f"{100 * first['target_accuracy']:.1f} %; {first['runs']} runs per cell"
