@@ -197,3 +197,15 @@ def test_another_seed_is_a_second_split_beside_results_md(tmp_path, monkeypatch)
     assert "## Second CIFAR-10 pair" not in text and "[results-seed7.md](results-seed7.md)" in text
     robust = report["scenarios"]["benign"]["summary"]["robust"]
     assert f"| benign | robust | {robust['mean']:.1f} ({robust['std']:.1f}) |" in text
+
+
+def test_the_run_time_is_reported_as_run_and_with_caches_against_60_minutes():
+    from learner.results_md import run_time_line
+
+    report = {"total_s": 69 * 60.0, "scenarios": {"benign": {"data_s": 60.0, "poison_s": 0.0},
+                                                  "poison": {"data_s": 5.0, "poison_s": 2385.0}}}
+    line = run_time_line(report)
+    assert "69.0 min as run, of which 40.8 min" in line and "28.2 min without them" in line
+    assert "— met; as run it is over 60 min" in line
+    report["scenarios"]["poison"]["poison_s"] = 0.0
+    assert "**NOT met**" in run_time_line(report)
