@@ -142,8 +142,9 @@ def render_markdown(report: dict, docs: Path | None = None) -> str:
         lines += [run_time_line(report), ""]
     if split:
         lines += [f"The same engine, defaults, strategies and pair as [results.md](results.md), on another data "
-                  f"split: the pool, the test set and every run's seed drawn from `--seed {report.get('seed')}` "
-                  "instead of 0. The paper's numbers are in results.md.", ""]
+                  f"split: the pool (and the test set, where the source holds more test images than "
+                  f"`--test-size`) and every run's seed drawn from `--seed {report.get('seed')}` instead of 0. "
+                  "The paper's numbers are in results.md.", ""]
     elif pair:
         lines += ["The same engine, defaults and strategies as [results.md](results.md) (airplane / frog), on "
                   "another CIFAR-10 pair whose backbone never saw either class. The paper's CIFAR-2 numbers "
@@ -269,7 +270,8 @@ def pairs_section(docs: Path) -> list[str]:
     if splits:
         lines += ["## Second data split", "",
                   "Issue 18: results must not rest on one draw of the data. The same engine, defaults, strategies "
-                  "and pair with the pool, test set and run seeds drawn from another `--seed` (written by "
+                  "and pair with the pool (and the test set, where the source holds more test images than "
+                  "`--test-size`) and the run seeds drawn from another `--seed` (written by "
                   "`reproduce_paper --seed N`; this section is rewritten from the split's `report.json` whenever "
                   "either report is regenerated)."]
         for r in splits:
