@@ -224,7 +224,7 @@ def _existing_answer(annotation: Annotation, label: int) -> Annotation:
     """The same answer again is harmless; another label for an answered assignment is a conflict."""
     if annotation.label == label:
         return annotation
-    raise Conflict("this assignment is already answered with another label; undo it first")
+    raise Conflict("this assignment is already answered with another label; undo that answer first to change it")
 
 
 def _insert_annotation(assignment_id: int, label: int, seconds: float | None) -> Annotation:

@@ -5,12 +5,18 @@
   var root = document.getElementById("annotate");
   if (!root) return;
   var cfg = root.dataset;
-  var csrf = root.querySelector("input[name=csrfmiddlewaretoken]").value;
+  var csrfInPage = root.querySelector("input[name=csrfmiddlewaretoken]").value;
+  // the CSRF cookie first: logging in again (in another tab) rotates the token this page was given
+  function csrf() {
+    var m = document.cookie.match(/(?:^|;\s*)csrftoken=([^;]+)/);
+    return m ? decodeURIComponent(m[1]) : csrfInPage;
+  }
   var el = {
     work: document.getElementById("work"), image: document.getElementById("image"),
     classes: document.getElementById("classes"), banner: document.getElementById("banner"),
     error: document.getElementById("error"), errorText: document.getElementById("error-text"),
     retry: document.getElementById("retry"), errorNext: document.getElementById("error-next"),
+    login: document.getElementById("error-login"),
     skip: document.getElementById("skip"),
     undo: document.getElementById("undo"), bar: document.getElementById("progress-bar"),
     progress: document.getElementById("progress-text")
@@ -25,7 +31,7 @@
     if (body !== undefined) {
       opts.method = "POST";
       opts.headers["Content-Type"] = "application/json";
-      opts.headers["X-CSRFToken"] = csrf;
+      opts.headers["X-CSRFToken"] = csrf();
       opts.body = JSON.stringify(body);
     }
     return fetch(url, opts).then(function (r) {
@@ -35,6 +41,11 @@
     });
   }
   function forAssignment(template, id) { return template.replace("/0/", "/" + id + "/"); }
+  function sentence(text) { text = String(text || "").trim(); return /[.!?…]$/.test(text) ? text : text + "."; }
+  // 401, or DRF's 403 for a request without a valid session (no credentials, a stale CSRF token)
+  function sessionEnded(r) {
+    return r.status === 401 || (r.status === 403 && /credentials|CSRF/i.test(String(r.data.detail || "")));
+  }
 
   // An error stays on screen until the annotator acts: "Send again" for an answer that may not
   // have arrived (network, server error), "Next image" for one the server refused for good.
@@ -44,6 +55,7 @@
     el.error.hidden = !msg;
     el.retry.hidden = !actions.retry;
     el.errorNext.hidden = !actions.next;
+    el.login.hidden = !actions.login;
     root.classList.toggle("blocked", !!(actions.retry || actions.next));
   }
   function clearError() { pending = null; showError(""); }
@@ -151,8 +163,10 @@
 
   function loadNext() {
     return api(cfg.nextUrl + (cfg.nextUrl.indexOf("?") < 0 ? "?" : "&") + "prefetch=1").then(function (r) {
-      if (r.status === 401 || r.status === 403) {
-        showError("Your session ended. Please log in again.");
+      if (sessionEnded(r)) {
+        showError("Your session ended. Log in again (the link opens a new tab); this page goes on by itself.",
+                  { login: true });
+        schedulePoll();
         return;
       }
       if (!r.ok) { showError(r.data.detail || "Could not load the next image."); schedulePoll(); return; }
@@ -187,13 +201,21 @@
     api(forAssignment(cfg.answerUrl, current.id), sent).then(function (r) {
       if (r.ok) { pending = null; armUndo(); return loadNext(); }
       var detail = r.data.detail || (r.data.label && r.data.label.join(" "));
-      if (r.status >= 500 || r.status === 429) {
+      if (sessionEnded(r)) {  // nothing was stored: keep the answer until they are logged in again
+        pending = sent;
+        showError("Your session ended, so your answer was not saved. It is kept: log in again (the link opens " +
+                  "a new tab), then send it again.", { retry: true, login: true });
+      } else if (r.status === 409) {
+        pending = null;
+        showError("This image was already answered with another label (in another tab or window?). That answer " +
+                  "stands. Go on with the next image.", { next: true });
+      } else if (r.status >= 500 || r.status === 429) {
         pending = sent;
         showError("Your answer was not saved (" + (detail || "server error " + r.status) + "). It is kept: send it again.",
                   { retry: true });
       } else {  // refused for good: answered elsewhere (409), no longer yours (404), invalid (400)
         pending = null;
-        showError((detail || "The answer was not accepted.") + " Go on with the next image.", { next: true });
+        showError(sentence(detail || "The answer was not accepted") + " Go on with the next image.", { next: true });
       }
     }).catch(function () {
       pending = sent;
@@ -206,18 +228,24 @@
     if (!current || busy) return;
     setBusy(true);
     api(forAssignment(cfg.skipUrl, current.id), {}).then(function (r) {
+      if (sessionEnded(r)) return loadNext();  // says so, with the login link
       if (r.ok) armUndo();
-      else showError(r.data.detail || "Could not skip.");
+      else showError(sentence(r.data.detail || "Could not skip"));
       return loadNext();
+    }).catch(function () {
+      showError("Could not skip (network problem): this image is still yours. Try again.");
     }).finally(function () { setBusy(false); });
   }
   function undo() {
     if (busy || el.undo.disabled) return;
     setBusy(true);
     api(cfg.undoUrl, {}).then(function (r) {
+      if (sessionEnded(r)) return loadNext();  // says so, with the login link
       el.undo.disabled = true;
-      if (!r.ok) showError(r.data.detail || "Nothing to undo.");
+      if (!r.ok) showError(sentence(r.data.detail || "Nothing to undo"));
       return loadNext();
+    }).catch(function () {
+      showError("Could not undo (network problem): your last answer still stands. Try again.");
     }).finally(function () { setBusy(false); });
   }
 
@@ -230,9 +258,13 @@
     var t = ev.target;
     if (t && (t.tagName === "INPUT" || t.tagName === "TEXTAREA" || t.isContentEditable)) return;
     var key = ev.key;
-    // Space and Enter would "click" the last button clicked with the mouse: the next image would
-    // get the same class before anyone looked at it. They do nothing here.
-    if (key === " " || key === "Enter") { ev.preventDefault(); return; }
+    // Space and Enter on a class button would "click" it again: the next image would get the same
+    // class before anyone looked at it. They never answer; on the other controls (skip, undo,
+    // zoom, instructions, links) they do what they always do.
+    if (key === " " || key === "Enter") {
+      if (t && t.closest && t.closest("#classes")) ev.preventDefault();
+      return;
+    }
     if (!el.retry.hidden && (key === "r" || key === "R")) { ev.preventDefault(); retry(); return; }
     if (!el.errorNext.hidden && (key === "n" || key === "N")) { ev.preventDefault(); errorNext(); return; }
     if (pending || !el.errorNext.hidden) return;  // an error waits for the annotator's decision

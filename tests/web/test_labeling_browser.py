@@ -186,3 +186,66 @@ def test_space_and_enter_never_label(annotating):
     page.wait_for_timeout(800)
     assert page.get_attribute("#annotate", "data-assignment") == second
     assert Assignment.objects.filter(labeler=alice, status="done").count() == 1
+    page.locator("#classes button").first.focus()  # a class button that has the focus: still no answer
+    page.keyboard.press("Enter")
+    page.keyboard.press("Space")
+    page.wait_for_timeout(800)
+    assert page.get_attribute("#annotate", "data-assignment") == second
+    assert Assignment.objects.filter(labeler=alice, status="done").count() == 1
+
+
+def test_enter_works_on_the_other_controls(annotating):
+    page, alice = annotating
+    first = page.get_attribute("#annotate", "data-assignment")
+    page.focus("#skip")
+    page.keyboard.press("Enter")  # a keyboard user skips with Enter on the focused Skip button
+    poll_js(page, f"document.getElementById('annotate').dataset.assignment !== '{first}'")
+    assert Assignment.objects.get(pk=int(first)).status == "skipped"
+    page.focus("#zoom-in")
+    page.keyboard.press("Enter")
+    poll_js(page, "document.getElementById('stage').style.getPropertyValue('--zoom') > 1")
+
+
+def test_skip_and_undo_offline_say_so_and_change_nothing(annotating):
+    page, alice = annotating
+    first = page.get_attribute("#annotate", "data-assignment")
+    page.context.set_offline(True)
+    page.click("#skip")
+    page.wait_for_selector("#error:not([hidden])")
+    assert "Could not skip" in page.inner_text("#error-text")
+    assert page.get_attribute("#annotate", "data-assignment") == first
+    page.context.set_offline(False)
+    page.locator("#classes button").first.click()
+    poll_js(page, f"document.getElementById('annotate').dataset.assignment !== '{first}'")
+    page.context.set_offline(True)
+    page.click("#undo")
+    page.wait_for_selector("#error:not([hidden])")
+    assert "Could not undo" in page.inner_text("#error-text")
+    assert not page.is_disabled("#undo")  # still offered once the network is back
+    page.context.set_offline(False)
+    page.click("#undo")
+    poll_js(page, f"document.getElementById('annotate').dataset.assignment === '{first}'")
+    assert Assignment.objects.filter(labeler=alice, status="done").count() == 0
+
+
+def test_an_answer_after_the_session_ended_is_kept_until_they_log_in_again(annotating, live_server):
+    page, alice = annotating
+    first = page.get_attribute("#annotate", "data-assignment")
+    other = page.context.new_page()  # log out in another tab
+    other.goto(f"{live_server.url}/")
+    other.click("button:has-text('Log out')")
+    other.wait_for_load_state()
+    page.keyboard.press("1")
+    page.wait_for_selector("#error:not([hidden])")
+    assert "session ended" in page.inner_text("#error-text") and page.is_visible("#retry")
+    assert page.is_visible("#error-login") and "/accounts/login/" in page.get_attribute("#error-login", "href")
+    assert not Assignment.objects.filter(pk=int(first), status="done").exists()
+    other.goto(f"{live_server.url}/accounts/login/?next=/")  # log in again in the other tab
+    other.fill("#id_username", alice.username)
+    other.fill("#id_password", PASSWORD)
+    other.click("button[type=submit]")
+    other.wait_for_load_state()
+    page.click("#retry")  # the kept answer goes with the new session's CSRF token
+    poll_js(page, f"document.getElementById('annotate').dataset.assignment !== '{first}'")
+    done = Assignment.objects.get(pk=int(first))
+    assert done.status == "done" and done.labeler == alice and done.annotation.label == 1
