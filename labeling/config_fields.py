@@ -276,7 +276,7 @@ def pool_fit(cfg: LiveConfig, n_items: int) -> dict:
     left = n_items - need
     fits = n_items > need
     if n_items == 0:
-        message = (f"No images yet. Start needs more than {cfg.secured_size + cfg.initial_size}: the secured set "
+        message = (f"No images yet. Start will need more than {cfg.secured_size + cfg.initial_size}: the secured set "
                    f"({cfg.secured_size}) plus the first batch ({cfg.initial_size}), and then some for the model "
                    "to choose from.")
     elif not fits:

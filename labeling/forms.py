@@ -172,7 +172,8 @@ class SettingsForm(forms.Form):
 
 
 class ImportForm(forms.Form):
-    archive = forms.FileField(required=False, help_text="A .zip of images (optionally one folder per class).")
+    archive = forms.FileField(required=False, help_text="A .zip of images (optionally one folder per class).",
+                              widget=forms.ClearableFileInput(attrs={"accept": ".zip,application/zip"}))
     folder = forms.CharField(required=False, help_text="Or a folder on the server (inside the import roots).")
     dataset = forms.CharField(required=False,
                               help_text="Or a data set: digits, cifar2, cifar10, or a path to .npz / CIFAR-10 archive.")

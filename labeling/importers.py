@@ -427,7 +427,16 @@ def import_zip(*, project: Project, file, strict: bool = True) -> ImportReport:
     try:
         zf = zipfile.ZipFile(file)
     except (zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise ImportFailed(f"not a valid zip archive ({exc})") from None
+        hint = ""
+        try:
+            file.seek(0)
+            head = file.read(12)
+            file.seek(0)
+        except (OSError, ValueError, AttributeError):
+            head = b""
+        if head.startswith((b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"BM")) or head[8:12] == b"WEBP":
+            hint = ": this is a single image; put the images in a .zip archive (one folder per class if they have labels) and import that"
+        raise ImportFailed(f"not a valid zip archive ({exc}){hint}") from None
     with zf:
         return _run(project, lambda report: _zip_entries(zf, list(project.classes), report), strict)
 

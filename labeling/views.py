@@ -94,8 +94,8 @@ def staff_project_new(request):
         except Exception as exc:  # ValidationError from full_clean, e.g. a duplicate name
             form.add_error(None, str(getattr(exc, "messages", [exc])[0]))
         else:
-            messages.success(request, f"Project {project.name} created. Import images next.")
-            return redirect("labeling:staff-project", project_id=project.pk)
+            messages.success(request, f"Project {project.name} created. Import images next (below).")
+            return redirect(reverse("labeling:staff-project", args=[project.pk]) + "#import")
     return render(request, "labeling/staff_project_new.html", {
         "form": form, "settings_form": settings_form,
         "pool_fit": config_fields.pool_fit(LiveConfig.from_dict({}), 0)})
@@ -186,9 +186,10 @@ def staff_project_import(request, project_id: int):
         except importers.ImportFailed as exc:
             form.add_error(None, str(exc))
         else:
-            (messages.success if report.ok else messages.error)(request, report.summary())
             if report.ok and not report.errors and not report.skipped:
+                messages.success(request, report.summary())
                 return redirect("labeling:staff-project", project_id=project.pk)
+            # otherwise the import section shows the summary and every refused file, once
     return render(request, "labeling/staff_project.html",
                   _staff_context(project, user=request.user, import_form=form, report=report),
                   status=200 if report is not None and report.ok else 400)

@@ -2,6 +2,12 @@
    are typed (the same rule as labeling.config_fields.pool_fit and the refusal at start). */
 (function () {
   "use strict";
+  // a form the server sent back with errors: show its summary (the page may be long), not the top
+  var summary = document.querySelector("[data-focus-on-load]");
+  if (summary) {
+    summary.scrollIntoView({ block: "start" });
+    summary.focus({ preventScroll: true });
+  }
   var line = document.getElementById("pool-fit");
   if (!line) return;
   var form = line.closest("form");
@@ -17,7 +23,7 @@
     var left = pool - secured - initial;
     var fits = pool > secured + initial, tight = fits && left < batch, text;
     if (pool === 0) {
-      text = "No images yet. Start needs more than " + (securedSize + initial) + ": the secured set (" + securedSize +
+      text = "No images yet. Start will need more than " + (securedSize + initial) + ": the secured set (" + securedSize +
         ") plus the first batch (" + initial + "), and then some for the model to choose from.";
     } else if (!fits) {
       text = "The pool has " + pool + " images: the secured set (" + securedSize + ") and the first batch (" + initial +
@@ -31,7 +37,7 @@
         " batches of " + batch + ").";
     }
     line.textContent = text;
-    line.classList.toggle("warn", !fits);
+    line.classList.toggle("warn", !fits && pool > 0);  // no images yet: a note, not a warning
     line.classList.toggle("tight", tight);
   }
   form.addEventListener("input", function (ev) {

@@ -171,8 +171,12 @@ def test_staff_import_page(project, staff, annotators, client):
     client.force_login(staff)
     bad = client.post(url, {"archive": SimpleUploadedFile("x.zip", b"not a zip")})
     assert bad.status_code == 400 and b"not a valid zip" in bad.content
+    single = client.post(url, {"archive": SimpleUploadedFile("cat.png", png_bytes())})  # one image, not a zip
+    assert single.status_code == 400 and b"this is a single image; put the images in a .zip" in single.content
+    assert b"data-focus-on-load" in single.content  # the page opens on the error, at the import section
     slip = client.post(url, {"archive": SimpleUploadedFile("x.zip", make_zip({"../../x.png": png_bytes()}))})
     assert slip.status_code == 400 and b"zip-slip" in slip.content
+    assert slip.content.count(b"1 refused") == 1  # the summary once, in the import section (not also on top)
     none = client.post(url, {})
     assert none.status_code == 400 and b"exactly one source" in none.content
     ok = client.post(url, {"archive": SimpleUploadedFile("x.zip", make_zip({"cat/a.png": png_bytes()}))})

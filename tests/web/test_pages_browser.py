@@ -265,16 +265,29 @@ def test_new_project_page_explains_the_pool_it_needs(labeling_dirs, live_server,
     StaffFactory(username="new_boss")
     page = chromium(**PHONE)
     login(page, live_server, "new_boss", "/labeling/staff/projects/new/")
-    assert "Start needs more than 70" in page.inner_text("#pool-fit")
+    assert "Start will need more than 70" in page.inner_text("#pool-fit")
+    assert "warn" not in page.get_attribute("#pool-fit", "class")  # no images yet: a note, not a warning
     page.fill("#id_name", "from the browser")
     page.fill("#id_classes", "cat, dog")
     page.fill("#id_description", "Cats left, dogs right.")
     page.fill("[data-setting=secured_size]", "5")
-    assert "Start needs more than 25" in page.inner_text("#pool-fit")
+    assert "Start will need more than 25" in page.inner_text("#pool-fit")
     page.select_option("[data-setting=strategy]", "margin")
+    page.fill("[data-setting=epsilon]", "5")  # out of range: the page comes back with a summary in view
+    page.click("#project-form button[type=submit]")
+    page.wait_for_selector("[data-focus-on-load]")
+    summary = page.locator("[data-focus-on-load]")
+    assert "epsilon must be a number in [0.0, 1.0]" in summary.inner_text()
+    assert page.evaluate("document.activeElement === document.querySelector('[data-focus-on-load]')")
+    box = summary.bounding_box()
+    assert box is not None and -1 <= box["y"] < page.viewport_size["height"]  # on screen, not 1,200 px down
+    assert page.input_value("#id_name") == "from the browser"  # nothing typed is lost
+    assert not Project.objects.filter(name="from the browser").exists()
+    page.fill("[data-setting=epsilon]", "0.05")
     no_page_scroll_sideways(page)
     page.click("#project-form button[type=submit]")
     page.wait_for_selector(".messages li")
+    assert page.url.endswith("#import") and page.locator("#import").is_visible()
     p = Project.objects.get(name="from the browser")
     assert (p.config["secured_size"], p.config["strategy"], p.description) == (5, "margin", "Cats left, dogs right.")
 

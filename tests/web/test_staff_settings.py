@@ -48,7 +48,7 @@ def test_new_project_page_shows_each_default_and_its_meaning(staff_client):
         shown = _to_form(info, defaults[name])
         assert f"Default: <code>{shown if shown != '' else 'empty'}</code>" in text, name
     assert 'name="config"' in html and "Advanced: the settings as JSON" in html
-    assert 'id="pool-fit"' in html and "No images yet. Start needs more than 70" in html
+    assert 'id="pool-fit"' in html and "No images yet. Start will need more than 70" in html
 
 
 def test_new_project_from_the_form_fields(staff_client):
