@@ -81,7 +81,9 @@ def _form_field(info: FieldInfo) -> forms.Field:
     field.help_text = help_text
     field.widget.attrs.update({"data-setting": info.name})
     if info.blank_means:
-        field.widget.attrs["placeholder"] = f"empty: {info.blank_means}"
+        # the whole meaning on hover and for screen readers; the box shows what fits (its first words)
+        field.widget.attrs["placeholder"] = f"empty: {info.blank_means.split(':')[0]}"
+        field.widget.attrs["title"] = f"empty: {info.blank_means}"
     return field
 
 

@@ -37,6 +37,7 @@ def home(request):
         "worker_status": learner_selectors.worker_status() if user.is_staff else None,
         "notices": notice_selectors.trust_notices(user) if user.is_staff else None,
         "rows": rows, "is_annotator": selectors.is_annotator(user),
+        "standing": selectors.labeler_standing(user) if selectors.is_annotator(user) else None,
     })
 
 

@@ -10,7 +10,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
 
 from labeling.access import staff_only
-from labeling.models import Item
+from labeling.models import Item, TrustEvent
 
 from . import selectors, services
 from .charts import trust_svg
@@ -60,7 +60,10 @@ def _act(request, user_id: int, action):
         messages.error(request, str(exc))
     else:
         if event is not None:
-            messages.success(request, f"{labeler.get_username()}: {event.get_reason_display()}. {event.note}".strip())
+            what = event.get_reason_display()
+            if event.reason == TrustEvent.Reason.REINSTATED:  # the rules reinstate too; this one was yours
+                what = f"reinstated by {request.user.get_username()}"
+            messages.success(request, f"{labeler.get_username()}: {what}. {event.note}".strip())
     return redirect("trust:labeler", user_id=labeler.pk)
 
 

@@ -118,3 +118,11 @@ def test_login_lockout_page_is_styled(settings):
     assert r.status_code == 429 and 'id="error-page"' in html and "/static/css/app.css" in html
     assert "Too many failed logins" in html and 'href="/accounts/login/"' in html
     assert c.post("/accounts/login/", {"username": user.username, "password": PASSWORD}).status_code == 429
+
+
+@pytest.mark.django_db
+def test_admin_pages_carry_the_empty_favicon(client):
+    client.force_login(StaffFactory(username="icon_boss", is_superuser=True))
+    page = client.get("/admin/")
+    assert page.status_code == 200 and b'<link rel="icon" href="data:,">' in page.content
+    assert b"Django administration" in page.content or b"site-name" in page.content  # still the admin's own page

@@ -57,10 +57,14 @@ def test_staff_reviews_a_flagged_labeler_in_the_browser(labeling_dirs, annotator
     if os.environ.get("ROBUSTAL_SCREENSHOT_DIR"):  # for looking at the page by eye
         page.screenshot(path=os.path.join(os.environ["ROBUSTAL_SCREENSHOT_DIR"], "trust-review.png"), full_page=True)
 
-    page.fill("#reinstate-form input[name=note]", "checked by hand")
+    for form in ("reinstate", "suspend", "discard"):  # each note field has its own label
+        assert page.get_attribute(f"label[for={form}-note]", "for") == f"{form}-note"
+    page.fill("#reinstate-note", "checked by hand")
     page.click("#reinstate-form button[type=submit]")
     page.wait_for_selector(".messages li")
+    assert f"reinstated by {staff.get_username()}" in page.inner_text(".messages")
     assert page.inner_text("#labeler-state") == "active"
+    assert page.locator("#reinstate-form").count() == 0  # nothing to reinstate an active labeler from
     assert not LabelerProfile.objects.get(user=a).is_flagged
     # the staff member's reinstatement (the rules may have reinstated ann_a after an audit too)
     event = TrustEvent.objects.filter(labeler=a, reason="reinstated", actor__isnull=False).get()

@@ -267,3 +267,16 @@ def test_a_suspended_voters_rounds_no_longer_verify_labels(labeling_dirs, annota
     assert index not in after.support
     trust_services.suspend(labeler=a, actor=staff)
     assert selectors.pool_labels(project).labels[index] == -1  # the first labeler is suspended too
+
+
+@pytest.mark.django_db
+def test_a_paused_annotator_is_told_on_the_home_page(client):
+    ann, boss = AnnotatorFactory(username="paused_ann"), StaffFactory(username="paused_boss")
+    client.force_login(ann)
+    assert b'id="standing"' not in client.get("/").content
+    trust_services.suspend(labeler=ann, actor=boss, note="")
+    page = client.get("/").content.decode()
+    assert 'id="standing"' in page and "paused for a review" in page
+    trust_services.reinstate(labeler=ann, actor=boss)
+    assert b'id="standing"' not in client.get("/").content
+
