@@ -412,6 +412,8 @@ def budget_summary(runs: list[RunResult], cap: int) -> dict:
         "mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
         "min": float(q[0]), "25%": float(q[1]), "50%": float(q[2]), "75%": float(q[3]), "max": float(q[4]),
         "reached": int(sum(r.reached for r in runs)), "runs": len(runs),
+        # per run, by its seed: every strategy of an experiment runs the same seeds, so differences pair up
+        "labels_by_seed": {str(r.seed): float(v) for r, v in zip(runs, values)},
         "final_accuracy_mean": float(np.mean([r.final_accuracy for r in runs])),
         # the labels bought, split by what they bought (at the target; a run that never reaches it: at the end)
         "first_mean": float(np.mean([r.bought_by_kind.get("first", 0) for r in runs])),

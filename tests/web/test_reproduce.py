@@ -209,3 +209,43 @@ def test_the_run_time_is_reported_as_run_and_with_caches_against_60_minutes():
     assert "— met; as run it is over 60 min" in line
     report["scenarios"]["poison"]["poison_s"] = 0.0
     assert "**NOT met**" in run_time_line(report)
+
+
+def test_robust_is_compared_with_each_baseline_run_by_run():
+    from learner.results_md import paired_difference, target_lines
+
+    ours = {"labels_by_seed": {"0": 100.0, "1": 200.0, "2": 300.0}}
+    other = {"labels_by_seed": {"0": 110.0, "1": 215.0, "2": 305.0, "3": 999.0}}  # seed 3 has no pair
+    mean, low, high, n = paired_difference(ours, other)
+    assert n == 3 and mean == -10.0 and low < -10.0 < high
+    assert abs((high - low) / 2 - 4.303 * 5.0 / 3 ** 0.5) < 1e-2  # t(0.975, 2) x sd / sqrt(n)
+    assert paired_difference({"mean": 1.0}, other) is None  # an older report: no per-run figures
+    row = {"mean": 200.0, "runs": 3, "reached": 3, "exported_99": 3, "exported_accuracy_min": 0.99}
+    summary = {"robust": {**row, **ours}, "margin": {**row, "mean": 210.0, **other}}
+    lines = target_lines("benign", {"summary": summary, "pool": 3000})
+    assert any("paired by run seed" in line and "margin -10.0 [" in line for line in lines)
+
+
+def test_render_only_rebuilds_the_markdown_from_the_runs_outputs(tmp_path, monkeypatch):
+    monkeypatch.setenv("ROBUSTAL_CACHE_DIR", str(tmp_path / "cache"))
+    docs, out = tmp_path / "docs", tmp_path / "out"
+    common = ["--docs", str(docs), "--out", str(out), "--no-progress"]
+    with pytest.raises(CommandError, match="no readable report.json"):
+        call_command("reproduce_paper", "--render-only", *common)
+    call_command("reproduce_paper", "--dataset", "digits", "--pool-size", "80", "--test-size", "60",
+                 "--backbone", "flatten", "--weights", "none", "--scenarios", "benign", "--strategies",
+                 "margin,robust", "--runs", "2", "--jobs", "1", *common)
+    report = json.loads((out / "report.json").read_text())
+    per_run = dict(report["scenarios"]["benign"]["summary"]["robust"]["labels_by_seed"])
+    assert len(per_run) == 2
+    first = (docs / "results.md").read_text()
+    assert "paired by run seed" in first
+    for s in report["scenarios"]["benign"]["summary"].values():  # a report from before per-run figures
+        del s["labels_by_seed"]
+    (out / "report.json").write_text(json.dumps(report))
+    assert "paired by run seed" not in __import__("learner.results_md", fromlist=["x"]).render_markdown(report)
+    call_command("reproduce_paper", "--render-only", *common)
+    again = (docs / "results.md").read_text()
+    assert "paired by run seed" in again and "Rendered again from the run's own outputs" in again
+    assert json.loads((out / "report.json").read_text())["scenarios"]["benign"]["summary"]["robust"][
+        "labels_by_seed"] == per_run  # the same figures, read back from runs.json

@@ -127,6 +127,9 @@ class Command(BaseCommand):
                             help="markdown stem under --docs (default results; results-<a>-<b> for "
                                  "--dataset cifar10 --classes a,b, which never touches results.md's tables)")
         parser.add_argument("--no-progress", action="store_true")
+        parser.add_argument("--render-only", action="store_true",
+                            help="run nothing: render the markdown again from --out's report.json (and the "
+                                 "per-run figures in each scenario's runs.json), e.g. after the rendering changed")
 
     # ---------------------------------------------------------------------------------
     def _weights(self, o, targets: tuple[str, ...] | None) -> tuple[str | None, dict | None]:
@@ -165,6 +168,8 @@ class Command(BaseCommand):
                                "choose another --pretrain-name (or leave it to the default for these classes)")
 
     def handle(self, *args, **o):
+        if o["render_only"]:
+            return self._render_only(o)
         torch.set_num_threads(2)  # features and crafting here; each parallel run uses 1 thread
         scenarios, strategies = _csv(o["scenarios"]), _csv(o["strategies"])
         classes = _csv(o["classes"])
@@ -232,6 +237,35 @@ class Command(BaseCommand):
         self._write(report, total_start, out, docs, o)
         self.stdout.write(f"\nwrote {docs / (report['results_name'] + '.md')} and {out / 'report.json'} "
                           f"({report['total_s']:.0f} s in all)")
+
+    def _render_only(self, o: dict) -> None:
+        """The markdown again from a finished run's outputs: nothing is run, every figure is the run's own.
+        A report written before the summaries carried per-run labels gets them from runs.json."""
+        if not o["out"]:
+            raise CommandError("--render-only needs --out: the folder of the run's report.json")
+        out, docs = Path(o["out"]), Path(o["docs"])
+        try:
+            report = json.loads((out / "report.json").read_text())
+        except (OSError, ValueError) as exc:
+            raise CommandError(f"no readable report.json in {out}: {exc}") from exc
+        for key, r in report["scenarios"].items():
+            runs_file = out / f"{r['scenario']}-seed{r['seed']}" / "runs.json"
+            if not runs_file.is_file():
+                continue
+            runs = json.loads(runs_file.read_text())
+            for name, summary in r["summary"].items():
+                if "labels_by_seed" not in summary and name in runs:
+                    summary["labels_by_seed"] = {
+                        str(run["seed"]): float(r["pool"] if run["labels_to_target"] is None else run["labels_to_target"])
+                        for run in runs[name]}
+        report["rendered_again"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        (docs / report.get("plots_dir", "results")).mkdir(parents=True, exist_ok=True)
+        (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
+        (docs / f"{report['results_name']}.md").write_text(render_markdown(report, docs))
+        if report.get("pair"):
+            (docs / report["plots_dir"] / "report.json").write_text(json.dumps(report, indent=2, default=str))
+            splice_pairs_section(docs / "results.md", docs)
+        self.stdout.write(f"rendered {docs / (report['results_name'] + '.md')} from {out / 'report.json'}")
 
     def _write(self, report: dict, total_start: float, out: Path, docs: Path, o: dict) -> None:
         """Write report.json and the markdown (after every scenario: an interrupted run keeps what it did);
