@@ -102,10 +102,25 @@ def _atomic_torch_save(obj, target: Path) -> None:
 
 
 def _sha256(path: Path) -> str:
+    """sha256 of a file's bytes."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
+    return h.hexdigest()
+
+
+def weights_digest(state_dict: dict) -> str:
+    """sha256 of the weights themselves (each tensor's name, dtype, shape and bytes, in order).
+
+    The file's own sha256 differs between two saves of the same tensors in two processes (torch
+    writes a per-process serialization id into the archive), so it cannot tell whether two
+    pretraining runs gave the same network; this digest can."""
+    h = hashlib.sha256()
+    for name, tensor in state_dict.items():
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
     return h.hexdigest()
 
 
@@ -293,7 +308,8 @@ def pretrain_backbone(
         "source_train_accuracy": _accuracy(backbone, head, x_tr[:10000], y_tr[:10000]),
         "train_time_s": round(elapsed, 1),
         "history": history,
-        "weights_sha256": _sha256(weights_path),
+        "weights_sha256": _sha256(weights_path),  # of the file: differs between processes for equal weights
+        "weights_digest": weights_digest(backbone.state_dict()),  # of the weights: equal weights, equal digest
         "torch_version": torch.__version__,
         "threads": torch.get_num_threads(),
     }

@@ -119,6 +119,14 @@ def target_lines(scenario: str, r: dict) -> list[str]:
     return out
 
 
+def _weights_id(meta: dict) -> str:
+    """The backbone's identity: the digest of its weights (``learner.pretrain.weights_digest``), or for
+    older backbones the sha256 of the weights file (which differs between two saves of equal weights)."""
+    if meta.get("weights_digest"):
+        return f"weights digest `{meta['weights_digest'][:16]}…`"
+    return f"weights file sha256 `{str(meta.get('weights_sha256', '?'))[:16]}…`"
+
+
 def _targets(report: dict) -> list[str]:
     """The classes the run labeled (older reports: CIFAR-10 minus the backbone's source classes)."""
     if report.get("classes"):
@@ -188,7 +196,7 @@ def render_markdown(report: dict, docs: Path | None = None) -> str:
             f"crop + flip, seed {meta['seed']}; {meta['train_time_s'] / 60:.1f} min of training on this shared "
             f"2-core machine; source test accuracy **{100 * meta['source_test_accuracy']:.1f} %** "
             f"({meta['test_size']} test images of the source classes).",
-            f"- data fingerprint `{meta['data_fingerprint']}`, weights sha256 `{meta['weights_sha256'][:16]}…` "
+            f"- data fingerprint `{meta['data_fingerprint']}`, {_weights_id(meta)} "
             f"(in `$ROBUSTAL_CACHE_DIR/backbones/{meta['name']}/`, never committed).",
         ]
     else:
@@ -324,7 +332,7 @@ def _side_table(r: dict, name: str) -> list[str]:
                  + (f" after {meta['train_time_s'] / 60:.1f} min of pretraining"
                     if meta.get("train_time_s") and r.get("side") != "split" else "")
                  + "). Backbone "
-                 f"`{meta.get('name', '?')}` (weights sha256 `{str(meta.get('weights_sha256', '?'))[:16]}…`, "
+                 f"`{meta.get('name', '?')}` ({_weights_id(meta)}, "
                  f"{meta.get('epochs', '?')} epochs on "
                  f"{', '.join(meta.get('source_classes') or ['?'])}; source test accuracy "
                  f"{100 * (meta.get('source_test_accuracy') or float('nan')):.1f} %); desired accuracy "

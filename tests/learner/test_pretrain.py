@@ -103,3 +103,17 @@ def test_source_classes_leave_out_the_targets():
     assert classes_seen({"source_classes": list(CIFAR2_SOURCE_CLASSES)}, ("deer", "truck")) == ["deer", "truck"]
     assert classes_seen({"source_classes": list(other)}, ("deer", "truck")) == []
     assert classes_seen(None, ("deer",)) == []
+
+
+def test_the_weights_digest_names_the_weights_not_the_file(tiny_npz, tmp_path):
+    from learner.pretrain import weights_digest
+
+    kw = dict(arch="smallcnn", epochs=1, batch_size=16, lr=0.05, seed=5, progress=False)
+    a = pretrain_backbone(str(tiny_npz), ["r", "g", "b"], name="da", **kw)
+    b = pretrain_backbone(str(tiny_npz), ["r", "g", "b"], name="db", **kw)  # the same run again
+    assert a.meta["weights_digest"] == b.meta["weights_digest"] == weights_digest(_weights(a.weights_path))
+    copy = tmp_path / "copy.pt"
+    torch.save(_weights(a.weights_path), copy)  # the same tensors written again
+    assert weights_digest(_weights(copy)) == a.meta["weights_digest"]
+    other = pretrain_backbone(str(tiny_npz), ["r", "g", "b"], name="dc", **{**kw, "seed": 6})
+    assert other.meta["weights_digest"] != a.meta["weights_digest"]

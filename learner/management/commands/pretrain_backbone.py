@@ -62,4 +62,4 @@ class Command(BaseCommand):
         ))
         self.stdout.write(f"weights: {res.weights_path}")
         self.stdout.write(f"metadata: {res.meta_path}")
-        self.stdout.write(json.dumps({k: m[k] for k in ("data_fingerprint", "weights_sha256")}))
+        self.stdout.write(json.dumps({k: m[k] for k in ("data_fingerprint", "weights_digest", "weights_sha256")}))

@@ -43,8 +43,8 @@ from learner.experiments import (ExperimentSpec, attack_success, control_misclas
                                  format_table, prepare_data, run_experiment, split_strategy, summary_table,
                                  write_outputs)
 from learner.loop import LoopConfig
-from learner.pretrain import (CIFAR10_CLASSES, CIFAR2_SOURCE_CLASSES, classes_seen, pretrain_backbone,
-                              pretrained_dir, source_classes_for)
+from learner.pretrain import (CIFAR10_CLASSES, CIFAR2_SOURCE_CLASSES, _sha256, classes_seen, pretrain_backbone,
+                              pretrained_dir, source_classes_for, weights_digest)
 from learner.results_md import KEPT_MARKERS, PAPER_PAIR, render_markdown, splice_pairs_section
 
 __all__ = ["Command", "KEPT_MARKERS", "pretrain_plan", "render_markdown", "results_name", "target_classes"]
@@ -129,7 +129,8 @@ class Command(BaseCommand):
         parser.add_argument("--no-progress", action="store_true")
         parser.add_argument("--render-only", action="store_true",
                             help="run nothing: render the markdown again from --out's report.json (and the "
-                                 "per-run figures in each scenario's runs.json), e.g. after the rendering changed")
+                                 "per-run figures in each scenario's runs.json), e.g. after the rendering changed; "
+                                 "--note, when given, replaces the report's note")
 
     # ---------------------------------------------------------------------------------
     def _weights(self, o, targets: tuple[str, ...] | None) -> tuple[str | None, dict | None]:
@@ -258,6 +259,13 @@ class Command(BaseCommand):
                     summary["labels_by_seed"] = {
                         str(run["seed"]): float(r["pool"] if run["labels_to_target"] is None else run["labels_to_target"])
                         for run in runs[name]}
+        meta = report.get("backbone") or {}
+        weights = Path(report.get("weights") or "")
+        if meta and "weights_digest" not in meta and weights.is_file() and _sha256(weights) == meta.get("weights_sha256"):
+            # the very file the run used (same bytes): name its weights by their digest too
+            meta["weights_digest"] = weights_digest(torch.load(weights, map_location="cpu", weights_only=True))
+        if o["note"]:
+            report["note"] = o["note"]
         report["rendered_again"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         (docs / report.get("plots_dir", "results")).mkdir(parents=True, exist_ok=True)
         (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
