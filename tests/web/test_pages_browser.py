@@ -308,6 +308,10 @@ def test_staff_see_flagged_labelers_and_annotator_statistics(options, labeling_d
     no_page_scroll_sideways(page)
     page.click("#trust-notices a.button")
     page.wait_for_selector("#labeler-state")
+    # the trust chart's axis labels stay readable when the chart is drawn at phone width
+    heights = page.evaluate("Array.from(document.querySelectorAll('.trust-chart text'))"
+                            ".map(t => t.getBoundingClientRect().height)")
+    assert heights and min(heights) >= 10, heights
     assert page.url.endswith(f"/trust/labelers/{sloppy.pk}/")
     page.goto(f"{live_server.url}/labeling/staff/projects/{project.pk}/")
     assert page.is_visible("#trust-notices")
