@@ -66,6 +66,13 @@ def _from_form(info: FieldInfo, value):
     return value
 
 
+def _short_meaning(text: str, limit: int = 20) -> str:
+    """What an empty setting means, short enough for its input box: the words before a colon
+    ("off: every batch has the batch size" -> "off"), or "see below" when even those are long."""
+    head = text.split(":", 1)[0].strip()
+    return head if len(head) <= limit else "see below"
+
+
 def _form_field(info: FieldInfo) -> forms.Field:
     help_text = info.help
     if info.kind in ("choice", "tristate", "bool"):
@@ -81,8 +88,8 @@ def _form_field(info: FieldInfo) -> forms.Field:
     field.help_text = help_text
     field.widget.attrs.update({"data-setting": info.name})
     if info.blank_means:
-        # the whole meaning on hover and for screen readers; the box shows what fits (its first words)
-        field.widget.attrs["placeholder"] = f"empty: {info.blank_means.split(':')[0]}"
+        # the whole meaning on hover and in the help line; the box shows only what fits in it
+        field.widget.attrs["placeholder"] = f"empty: {_short_meaning(info.blank_means)}"
         field.widget.attrs["title"] = f"empty: {info.blank_means}"
     return field
 

@@ -629,7 +629,8 @@ def load_image_folder(
     return _finalize_unsplit(x, y, all_classes, **kw)
 
 
-def _file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    """sha256 of a file's bytes."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(chunk), b""):
@@ -735,7 +736,7 @@ def load_cifar10_jpeg_tarball(
     cache_file = None
     if use_cache:
         key_src = repr((
-            _TARBALL_CACHE_VERSION, _file_sha256(path),
+            _TARBALL_CACHE_VERSION, file_sha256(path),
             sorted(wanted) if wanted is not None else None, _norm_size(image_size),
         ))
         key = hashlib.sha256(key_src.encode()).hexdigest()[:24]

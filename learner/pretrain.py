@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .backbones import _augment, build_backbone, to_tensor
-from .data import cache_dir, load_dataset
+from .data import cache_dir, file_sha256, load_dataset
 
 __all__ = ["PretrainResult", "pretrain_backbone", "pretrained_dir", "source_classes_for", "classes_seen",
            "CIFAR10_CLASSES", "CIFAR2_SOURCE_CLASSES"]
@@ -99,15 +99,6 @@ def _atomic_torch_save(obj, target: Path) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def _sha256(path: Path) -> str:
-    """sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def weights_digest(state_dict: dict) -> str:
@@ -308,7 +299,7 @@ def pretrain_backbone(
         "source_train_accuracy": _accuracy(backbone, head, x_tr[:10000], y_tr[:10000]),
         "train_time_s": round(elapsed, 1),
         "history": history,
-        "weights_sha256": _sha256(weights_path),  # of the file: differs between processes for equal weights
+        "weights_sha256": file_sha256(weights_path),  # of the file: differs between processes for equal weights
         "weights_digest": weights_digest(backbone.state_dict()),  # of the weights: equal weights, equal digest
         "torch_version": torch.__version__,
         "threads": torch.get_num_threads(),

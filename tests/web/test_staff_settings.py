@@ -179,3 +179,14 @@ def test_odd_values_in_any_setting_are_refused_not_a_server_error(state, staff_c
     if state == Project.State.LABELING:  # nothing locked moved
         assert {k: v for k, v in project.config.items() if k not in config_fields.LIVE_EDITABLE} == \
             {k: v for k, v in LiveConfig.from_dict(before).to_dict().items() if k not in config_fields.LIVE_EDITABLE}
+
+
+def test_an_empty_settings_meaning_fits_its_box_and_is_said_in_full_below():
+    from labeling.forms import SettingsForm
+
+    form = SettingsForm()
+    attrs = form.fields["batch_per_annotator"].widget.attrs
+    assert attrs["placeholder"] == "empty: off" and attrs["title"] == "empty: off: every batch has the batch size"
+    long = form.fields["audit_confidence_proven"].widget.attrs
+    assert long["placeholder"] == "empty: see below" and "every annotator" in long["title"]
+    assert form.fields["budget"].widget.attrs["placeholder"] == "empty: no limit"

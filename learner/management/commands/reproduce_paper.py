@@ -42,8 +42,9 @@ from django.core.management.base import BaseCommand, CommandError
 from learner.experiments import (ExperimentSpec, attack_success, control_misclassification, default_mapping,
                                  format_table, prepare_data, run_experiment, split_strategy, summary_table,
                                  write_outputs)
+from learner.data import file_sha256
 from learner.loop import LoopConfig
-from learner.pretrain import (CIFAR10_CLASSES, CIFAR2_SOURCE_CLASSES, _sha256, classes_seen, pretrain_backbone,
+from learner.pretrain import (CIFAR10_CLASSES, CIFAR2_SOURCE_CLASSES, classes_seen, pretrain_backbone,
                               pretrained_dir, source_classes_for, weights_digest)
 from learner.results_md import KEPT_MARKERS, PAPER_PAIR, render_markdown, splice_pairs_section
 
@@ -261,7 +262,7 @@ class Command(BaseCommand):
                         for run in runs[name]}
         meta = report.get("backbone") or {}
         weights = Path(report.get("weights") or "")
-        if meta and "weights_digest" not in meta and weights.is_file() and _sha256(weights) == meta.get("weights_sha256"):
+        if meta and "weights_digest" not in meta and weights.is_file() and file_sha256(weights) == meta.get("weights_sha256"):
             # the very file the run used (same bytes): name its weights by their digest too
             meta["weights_digest"] = weights_digest(torch.load(weights, map_location="cpu", weights_only=True))
         if o["note"]:
