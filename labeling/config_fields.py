@@ -89,6 +89,9 @@ _INFO = {
     "reannotation": ("loop", "Re-annotation rounds", "adaptive: ask one other annotator first and the other "
                      "h - 1 only when that one disagrees with the label under review; parallel: ask h at once.",
                      _ROUNDS),
+    "escalate_votes": ("loop", "More voters for a split round", "When the annotators asked about a label "
+                       "disagree among themselves, ask up to this many more and keep the class that at least h of "
+                       "them and a majority gave; 0: the paper's rule (the item is discarded).", _ROUNDS),
     "pipeline": ("loop", "Pipelined batches", "Annotators label the next batch, chosen by the model of the step "
                  "before, while this step's model trains: nobody waits for the model, at the price of choosing with "
                  "a model one batch old. Two batches are open at once (start opens two random ones); the older one's "

@@ -35,7 +35,7 @@ import numpy as np
 
 from . import live
 from .trust import (LabelerTrust, Outcome, Status, TrustPolicy, apply_confirmation, apply_outcome, assess,
-                    audit_threshold, refutation_pvalue, rejected_class, resolve, resolve_votes, vote_history)
+                    audit_threshold, refutation_pvalue, rejected_class, resolve, resolve_votes, vote_history, votes_needed)
 
 LABELING, REANNOTATION = "labeling", "reannotation"
 MIN_AUDITOR_PER_CLASS = 3  # verified S labels of every class before a model of S may audit the first batch
@@ -643,9 +643,9 @@ def _after_reannotation(cfg, pool: Pool, state: EngineState, previous, plan: Pla
         req = state.requests[item]
         req.new_voters = []
         confirms = adaptive and bool(req.asked) and _reliable(state, req.asked[0], pool.n_classes, policy, cast)
-        outcome, keep = resolve_votes(req.label, req.votes, cfg.h, adaptive=confirms)
+        outcome, keep = resolve_votes(req.label, req.votes, cfg.h, adaptive=confirms, escalate=cfg.escalate_votes)
         if outcome is None:
-            need = cfg.h - len(req.votes)
+            need = votes_needed(req.label, req.votes, cfg.h, cfg.escalate_votes)
             more = live.choose_distinct(need, eligible, exclude={req.original, *req.asked}, load=load,
                                         seed=cfg.seed + item + 7919 * len(req.asked))
             if more:

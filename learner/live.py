@@ -83,6 +83,10 @@ class LiveConfig:
     # "adaptive": a re-annotation round asks one labeler first and the other h - 1 only when that
     # one disagrees with the label under review; "parallel": h at once (learner.trust.resolve_votes)
     reannotation: str = "adaptive"
+    # a round whose votes split with the label under review among them asks up to this many more
+    # voters and keeps the class at least h votes and a majority gave (learner.trust.resolve_votes;
+    # ours, measured in docs/method.md); 0: the paper's rule, the item is discarded
+    escalate_votes: int = 2
     augment: tuple[str, ...] | None = None
     augment_weight: float = 0.1
     noise_variance: float = 0.3
@@ -243,6 +247,7 @@ class LiveConfig:
             raise ValueError("pipeline must be true or false")
         _int("gold_per_labeler", 0, 1000)
         _int("probation_labels", 0, 1000)
+        _int("escalate_votes", 0, 20)
         if not isinstance(self.secured_evidence, bool):
             raise ValueError("secured_evidence must be true or false")
         if not isinstance(self.recheck, bool):

@@ -53,6 +53,7 @@ class LoopConfig:
     batch_per_annotator: int | None = None  # batches of max(batch_size, this x eligible labelers)
     audit_posterior: float | None = None  # ours: audit where a label is this likely wrong (engine.posterior_threshold)
     reannotation: str = "adaptive"  # ours: ask one re-annotator first, the others only on a disagreement
+    escalate_votes: int = 2  # ours: a split round asks this many more voters (LiveConfig.escalate_votes)
     augment: tuple[str, ...] | None = None  # subset of ATTACKS (None: all for robust, none otherwise)
     augment_space: str = "feature"  # "feature" (exact, frozen backbone) or "pixel" (through it)
     augment_weight: float = 0.1  # ours: 0.25 left some runs just under the target (docs/method.md)
@@ -102,7 +103,7 @@ class LoopConfig:
             secured_size=self.secured_size, epsilon=t.epsilon, h=t.h, budget=self.budget, target=None,
             tau=self.tau, defenses=self.defenses, audit_confidence=self.audit_confidence,
             audit_confidence_proven=self.audit_confidence_proven, audit_proven_after=self.audit_proven_after,
-            recheck=self.recheck, secured_evidence=self.secured_evidence, gold_per_labeler=self.gold_per_labeler, probation_labels=self.probation_labels, augment_space=self.augment_space, training_mode=self.training_mode, pipeline=self.pipeline, batch_per_annotator=self.batch_per_annotator, audit_posterior=self.audit_posterior, reannotation=self.reannotation, augment=None if self.augment is None else tuple(self.augment),
+            recheck=self.recheck, secured_evidence=self.secured_evidence, gold_per_labeler=self.gold_per_labeler, probation_labels=self.probation_labels, augment_space=self.augment_space, training_mode=self.training_mode, pipeline=self.pipeline, batch_per_annotator=self.batch_per_annotator, audit_posterior=self.audit_posterior, reannotation=self.reannotation, escalate_votes=self.escalate_votes, augment=None if self.augment is None else tuple(self.augment),
             augment_weight=self.augment_weight, noise_variance=self.noise_variance, overshoot=self.overshoot,
             n_clusters=self.n_clusters, candidate_factor=self.candidate_factor, robust_pick=self.robust_pick,
             robust_size_weight=self.robust_size_weight, robust_fragile_top=self.robust_fragile_top,

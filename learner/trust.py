@@ -166,23 +166,49 @@ def is_alert(prob_consensus_label: float, alert_confidence: float = 0.9) -> bool
 
 
 
-def resolve_votes(original_label: int, votes: list[int], h: int, *, adaptive: bool) -> tuple[Outcome | None, int | None]:
+def resolve_votes(original_label: int, votes: list[int], h: int, *, adaptive: bool,
+                  escalate: int = 0) -> tuple[Outcome | None, int | None]:
     """Outcome of a re-annotation round so far; ``(None, None)`` while more votes are needed.
 
-    Two different votes end the round at once (inconsistent, or rejected when neither is the
-    original label; see :func:`resolve`). ``adaptive``: a first vote that
+    Two different votes end the round (inconsistent, or rejected when neither is the original
+    label; see :func:`resolve`), unless ``escalate`` > 0 and the original label is among them
+    (ours): then up to ``escalate`` more voters are asked (:func:`votes_needed`), and the round
+    resolves to the class that at least ``h`` votes and a strict majority of them gave
+    (:func:`majority`); without one it is inconsistent. Two colluders among the voters can no
+    longer shield each other's mapped label by splitting the round. ``adaptive``: a first vote that
     confirms the original label settles it (two independent labelers agree; ours, it makes an
     audit of a correct label cost one label instead of ``h``). Otherwise the round needs ``h``
     votes that all agree.
     """
     votes = [int(v) for v in votes]
     if len(set(votes)) > 1:
+        if escalate and int(original_label) in votes:
+            if len(votes) < h + escalate:
+                return None, None
+            consensus = majority(votes, h)
+            if consensus is not None:
+                return (Outcome.AGREED if consensus == int(original_label) else Outcome.DISAGREED), consensus
         return resolve(original_label, votes)
     if votes and adaptive and votes[0] == int(original_label):
         return Outcome.AGREED, int(original_label)
     if len(votes) >= h:
         return resolve(original_label, votes)
     return None, None
+
+
+def majority(votes: list[int], h: int) -> int | None:
+    """The class at least ``h`` of ``votes`` and more than half of them gave, else None."""
+    counts = Counter(int(v) for v in votes)
+    label, n = counts.most_common(1)[0]
+    return int(label) if n >= h and 2 * n > len(votes) else None
+
+
+def votes_needed(original_label: int, votes: list[int], h: int, escalate: int = 0) -> int:
+    """How many more voters a round that :func:`resolve_votes` left open needs: up to ``h`` in
+    all, or ``h + escalate`` once its votes split with the original label among them."""
+    votes = [int(v) for v in votes]
+    split = len(set(votes)) > 1 and int(original_label) in votes
+    return max(0, (h + escalate if escalate and split else h) - len(votes))
 
 
 @dataclass

@@ -5,7 +5,7 @@ import pytest
 from learner.trust import (LabelerTrust, Outcome, Status, TrustPolicy, apply_confirmation, apply_outcome, assess,
                            is_alert, performance_dropped, refutation_pvalue, rejected_class, required_labelers, resolve,
                            resolve_votes, tarone_tests,
-                           trust_decrease)
+                           trust_decrease, votes_needed)
 
 
 def test_h_formula_matches_the_paper():
@@ -85,6 +85,24 @@ def test_adaptive_rounds_settle_on_a_confirming_first_vote():
     assert resolve_votes(1, [0, 2], 3, adaptive=True) == (Outcome.REJECTED, None)  # two others, neither says 1
     assert resolve_votes(1, [1], 3, adaptive=False) == (None, None)
     assert resolve_votes(1, [1, 1, 1], 3, adaptive=False) == (Outcome.AGREED, 1)
+
+
+def test_a_split_round_escalates_to_a_majority_of_h():
+    """Colluders split a round on their partner's mapped label (1 -> 0 here: one colluding voter
+    says 1 with the original, two honest voters say 0): with escalation two more voters are asked
+    and the majority of h decides, so the mapped label is refuted instead of discarded unjudged."""
+    split = [0, 1, 0]
+    assert resolve_votes(1, split, 3, adaptive=True) == (Outcome.INCONSISTENT, None)  # the paper's rule
+    assert resolve_votes(1, split, 3, adaptive=True, escalate=2) == (None, None)
+    assert votes_needed(1, split, 3, escalate=2) == 2
+    assert votes_needed(1, split, 3) == 0
+    assert votes_needed(1, [0], 3, escalate=2) == 2  # no split yet: the usual h in all
+    assert resolve_votes(1, split + [0, 0], 3, adaptive=True, escalate=2) == (Outcome.DISAGREED, 0)
+    assert resolve_votes(1, split + [0, 1], 3, adaptive=True, escalate=2) == (Outcome.DISAGREED, 0)  # 3 of 5
+    assert resolve_votes(1, [0, 1, 1, 1, 0], 3, adaptive=True, escalate=2) == (Outcome.AGREED, 1)
+    assert resolve_votes(1, [0, 1, 2, 2, 1], 3, adaptive=True, escalate=2) == (Outcome.INCONSISTENT, None)  # no 3
+    # a rejected round (the original label among no votes) ends at once, as before
+    assert resolve_votes(1, [0, 2], 3, adaptive=True, escalate=2) == (Outcome.REJECTED, None)
 
 
 def test_refuted_label_test_separates_honest_slips_from_a_mapping():

@@ -72,6 +72,14 @@ def test_parity_the_web_loop_and_the_simulator_buy_the_same_labels(labeling_dirs
           f"{f', {per_annotator} per annotator' if per_annotator else ''}): web {web.bought_per_iteration} / "
           f"simulator {bought}")
     assert web.bought_per_iteration == bought
+    # rounds whose votes split asked more voters (escalate_votes) in both drivers alike
+    from django.db.models import Count
+    from labeling.models import ReannotationRound
+
+    escalated = (ReannotationRound.objects.filter(project=project).annotate(n=Count("assignments"))
+                 .filter(n__gt=3).count())  # h = 3
+    print(f"rounds with more than h voters: {escalated}")
+    assert escalated > 0
     sizes = [b.assignments.filter(kind="first_label").exclude(status="skipped").count()
              for b in project.batches.order_by("iteration")]
     print(f"first labels per batch: {sizes}")
