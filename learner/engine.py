@@ -657,7 +657,9 @@ def _after_reannotation(cfg, pool: Pool, state: EngineState, previous, plan: Pla
             if not req.votes:  # nobody could answer: the label stands as it was
                 del state.requests[item]
                 continue
-            outcome, keep = resolve(req.label, req.votes)  # fewer than h labelers exist
+            # nobody else may be asked (a small crowd): decide on the votes there are
+            outcome, keep = resolve_votes(req.label, req.votes, cfg.h, adaptive=confirms,
+                                          escalate=cfg.escalate_votes, final=True)
         done.append((req, outcome, keep))
     if plan.requests:  # the remaining rounds wait until every open one has its votes
         return None

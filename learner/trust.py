@@ -167,7 +167,7 @@ def is_alert(prob_consensus_label: float, alert_confidence: float = 0.9) -> bool
 
 
 def resolve_votes(original_label: int, votes: list[int], h: int, *, adaptive: bool,
-                  escalate: int = 0) -> tuple[Outcome | None, int | None]:
+                  escalate: int = 0, final: bool = False) -> tuple[Outcome | None, int | None]:
     """Outcome of a re-annotation round so far; ``(None, None)`` while more votes are needed.
 
     Two different votes end the round (inconsistent, or rejected when neither is the original
@@ -178,12 +178,13 @@ def resolve_votes(original_label: int, votes: list[int], h: int, *, adaptive: bo
     longer shield each other's mapped label by splitting the round. ``adaptive``: a first vote that
     confirms the original label settles it (two independent labelers agree; ours, it makes an
     audit of a correct label cost one label instead of ``h``). Otherwise the round needs ``h``
-    votes that all agree.
+    votes that all agree. ``final``: nobody else can be asked (a small crowd); the round is
+    decided on the votes it has.
     """
     votes = [int(v) for v in votes]
     if len(set(votes)) > 1:
         if escalate and int(original_label) in votes:
-            if len(votes) < h + escalate:
+            if len(votes) < h + escalate and not final:
                 return None, None
             consensus = majority(votes, h)
             if consensus is not None:
@@ -191,7 +192,7 @@ def resolve_votes(original_label: int, votes: list[int], h: int, *, adaptive: bo
         return resolve(original_label, votes)
     if votes and adaptive and votes[0] == int(original_label):
         return Outcome.AGREED, int(original_label)
-    if len(votes) >= h:
+    if len(votes) >= h or (final and votes):
         return resolve(original_label, votes)
     return None, None
 

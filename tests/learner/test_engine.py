@@ -366,3 +366,27 @@ def test_rounds_record_who_carried_the_consensus(setup):
     engine._after_reannotation(cfg, pool, state, previous, engine.Plan(phase=engine.REANNOTATION))
     assert state.labels[item] == y[item] and state.labeler_of[item] == -1
     assert state.support[item] == (0, wrong, {4, 5, 6})  # the refuted original carried nothing
+
+
+@pytest.mark.parametrize("escalate", [0, 2])
+def test_a_split_round_in_a_small_crowd_is_decided_on_the_votes_it_has(setup, escalate):
+    """Five labelers: a split round on labeler 0's wrong label can reach only 4 voters, not
+    h + escalate_votes = 5. Escalation asks the fourth, and 3 of 4 against the label refute it
+    (the item keeps the true class); the paper's rule discards the item at the split."""
+    x, y, pool = setup
+    cfg = live.LiveConfig(h=3, reannotation="parallel", augment=(), secured_size=0, escalate_votes=escalate)
+    state, previous = _batch_with_wrong_labels(cfg, pool, y, wrong=1)
+    state.crowd = list(range(5))
+    state.trust = {u: LabelerTrust() for u in state.crowd}
+    plan = engine.step(cfg, pool, state, previous_model=previous)
+    given = int(state.labels[300])
+    while not plan.closed:
+        for r in plan.requests:  # others tell the truth, except the first voter on item 300
+            r.votes += [given if r.item == 300 and not r.votes and k == 0 else int(y[r.item])
+                        for k in range(len(r.new_voters))]
+        plan = engine.step(cfg, pool, state, previous_model=previous)
+    if escalate:
+        assert state.labels[300] == y[300] and state.labeler_of[300] == -1 and not state.discarded[300]
+        assert state.verdicts[(0, 300)] == y[300]
+    else:
+        assert state.discarded[300] and state.labels[300] == -1

@@ -101,6 +101,11 @@ def test_a_split_round_escalates_to_a_majority_of_h():
     assert resolve_votes(1, split + [0, 1], 3, adaptive=True, escalate=2) == (Outcome.DISAGREED, 0)  # 3 of 5
     assert resolve_votes(1, [0, 1, 1, 1, 0], 3, adaptive=True, escalate=2) == (Outcome.AGREED, 1)
     assert resolve_votes(1, [0, 1, 2, 2, 1], 3, adaptive=True, escalate=2) == (Outcome.INCONSISTENT, None)  # no 3
+    # nobody else can be asked: a split round is decided on the votes it has (3 of 4), or not at all
+    assert resolve_votes(1, [0, 1, 0, 0], 3, adaptive=True, escalate=2) == (None, None)
+    assert resolve_votes(1, [0, 1, 0, 0], 3, adaptive=True, escalate=2, final=True) == (Outcome.DISAGREED, 0)
+    assert resolve_votes(1, [0, 1, 0], 3, adaptive=True, escalate=2, final=True) == (Outcome.INCONSISTENT, None)
+    assert resolve_votes(1, [0, 0], 3, adaptive=True, final=True) == (Outcome.DISAGREED, 0)  # fewer than h, agreeing
     # a rejected round (the original label among no votes) ends at once, as before
     assert resolve_votes(1, [0, 2], 3, adaptive=True, escalate=2) == (Outcome.REJECTED, None)
 
