@@ -13,7 +13,8 @@ reviews flags: the rules act alone (flag, targeted audit, suspend or reinstate).
 - ``spammer``: 2 of 11 answer uniformly at random.
 
 Per scenario it prints: adversaries flagged after at most 5 of their wrong labels (share of
-adversary-runs), the wrong labels they gave before the flag (median, max), adversaries suspended
+adversary-runs), the wrong labels they gave before the flag (median, max) and, of them, those given
+in attack (median, max; the rest are honest slips, e.g. a sleeper's before it turns), adversaries suspended
 before the project stopped, honest labelers ever flagged (the false-flag rate) and suspended,
 labels bought and seconds. Each run uses a throw-away SQLite database; two threads at most.
 
@@ -92,7 +93,7 @@ def main(argv=None) -> int:
         call_command("migrate", verbosity=0)
         print(f"digits {'/'.join(classes)}, pool {args.pool_size}, 11 labelers, pr {args.pr}, seeds {args.first_seed}.."
               f"{args.first_seed + args.seeds - 1}, settings {config}")
-        header = (f"{'scenario':<10} {'runs':>4} {'flagged <= 5 wrong':>18} {'wrong before flag':>17} "
+        header = (f"{'scenario':<10} {'runs':>4} {'flagged <= 5 wrong':>18} {'wrong before flag':>17} {'of which attacks':>16} "
                   f"{'suspended':>10} {'honest flagged':>14} {'honest susp.':>12} {'labels':>7} {'s/run':>6}")
         print(header)
         print("-" * len(header))
@@ -107,9 +108,11 @@ def main(argv=None) -> int:
                 results.append(r)
                 if args.verbose:
                     print(f"   {name} seed {seed}: flagged {r.flagged_at} wrong before {r.wrong_before_flag} "
+                          f"(attacks {r.attacks_before_flag}) "
                           f"suspended {r.suspended_at} stop {r.stop} labels {r.labels_bought} {r.seconds:.1f} s")
             adversary_runs = [(r, u) for r in results for u in r.malicious_ids]
             wrong = [r.wrong_before_flag[u] for r, u in adversary_runs if u in r.wrong_before_flag]
+            attacks = [r.attacks_before_flag[u] for r, u in adversary_runs if u in r.attacks_before_flag]
             fast = sum(1 for r, u in adversary_runs if u in r.wrong_before_flag and r.wrong_before_flag[u] <= 5)
             suspended = sum(1 for r, u in adversary_runs if u in r.suspended_at)
             honest = sum(len(r.honest_ids) for r in results)
@@ -118,8 +121,9 @@ def main(argv=None) -> int:
             all_honest += honest
             all_flagged += honest_flagged
             wrong_txt = f"{statistics.median(wrong):.0f} / {max(wrong)}" if wrong else "never"
+            attack_txt = f"{statistics.median(attacks):.0f} / {max(attacks)}" if attacks else "never"
             print(f"{name:<10} {len(results):>4} {fast:>7} / {len(adversary_runs):<3} {100 * fast / len(adversary_runs):>4.0f} % "
-                  f"{wrong_txt:>17} {suspended:>4} / {len(adversary_runs):<3} {honest_flagged:>6} / {honest:<5} "
+                  f"{wrong_txt:>17} {attack_txt:>16} {suspended:>4} / {len(adversary_runs):<3} {honest_flagged:>6} / {honest:<5} "
                   f"{honest_suspended:>12} {statistics.mean(r.labels_bought for r in results):>7.0f} "
                   f"{statistics.mean(r.seconds for r in results):>6.1f}")
         print("-" * len(header))

@@ -229,6 +229,7 @@ VARIANTS = {
     "no-gold": {"secured_evidence": False, "gold_per_labeler": 0},
     "probation": {"probation_labels": 4},
     "no-probation": {"probation_labels": 0},
+    "verify": {"verify_labels": True},
     "no-escalate": {"escalate_votes": 0},
     "pick-margin": {"robust_pick": "margin"},
     "pick-farthest": {"robust_pick": "farthest"},

@@ -137,6 +137,10 @@ class LiveConfig:
     # this many of theirs were confirmed by others (learner.engine.on_probation); adaptive rounds
     # make a confirmed one cost one label. 0: off (measured in docs/method.md)
     probation_labels: int = 4
+    # a second opinion on every label (ours, off by default): every first label is re-annotated
+    # whatever the model says (one other labeler confirms it; adaptive rounds ask h more only when
+    # they disagree). Costs about one label per label; measured in docs/method.md
+    verify_labels: bool = False
     p1: float = 0.9391  # an honest labeler's accuracy P_1 (the refuted-label test's null hypothesis)
     # Dawid-Skene check (learner.confusion): flag a labeler whose confusion[a, b] >= min_rate over
     # >= min_count expected labels; null min_rate turns the check off
@@ -252,6 +256,8 @@ class LiveConfig:
             raise ValueError("secured_evidence must be true or false")
         if not isinstance(self.recheck, bool):
             raise ValueError("recheck must be true or false")
+        if not isinstance(self.verify_labels, bool):
+            raise ValueError("verify_labels must be true or false")
         if not isinstance(self.trust_weights, bool):
             raise ValueError("trust_weights must be true or false")
         if self.channels not in (1, 3):

@@ -48,6 +48,7 @@ class LoopConfig:
     recheck: bool = True  # ours: audit earlier standing labels the newer model contradicts
     secured_evidence: bool = True  # ours: S votes (consensus verification) count in the refuted-label test
     gold_per_labeler: int = 0  # ours: gold questions on S items the admin labeled (LiveConfig.gold_per_labeler)
+    verify_labels: bool = False  # ours: re-annotate every first label (LiveConfig.verify_labels)
     probation_labels: int = 4  # ours: re-annotate a labeler's labels until this many were confirmed (LiveConfig.probation_labels)
     pipeline: bool = False  # people label the next batch (chosen by F_{i-1}) while F_i trains
     batch_per_annotator: int | None = None  # batches of max(batch_size, this x eligible labelers)
@@ -103,7 +104,7 @@ class LoopConfig:
             secured_size=self.secured_size, epsilon=t.epsilon, h=t.h, budget=self.budget, target=None,
             tau=self.tau, defenses=self.defenses, audit_confidence=self.audit_confidence,
             audit_confidence_proven=self.audit_confidence_proven, audit_proven_after=self.audit_proven_after,
-            recheck=self.recheck, secured_evidence=self.secured_evidence, gold_per_labeler=self.gold_per_labeler, probation_labels=self.probation_labels, augment_space=self.augment_space, training_mode=self.training_mode, pipeline=self.pipeline, batch_per_annotator=self.batch_per_annotator, audit_posterior=self.audit_posterior, reannotation=self.reannotation, escalate_votes=self.escalate_votes, augment=None if self.augment is None else tuple(self.augment),
+            recheck=self.recheck, secured_evidence=self.secured_evidence, gold_per_labeler=self.gold_per_labeler, probation_labels=self.probation_labels, verify_labels=self.verify_labels, augment_space=self.augment_space, training_mode=self.training_mode, pipeline=self.pipeline, batch_per_annotator=self.batch_per_annotator, audit_posterior=self.audit_posterior, reannotation=self.reannotation, escalate_votes=self.escalate_votes, augment=None if self.augment is None else tuple(self.augment),
             augment_weight=self.augment_weight, noise_variance=self.noise_variance, overshoot=self.overshoot,
             n_clusters=self.n_clusters, candidate_factor=self.candidate_factor, robust_pick=self.robust_pick,
             robust_size_weight=self.robust_size_weight, robust_fragile_top=self.robust_fragile_top,

@@ -52,6 +52,8 @@ class SimulationResult:
     bought_per_iteration: list[int] = field(default_factory=list)  # IterationMetric.labels_bought, in order
     suspended_at: dict[int, int] = field(default_factory=dict)  # labeler -> iteration after which it was suspended
     wrong_before_flag: dict[int, int] = field(default_factory=dict)  # adversary -> wrong first labels given until flagged
+    # of them, given in attack (a mapping applied, a spammer's wrong answer); the rest are honest slips
+    attacks_before_flag: dict[int, int] = field(default_factory=dict)
     project_id: int | None = None
     suggestions: dict[int, str] = field(default_factory=dict)  # blocked labeler -> suggested review at the end
     answers: int = 0  # answers given through the queue
@@ -200,6 +202,7 @@ def run(*, seed: int = 0, n_labelers: int = 11, n_malicious: int = 1, mapping: d
             for uid in sorted(blocked - set(result.flagged_at)):
                 result.flagged_at[uid] = iteration
                 result.wrong_before_flag[uid] = asker.wrong_first[oracle_of[uid]]
+                result.attacks_before_flag[uid] = asker.wrong_attacks[oracle_of[uid]]
                 result.reasons[uid] = sorted(set(TrustEvent.objects.filter(labeler_id=uid, project=project)
                                                  .exclude(reason__in=["confirmed", "agreed", "disagreement"])
                                                  .values_list("reason", flat=True)))
@@ -241,15 +244,19 @@ class _Asker:
         self.times: dict[tuple[int, int], int] = {}
         self.first: dict[int, int] = {}
         self.wrong_first: dict[int, int] = {j: 0 for j in oracle.ids}
+        self.wrong_attacks: dict[int, int] = {j: 0 for j in oracle.ids}  # wrong first labels given in attack
 
     def __call__(self, j: int, item: int, truth: int, first_label: bool) -> int:
         nth = self.times.get((j, item), 0)
         self.times[(j, item)] = nth + 1
+        given_before = self.first.get(j, 0)
         label = self.oracle.answer(j, item, truth, seed=self.seed, nth=nth, first_label=first_label,
-                                   given_before=self.first.get(j, 0))
+                                   given_before=given_before)
         if first_label:
-            self.first[j] = self.first.get(j, 0) + 1
+            self.first[j] = given_before + 1
             self.wrong_first[j] += int(label != truth)
+            attack = self.oracle.labelers[j].attacks(truth, first_label=True, given_before=given_before)
+            self.wrong_attacks[j] += int(label != truth and attack)
         return label
 
 

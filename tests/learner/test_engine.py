@@ -96,6 +96,23 @@ def test_probation_re_annotates_every_label_until_enough_were_confirmed(setup):
         live.LiveConfig(probation_labels=-1).validate()
 
 
+def test_verify_labels_asks_a_second_opinion_on_every_first_label(setup):
+    """verify_labels: every first label of the batch is re-annotated (one vote first), whatever the
+    model or the labeler's record says; off, only the model's contradictions and probation are."""
+    x, y, pool = setup
+    asked = {}
+    for verify in (False, True):
+        state, previous = _probation_state(pool, y)  # labeler 1 is past probation
+        cfg = live.LiveConfig(h=3, augment=(), secured_size=0, recheck=False, verify_labels=verify)
+        plan = engine.step(cfg, pool, state, previous_model=previous)
+        asked[verify] = {r.item for r in plan.requests}
+        assert all(len(r.new_voters) == 1 for r in plan.requests)
+    assert not set(range(340, 350)) <= asked[False]  # labeler 1's right labels mostly stand...
+    assert asked[True] == set(range(300, 350))  # ...unless every label gets a second opinion
+    with pytest.raises(ValueError, match="verify_labels"):
+        live.LiveConfig(verify_labels="yes").validate()
+
+
 def test_a_flagged_labeler_is_audited_then_suspended_and_its_labels_leave(setup):
     x, y, pool = setup
     cfg = live.LiveConfig(h=3, augment=(), secured_size=0, confusion_min_rate=None)

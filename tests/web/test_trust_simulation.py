@@ -24,6 +24,7 @@ def test_the_malicious_labeler_is_flagged_and_suspended_within_a_few_batches(lab
     assert result.batches >= 2
     (bad,) = result.malicious_ids
     assert result.malicious_flagged_after is not None and result.malicious_flagged_after <= 3
+    assert 0 < result.attacks_before_flag[bad] <= result.wrong_before_flag[bad]
     profile = LabelerProfile.objects.get(user_id=bad)
     assert profile.is_suspended
     # the flag is explained in the history, and its open work went to others
@@ -93,3 +94,25 @@ def test_parity_the_web_loop_and_the_simulator_buy_the_same_labels(labeling_dirs
                   for p in LabelerProfile.objects.filter(user_id__in=order)}
     assert {i: s for i, s in web_status.items() if s != "active"} == {
         i: t["status"] for i, t in sim.trust.items() if t["status"] != "active"}
+
+
+def test_the_harness_tells_a_sleepers_attacks_from_its_honest_slips():
+    """``wrong_attacks`` counts the wrong first labels given in attack (after a sleeper turns);
+    ``wrong_first`` every wrong first label, honest slips included; re-annotations count in neither."""
+    from learner.oracles import LabelerPool
+
+    pool = LabelerPool.build(2, n_labelers=2, error_rate=0.5, n_malicious=1, mapping={0: 1}, kind="sleeper")
+    asker = simulation._Asker(pool, seed=0)
+    sleeper, honest = 1, 0
+    turn = pool.labelers[sleeper].honest_first
+    for item in range(turn):
+        asker(sleeper, item, 0, True)
+    slips = asker.wrong_first[sleeper]
+    assert slips > 0 and asker.wrong_attacks[sleeper] == 0  # error rate 0.5: some slips, no attack yet
+    asker(sleeper, 999, 0, False)  # a re-annotation: honest, never counted
+    for item in range(turn, turn + 4):
+        assert asker(sleeper, item, 0, True) == 1  # mapped
+    assert asker.wrong_attacks[sleeper] == 4 and asker.wrong_first[sleeper] == slips + 4
+    for item in range(20):
+        asker(honest, item, 0, True)
+    assert asker.wrong_first[honest] > 0 and asker.wrong_attacks[honest] == 0
