@@ -117,10 +117,33 @@ def craft_feature_collision(
     numpy.ndarray
         float32 poisons, (P, H, W, C) in [0, 1].
     """
-    if bases.ndim != 4 or target.shape != bases.shape[1:]:
-        raise ValueError(f"bases (P, H, W, C) and target (H, W, C) must match, got {bases.shape}, {target.shape}")
     if not 0 <= watermark < 1:
         raise ValueError("watermark must be in [0, 1)")
+    collided = _collide(backbone, target, bases, max_iter=max_iter, learning_rate=learning_rate,
+                        similarity_coeff=similarity_coeff, decay_coeff=decay_coeff, patience=patience)
+    return add_watermark(collided, target, watermark)
+
+
+def add_watermark(collided: np.ndarray, target: np.ndarray, watermark: float) -> np.ndarray:
+    """``collided`` (float (P, H, W, C) in [0, 1], :func:`_collide`) plus ``watermark`` times the
+    target image, clipped to [0, 1]: the last step of :func:`craft_feature_collision`. The
+    optimisation never sees the watermark, so one collision serves every watermark tried."""
+    if not 0 <= watermark < 1:
+        raise ValueError("watermark must be in [0, 1)")
+    x = torch.from_numpy(np.ascontiguousarray(collided)).permute(0, 3, 1, 2)
+    t = to_tensor(target[None]).to(x.dtype)
+    with torch.no_grad():
+        x = (x + watermark * t).clamp_(0, 1)
+    return x.permute(0, 2, 3, 1).numpy().astype(np.float32)
+
+
+def _collide(backbone: torch.nn.Module, target: np.ndarray, bases: np.ndarray, *, max_iter: int = 120,
+             learning_rate: float = 0.5, similarity_coeff: float = 256.0, decay_coeff: float = 0.5,
+             patience: int = 5) -> np.ndarray:
+    """The feature-collision optimisation of :func:`craft_feature_collision` without the watermark:
+    float32 (P, H, W, C) in [0, 1]."""
+    if bases.ndim != 4 or target.shape != bases.shape[1:]:
+        raise ValueError(f"bases (P, H, W, C) and target (H, W, C) must match, got {bases.shape}, {target.shape}")
     backbone.eval()
     dev = next(backbone.parameters()).device
     b = to_tensor(bases).to(dev)
@@ -153,8 +176,6 @@ def craft_feature_collision(
             decay = stale >= patience
             lr = torch.where(decay[:, None, None, None], lr * decay_coeff, lr)
             stale[decay] = 0
-    with torch.no_grad():
-        x = (x + watermark * t).clamp_(0, 1)
     return x.permute(0, 2, 3, 1).cpu().numpy().astype(np.float32)
 
 
@@ -383,6 +404,7 @@ def make_poison_sets(
         if len(cand) < n_bases:
             raise ValueError(f"only {len(cand)} base images of class {b_label}; {n_bases} needed")
         found = None
+        collided = None  # fast: one optimisation per target, whatever the watermarks tried
         for wm in watermarks:
             key = [POISON_VERSION, wdigest, data_fingerprint, int(ti), int(b_label), n_bases, float(wm), impl,
                    max_iter, seed, hashlib.sha256(base_images[cand].tobytes()).hexdigest()[:16]]
@@ -392,9 +414,13 @@ def make_poison_sets(
                 ps = _load(path)
             else:
                 start = time.perf_counter()
-                craft = craft_feature_collision if impl == "fast" else craft_feature_collision_art
-                kw = {} if impl == "fast" else {"n_classes": n_classes}
-                poisons = craft(backbone, test_images[ti], base_images[cand], max_iter=max_iter, watermark=wm, **kw)
+                if impl == "fast":
+                    if collided is None:
+                        collided = _collide(backbone, test_images[ti], base_images[cand], max_iter=max_iter)
+                    poisons = add_watermark(collided, test_images[ti], wm)
+                else:
+                    poisons = craft_feature_collision_art(backbone, test_images[ti], base_images[cand],
+                                                          max_iter=max_iter, watermark=wm, n_classes=n_classes)
                 images = _quantize(poisons)
                 feats = _features(backbone, images)
                 ft = test_features[ti].astype(np.float32)

@@ -148,3 +148,42 @@ def test_make_poison_sets_rejects_bad_settings(backbone):
         make_poison_sets(backbone, None, pool_features=None, pool_labels=None, test_images=None,
                          test_features=None, test_labels=None, base_images=None, base_labels=None,
                          n_classes=2, data_fingerprint="x", impl="gpu")
+
+
+def test_one_collision_per_target_serves_every_watermark(colour_backbone, monkeypatch):
+    """The watermark is added after the optimisation, so every watermark of a target is tried on
+    one collision (three watermarks cost one optimisation, not three); the poisons are those of
+    crafting with that watermark directly."""
+    from learner import poison
+
+    backbone = colour_backbone
+    x_pool, x_test = _images(20, 20, hw=16), _images(6, 21, hw=16)
+    y_pool, y_test = np.repeat([0, 1], 10), np.repeat([0, 1], 3)
+    x_base, y_base = _images(8, 22, hw=16), np.repeat([0, 1], 4)
+    pf, tf = extract_features(backbone, x_pool), extract_features(backbone, x_test)
+    calls, crafted = [], {}
+    real = poison._collide
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    def never(pool_features, pool_labels, poison_features, base_label, target_features, n_classes, **kw):
+        crafted.setdefault(len(calls), []).append(poison_features)
+        return False
+
+    monkeypatch.setattr(poison, "_collide", counting)
+    monkeypatch.setattr(poison, "poison_succeeds", never)
+    sets, attempts = make_poison_sets(
+        backbone, None, pool_features=pf, pool_labels=y_pool, test_images=x_test, test_features=tf,
+        test_labels=y_test, base_images=x_base, base_labels=y_base, n_classes=2, data_fingerprint="fp",
+        n_targets=1, n_bases=4, max_iter=5, max_attempts=2, watermarks=(0.1, 0.2, 0.3), min_target_confidence=0.0,
+        use_cache=False)
+    assert sets == [] and len(attempts) == 6  # 2 targets x 3 watermarks, all tried...
+    assert len(calls) == 2  # ...on one collision per target
+    first = attempts[0]["target_index"]
+    cand = np.flatnonzero(y_base == (y_test[first] + 1) % 2)[:4]
+    for wm, feats in zip((0.1, 0.2, 0.3), crafted[1]):
+        direct = poison._quantize(craft_feature_collision(backbone, x_test[first], x_base[cand], max_iter=5,
+                                                          watermark=wm))
+        np.testing.assert_array_equal(poison._features(backbone, direct), feats)
