@@ -22,7 +22,7 @@ GROUPS = (
 )
 
 # Read by every loop step and only bounding or sizing what comes next: safe to change while labeling.
-LIVE_EDITABLE = ("batch_size", "batch_per_annotator", "budget", "target", "tau")
+LIVE_EDITABLE = ("batch_size", "batch_per_annotator", "budget", "target", "tau", "verify_labels")
 
 _FIXED_AT_START = "used once, when labeling started"
 _METHOD = "changing the method halfway would mix two methods in one run"

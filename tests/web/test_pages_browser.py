@@ -249,12 +249,15 @@ def test_staff_settings_form_warns_live_and_saves(options, labeling_dirs, live_s
     assert page.is_visible("#setting-budget .help .default")  # each setting says its default...
     assert "Default:" in page.inner_text("#setting-batch_size") and "Items queried per iteration" in \
         page.inner_text("#setting-batch_size")  # ...and what it does
+    assert "Second opinion on every label" in page.inner_text("#setting-verify_labels")
+    page.select_option("#settings-form [data-setting=verify_labels]", "on")
     page.click("#settings-form button[type=submit]")
     page.wait_for_selector(".messages li")
     assert "Settings saved." in page.inner_text(".messages")
     assert "warn" not in page.get_attribute("#start-fit", "class")
     project.refresh_from_db()
     assert (project.config["secured_size"], project.config["initial_size"]) == (10, 10)
+    assert project.config["verify_labels"] is True
     screenshot(page, f"settings-{'phone' if options is PHONE else 'desktop'}.png")
 
 
