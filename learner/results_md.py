@@ -25,8 +25,9 @@ PAPER = {
 # issue 18's targets for ours, % of the pool at most (poison: attack success at most 5 %)
 TARGET_SHARE = {"benign": 12, "malicious": 15, "collusion": 15, "sleeper": 15, "spammer": 15, "poison": 15}
 OURS = ("robust", "robust+density")
-# the baselines a practitioner would pick against an unreliable crowd (issue 18), beside plain margin
-CROWD_BASELINES = ("margin+defended", "margin+vote3", "margin+ds2", "margin+ds3")
+# the baselines a practitioner would pick against an unreliable crowd (issue 18), beside plain margin;
+# +verify: robust's defences on margin's ranking with a second opinion on every label
+CROWD_BASELINES = ("margin+defended", "margin+defended+verify", "margin+vote3", "margin+ds2", "margin+ds3")
 PAPER_PAIR = ("airplane", "frog")
 PAIR_MARKERS = ("<!-- second-pair:start -->", "<!-- second-pair:end -->")
 # sections of results.md written from other benchmarks' runs, kept when the reproduction regenerates it

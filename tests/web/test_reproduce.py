@@ -226,6 +226,23 @@ def test_robust_is_compared_with_each_baseline_run_by_run():
     assert any("paired by run seed" in line and "margin -10.0 [" in line for line in lines)
 
 
+def test_the_verified_baseline_is_a_rival_when_it_does_the_job():
+    """margin+defended+verify (a second opinion on every label) counts among the baselines whose
+    cheapest one that reaches the target with 99 % right labels robust must not exceed."""
+    from learner.results_md import target_lines
+
+    row = {"runs": 30, "reached": 30, "exported_accuracy_min": 0.97}
+    summary = {"robust": {**row, "mean": 350.0, "exported_99": 14},
+               "margin+defended": {**row, "mean": 340.0, "exported_99": 15},
+               "margin+defended+verify": {**row, "mean": 415.0, "exported_99": 30}}
+    lines = target_lines("benign", {"summary": summary, "pool": 3000})
+    assert any("cheapest baseline that does the job (margin+defended+verify, 415.0)" in line and "met" in line
+               for line in lines), lines
+    summary["margin+defended+verify"]["exported_99"] = 25
+    assert any("no crowd baseline reached" in line for line in target_lines("benign", {"summary": summary,
+                                                                                      "pool": 3000}))
+
+
 def test_render_only_rebuilds_the_markdown_from_the_runs_outputs(tmp_path, monkeypatch):
     monkeypatch.setenv("ROBUSTAL_CACHE_DIR", str(tmp_path / "cache"))
     docs, out = tmp_path / "docs", tmp_path / "out"
