@@ -249,6 +249,8 @@ def test_staff_settings_form_warns_live_and_saves(options, labeling_dirs, live_s
     assert page.is_visible("#setting-budget .help .default")  # each setting says its default...
     assert "Default:" in page.inner_text("#setting-batch_size") and "Items queried per iteration" in \
         page.inner_text("#setting-batch_size")  # ...and what it does
+    assert not page.is_visible("#setting-verify_labels")  # the trust group starts folded...
+    page.click("#settings-trust > summary")  # ...and opens as a user would open it
     assert "Second opinion on every label" in page.inner_text("#setting-verify_labels")
     page.select_option("#settings-form [data-setting=verify_labels]", "on")
     page.click("#settings-form button[type=submit]")
