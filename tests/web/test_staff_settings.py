@@ -160,6 +160,9 @@ def test_the_service_refuses_locked_changes(labeling_dirs):
         project_settings.update_project(project=project, config={**project.config, "batch_size": -1})
     p = project_settings.update_project(project=project, config={**project.config, "budget": 7})
     assert p.config["budget"] == 7
+    # a second opinion may be switched on while labeling runs (it only decides what new labels get)
+    p = project_settings.update_project(project=p, config={**p.config, "verify_labels": True})
+    assert p.config["verify_labels"] is True
 
 
 @pytest.mark.parametrize("state", [Project.State.DRAFT, Project.State.LABELING])
