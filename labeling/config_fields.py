@@ -181,9 +181,10 @@ _INFO = {
                          "annotator, whatever the model thinks of it, until this many of their labels were confirmed "
                          "(a second and third checker only when the first disagrees); 0: only the labels the model "
                          "contradicts are checked.", _TRUST),
-    "verify_labels": ("trust", "Second opinion on every label", "Every label is checked by another annotator, "
-                      "whatever the model thinks of it (a second and third checker only when the first disagrees): "
-                      "about twice the labels, for a dataset whose labels are nearly all right (docs/method.md).",
+    "verify_labels": ("trust", "Second opinion on every label", "With the defences on (robust, or defenses on): "
+                      "every label is checked by another annotator, whatever the model thinks of it (a second and "
+                      "third checker only when the first disagrees). Up to one more label per label (12-33 % more "
+                      "on CIFAR-2) for a dataset whose labels are nearly all right (docs/method.md).",
                       _TRUST),
     "p1": ("trust", "Honest accuracy (P_1)", "Accuracy assumed for an honest annotator (CIFAR-10 humans: "
            "0.9391); the flag and suspend tests measure against it.", _TRUST),

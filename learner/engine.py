@@ -380,7 +380,7 @@ def _after_labeling(cfg, pool: Pool, state: EngineState, previous, plan: Plan):
     if cfg.defenses_on and cfg.probation_labels:
         suspicious = np.union1d(suspicious, on_probation(state, labeled_now, cfg.probation_labels))
     if cfg.defenses_on and cfg.verify_labels:  # a second opinion on every first label
-        suspicious = np.union1d(suspicious, labeled_now[state.labeler_of[labeled_now] >= 0]).astype(np.int64)
+        suspicious = np.union1d(suspicious, labeled_now[state.labeler_of[labeled_now] >= 0])
     if pool.crafter is not None and previous is not None and cfg.augmentations and len(labeled_now):
         rows, perts, failed = pool.crafter(previous, labeled_now, state.labels[labeled_now],
                                            seed_of(cfg, state.iteration, 3))

@@ -137,9 +137,10 @@ class LiveConfig:
     # this many of theirs were confirmed by others (learner.engine.on_probation); adaptive rounds
     # make a confirmed one cost one label. 0: off (measured in docs/method.md)
     probation_labels: int = 4
-    # a second opinion on every label (ours, off by default): every first label is re-annotated
-    # whatever the model says (one other labeler confirms it; adaptive rounds ask h more only when
-    # they disagree). Costs about one label per label; measured in docs/method.md
+    # a second opinion on every label (ours, off by default; with the defence package on, as
+    # probation): every first label is re-annotated whatever the model says (one other labeler
+    # confirms it; adaptive rounds ask h more only when they disagree). At most about one label per
+    # label; +12 to +33 % labels to the target on CIFAR-2 (docs/method.md)
     verify_labels: bool = False
     p1: float = 0.9391  # an honest labeler's accuracy P_1 (the refuted-label test's null hypothesis)
     # Dawid-Skene check (learner.confusion): flag a labeler whose confusion[a, b] >= min_rate over
