@@ -128,6 +128,7 @@ class Stats:
     looked: float = 0.0  # seconds annotators spent looking at images (their busy time)
     resent: int = 0  # 200 on submit: the same answer again (harmless)
     timeline: list[tuple[float, str, int]] = field(default_factory=list)
+    polls: list[tuple[float, bool]] = field(default_factory=list)  # (wall clock, found work) of each 200 next
 
 
 class Soak:
@@ -298,6 +299,8 @@ class Soak:
                 code = 0
             stats.latency["next"].append(time.perf_counter() - start)
             stats.status["next"][code] += 1
+            if code == 200:
+                stats.polls.append((time.time(), asg is not None))
             if code != 200 or asg is None:
                 await asyncio.sleep(self.args.poll)
                 continue
@@ -410,6 +413,22 @@ class Soak:
               f"batch {self.args.batch}"
               f"{f' (or {self.args.batch_per_annotator} per active annotator)' if self.args.batch_per_annotator else ''}"
               f", think {self.args.think:g} s")
+        # the start: until the first loop step closed batch 0, nobody can have a model-chosen batch;
+        # a project that stopped (pool exhausted, budget) has no work left for anyone after its last step
+        first = q("SELECT extract(epoch FROM closed_at) FROM labeling_querybatch WHERE project_id = %s "
+                  "AND iteration = 0 AND closed_at IS NOT NULL", (project,))
+        end = (q("SELECT extract(epoch FROM max(closed_at)) FROM labeling_querybatch WHERE project_id = %s",
+                 (project,))[0][0] if state == "finished" else None)
+        end = float("inf") if end is None else float(end)
+        if first:
+            cut = float(first[0][0])
+            for name, part in (("start (until the first step closed batch 0)", [f for t, f in stats.polls if t < cut]),
+                               ("after the start" + (", until the project stopped" if end < float("inf") else ""),
+                                [f for t, f in stats.polls if cut <= t < end]),
+                               ("after the project stopped", [f for t, f in stats.polls if t >= end])):
+                if part:
+                    print(f"  utilisation {name}: {sum(part)} of {len(part)} next requests found work "
+                          f"({100 * sum(part) / len(part):.1f} %)")
         print(f"  annotations accepted (201): {stats.created}; stored rows: {stored}; "
               f"{'EQUAL' if stored == stats.created else 'MISMATCH'} (same answer re-sent, 200: {stats.resent})")
         print(f"  batches made: {len(batches)} (iterations {iterations[0] if iterations else '-'}.."
