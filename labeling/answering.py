@@ -93,7 +93,7 @@ def _not_yours(assignment_id: int) -> str:
 
         lease = lease_seconds()
         span = f"{lease:.0f} s" if lease < 120 else f"{lease / 60:.0f} min"
-        return (f"this image is no longer yours: a claim lasts {span} without an answer, "
+        return (f"this image is not (or no longer) yours to answer: a claim lasts {span} without an answer, "
                 "then the image goes back to the queue for someone else; your answer was not recorded")
     return "no such assignment for you"
 
@@ -318,6 +318,36 @@ def skip_assignment(*, user, assignment_id: int) -> Assignment:
             asg.save(update_fields=["requeued_as"])
         _after_progress(project, asg.batch_id)
     return asg
+
+
+def retire_stale_skips(*, project: Project) -> int:
+    """Skipped first labels that waited a whole lease in the queue leave their batch (the items
+    return to the pool, where the strategy may pick them again); returns how many.
+
+    A skip puts the item back for someone else (:func:`skip_assignment`). Queued slots are handed
+    out before anything else, so a copy still queued a lease later means nobody working may take
+    it: the eligible members who could are absent. Waiting for them would stall the batch for
+    whoever is working (the absent-annotator rule of a claim, applied to a skip). Re-annotation
+    slots keep waiting: a check of someone's label needs another person. Called when someone asks
+    for work and gets none (one indexed query on that path only).
+    """
+    cutoff = timezone.now() - timedelta(seconds=queue.lease_seconds())
+    stale = Assignment.objects.filter(
+        batch__project_id=project.pk, batch__closed_at__isnull=True, batch__frozen_at__isnull=True,
+        status=Assignment.Status.QUEUED, kind=Assignment.Kind.FIRST_LABEL, requeued_from__isnull=False,
+        created_at__lt=cutoff)
+    if not stale.exists():
+        return 0
+    with transaction.atomic():
+        locked = Project.objects.select_for_update().get(pk=project.pk)  # the locking rule: project first
+        if locked.state != Project.State.LABELING or locked.is_paused:
+            return 0
+        rows = list(stale.select_for_update(of=("self",)).values_list("pk", "batch_id"))
+        _, deleted = Assignment.objects.filter(pk__in=[pk for pk, _ in rows], status=Assignment.Status.QUEUED).delete()
+        retired = deleted.get(Assignment._meta.label, 0)
+        for batch_id in sorted({b for _, b in rows}):
+            _after_progress(locked, batch_id)
+    return retired
 
 
 def _after_progress(project: Project, batch_id: int) -> None:

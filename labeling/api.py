@@ -80,6 +80,8 @@ class NextAssignmentView(APIView):
                 return Response({"detail": "project must be an integer id"}, status=400)
         prefetch = request.query_params.get("prefetch", "").lower() in ("1", "true", "yes")
         work = queue.next_work(user=request.user, project=project, prefetch=prefetch)
+        if work.current is None and project is not None and answering.retire_stale_skips(project=project):
+            project.refresh_from_db()  # a batch that only waited for skipped items may be complete now
         if work.current is not None:
             project = work.project
         progress = (selectors.progress_for(request.user, project, batch_id=work.batch_id,
@@ -125,6 +127,17 @@ def _no_work_message(user, project: Project | None) -> str:
         return "This project is finished. Thank you!"
     if project is not None and not user.is_staff and not selectors.may_claim(user, project):
         return "You are not among this project's annotators (any more); the project staff choose who labels it."
+    if project is not None:
+        waiting = selectors.work_waiting_for_others(user, project)
+        if waiting["queued"]:
+            lease = queue.lease_seconds()
+            span = f"{lease:.0f} s" if lease < 120 else f"{lease / 60:.0f} min"
+            if waiting["checks_of_mine"] == waiting["queued"]:
+                return ("Nothing for you right now: the images left in this batch are checks of your own answers, "
+                        "which other annotators make. New work comes when they are done; nothing you did is lost.")
+            return ("Nothing for you right now: the images left in this batch wait for other annotators (images "
+                    "you skipped or already labeled, or checks of your own answers). New work comes when someone "
+                    f"else labels them; an image you skipped leaves the batch after {span} if nobody else takes it.")
     return ("Nothing to label right now: every image of this batch is taken. New work comes when the batch "
             "is done, or when someone else's time on an image runs out.")
 

@@ -22,7 +22,9 @@ A claim lasts ``LABELING_LEASE_SECONDS`` (env ``ROBUSTAL_LEASE_SECONDS``, defaul
 may still answer after that until someone else takes it over. Suspending or flagging someone,
 or removing them from a project, returns their claims to the queue at once
 (:func:`release_claims`). Skips put the item back as a new slot for someone else
-(:func:`labeling.answering.skip_assignment`).
+(:func:`labeling.answering.skip_assignment`); a first label skipped and then left unclaimed for a
+whole lease leaves the batch (:func:`labeling.answering.retire_stale_skips`, run when someone asks
+for work and gets none).
 """
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from django.contrib.auth import get_user_model
 from django.db import connection
-from django.db.models import F, Q, QuerySet
+from django.db.models import Count, F, Q, QuerySet
 
 from learner.engine import secured_label
 
@@ -131,6 +131,16 @@ def item_holders(assignment: Assignment) -> set[int]:
     """Everyone who has (or had: answered, skipped) a slot of the same item in the same batch."""
     return set(Assignment.objects.filter(item=assignment.item_id, batch=assignment.batch_id, labeler__isnull=False)
                .values_list("labeler_id", flat=True))
+
+
+def work_waiting_for_others(user, project: Project) -> dict[str, int]:
+    """Queued slots of the project's open batches (frozen ones aside), and how many of them are
+    checks of ``user``'s own labels: what someone who got no work is waiting for (the no-work
+    message only; one aggregate query)."""
+    return Assignment.objects.filter(
+        batch__project_id=project.pk, batch__closed_at__isnull=True, batch__frozen_at__isnull=True,
+        status=Assignment.Status.QUEUED).aggregate(
+        queued=Count("pk"), checks_of_mine=Count("pk", filter=Q(original_labeler_id=user.pk)))
 
 
 def assignment_for_user(user, assignment_id: int) -> Assignment | None:

@@ -191,7 +191,7 @@ def test_an_expired_claim_goes_to_the_next_who_asks(project, annotators, setting
     expire(held)
     taken = claim(c, project)
     assert taken.pk == held.pk and taken.labeler_id == c.pk
-    with pytest.raises(workflow.NotFound, match="no longer yours: a claim lasts 30 s"):  # a comes back too late
+    with pytest.raises(workflow.NotFound, match=r"no longer\) yours to answer: a claim lasts 30 s"):  # a comes back too late
         answering.submit_annotation(user=a, assignment_id=held.pk, label=0)
     with pytest.raises(workflow.NotFound, match="no such assignment for you"):
         answering.submit_annotation(user=a, assignment_id=held.pk + 10_000, label=0)
@@ -261,6 +261,58 @@ def test_an_item_everyone_skipped_leaves_the_batch(labeling_dirs, annotators):
     last = answering.skip_assignment(user=b, assignment_id=copy.pk)
     assert last.requeued_as_id is None  # nobody else may take it
     assert not Assignment.objects.filter(item=asg.item_id, status__in=["queued", "open"]).exists()
+
+
+def test_a_skip_nobody_working_takes_leaves_the_batch_after_a_lease(labeling_dirs, annotators, settings):
+    """Only a works; b may take a's skipped item but is absent: the page says what a waits for,
+    and a lease after the skip the item leaves the batch, which then goes to the model."""
+    a, b, _ = annotators
+    settings.LABELING_LEASE_SECONDS = 30
+    project = digits_project(members=[a, b])
+    api = APIClient()
+    api.force_authenticate(a)
+    asg = claim(a, project)
+    copy_id = answering.skip_assignment(user=a, assignment_id=asg.pk).requeued_as_id
+    assert copy_id is not None  # b could label it
+    while (nxt := answering.next_assignment(user=a, project=project)) is not None:
+        answering.submit_annotation(user=a, assignment_id=nxt.pk, label=0)
+    body = api.get(f"/api/labeling/next/?project={project.pk}").json()
+    assert body["assignment"] is None and "wait for other annotators" in body["message"]
+    assert "leaves the batch after 30 s" in body["message"] and "every image of this batch is taken" not in body["message"]
+    project.refresh_from_db()
+    assert project.state == "labeling" and Assignment.objects.filter(pk=copy_id, status="queued").exists()
+    Assignment.objects.filter(pk=copy_id).update(created_at=timezone.now() - timedelta(seconds=31))
+    body = api.get(f"/api/labeling/next/?project={project.pk}").json()
+    assert not Assignment.objects.filter(pk=copy_id).exists()
+    assert Assignment.objects.get(pk=asg.pk).status == "skipped"  # the record of the skip stays
+    project.refresh_from_db()
+    assert project.state == "updating"  # the batch moved on at the pace of whoever worked
+    assert body["assignment"] is None and "model is updating" in body["message"]
+    assert answering.retire_stale_skips(project=project) == 0  # nothing left to retire, and not while updating
+
+
+def test_a_check_of_your_own_answer_keeps_waiting_and_the_page_says_so(project, annotators, settings):
+    """Re-annotation slots never leave the batch, however long they wait (a check needs another
+    person); their original labeler, who may not take them, is told what is left."""
+    a, b, c = annotators
+    settings.LABELING_LEASE_SECONDS = 30
+    api = APIClient()
+    api.force_authenticate(a)
+    held = claim(b, project)  # b holds one item
+    mine = []
+    while (nxt := answering.next_assignment(user=a, project=project)) is not None:
+        answering.submit_annotation(user=a, assignment_id=nxt.pk, label=0)
+        mine.append(nxt)
+    check = Assignment.objects.create(item_id=mine[0].item_id, batch_id=mine[0].batch_id, kind="reannotation",
+                                      original_labeler=a, status="queued")
+    Assignment.objects.filter(pk=check.pk).update(created_at=timezone.now() - timedelta(minutes=10))
+    body = api.get(f"/api/labeling/next/?project={project.pk}").json()
+    assert body["assignment"] is None and "checks of your own answers" in body["message"]
+    assert Assignment.objects.filter(pk=check.pk, status="queued").exists()  # it waits for b or c
+    assert answering.retire_stale_skips(project=project) == 0
+    skipped = answering.skip_assignment(user=b, assignment_id=held.pk)  # b skips: a, who works, gets it
+    body = api.get(f"/api/labeling/next/?project={project.pk}").json()
+    assert body["assignment"]["id"] == skipped.requeued_as_id
 
 
 def test_undo_of_a_skip_takes_the_item_back_unless_someone_has_it(project, annotators):
