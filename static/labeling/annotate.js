@@ -14,6 +14,7 @@
   var el = {
     work: document.getElementById("work"), image: document.getElementById("image"),
     classes: document.getElementById("classes"), banner: document.getElementById("banner"),
+    notice: document.getElementById("notice"),
     error: document.getElementById("error"), errorText: document.getElementById("error-text"),
     retry: document.getElementById("retry"), errorNext: document.getElementById("error-next"),
     login: document.getElementById("error-login"),
@@ -59,6 +60,14 @@
     root.classList.toggle("blocked", !!(actions.retry || actions.next));
   }
   function clearError() { pending = null; showError(""); }
+  var noticeTimer = null;
+  // A short confirmation that a skip or an undo went through (it floats: the layout never moves).
+  function showNotice(msg) {
+    el.notice.textContent = msg;
+    el.notice.hidden = false;
+    if (noticeTimer) clearTimeout(noticeTimer);
+    noticeTimer = setTimeout(function () { el.notice.hidden = true; }, 3000);
+  }
   function showBanner(msg, updating) {
     el.banner.textContent = msg || "";
     el.banner.hidden = !msg;
@@ -229,7 +238,7 @@
     setBusy(true);
     api(forAssignment(cfg.skipUrl, current.id), {}).then(function (r) {
       if (sessionEnded(r)) return loadNext();  // says so, with the login link
-      if (r.ok) armUndo();
+      if (r.ok) { armUndo(); showNotice("Skipped: the image goes to someone else. U takes it back."); }
       else showError(sentence(r.data.detail || "Could not skip"));
       return loadNext();
     }).catch(function () {
@@ -243,6 +252,7 @@
       if (sessionEnded(r)) return loadNext();  // says so, with the login link
       el.undo.disabled = true;
       if (!r.ok) showError(sentence(r.data.detail || "Nothing to undo"));
+      else showNotice("Undone: this image is yours to answer again.");
       return loadNext();
     }).catch(function () {
       showError("Could not undo (network problem): your last answer still stands. Try again.");

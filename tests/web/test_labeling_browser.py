@@ -90,6 +90,8 @@ def test_annotator_labels_a_batch_with_the_keyboard_and_the_next_batch_appears(
     until(f"document.getElementById('annotate').dataset.assignment !== '{first.pk}'")
     page.keyboard.press("u")  # ...taken back
     until(f"document.getElementById('annotate').dataset.assignment === '{first.pk}'")
+    page.wait_for_selector("#notice:not([hidden])")  # and the page says so
+    assert "Undone" in page.inner_text("#notice")
     assert not Assignment.objects.get(pk=first.pk).status == "done"
 
     batch0 = QueryBatch.objects.get(project=project, iteration=0)
@@ -214,6 +216,7 @@ def test_skip_and_undo_offline_say_so_and_change_nothing(annotating):
     page.wait_for_selector("#error:not([hidden])")
     assert "Could not skip" in page.inner_text("#error-text")
     assert page.get_attribute("#annotate", "data-assignment") == first
+    assert page.is_hidden("#notice")  # no "Skipped" for a skip that did not happen
     page.context.set_offline(False)
     page.locator("#classes button").first.click()
     poll_js(page, f"document.getElementById('annotate').dataset.assignment !== '{first}'")
@@ -226,6 +229,10 @@ def test_skip_and_undo_offline_say_so_and_change_nothing(annotating):
     page.click("#undo")
     poll_js(page, f"document.getElementById('annotate').dataset.assignment === '{first}'")
     assert Assignment.objects.filter(labeler=alice, status="done").count() == 0
+    page.click("#skip")  # online: the skip goes through and the page confirms it
+    page.wait_for_selector("#notice:not([hidden])")
+    assert "Skipped" in page.inner_text("#notice")
+    assert Assignment.objects.get(pk=int(first)).status == "skipped"
 
 
 def test_an_answer_after_the_session_ended_is_kept_until_they_log_in_again(annotating, live_server):
