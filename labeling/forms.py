@@ -168,7 +168,10 @@ class SettingsForm(forms.Form):
                 target = name
             else:
                 target = "config" if raw else None
-            self.add_error(target, str(exc))
+            message = str(exc)
+            if target == name:  # shown under the field (and after its label in the summary), which names it
+                message = message[len(name):].strip()
+            self.add_error(target, message)
             return data
         if self.started or self.finished:
             locked = [k for k in cfg if cfg[k] != self.current.get(k) and self.fields[k].disabled]

@@ -282,7 +282,7 @@ def test_new_project_page_explains_the_pool_it_needs(labeling_dirs, live_server,
     page.click("#project-form button[type=submit]")
     page.wait_for_selector("[data-focus-on-load]")
     summary = page.locator("[data-focus-on-load]")
-    assert "epsilon must be a number in [0.0, 1.0]" in summary.inner_text()
+    assert "Performance check (epsilon): must be a number in [0.0, 1.0]" in summary.inner_text()
     assert page.evaluate("document.activeElement === document.querySelector('[data-focus-on-load]')")
     box = summary.bounding_box()
     assert box is not None and -1 <= box["y"] < page.viewport_size["height"]  # on screen, not 1,200 px down

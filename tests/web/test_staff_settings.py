@@ -70,7 +70,7 @@ def test_the_json_overrides_the_fields_and_errors_name_the_setting(staff_client)
     r = staff_client.post("/labeling/staff/projects/new/", {**base, "config": '{"batch_size": 9, "h": 2}'})
     assert r.status_code == 302
     assert Project.objects.get(name="json made").config["batch_size"] == 9
-    for data, message in [({"batch_size": "0"}, "batch_size must be an integer"),
+    for data, message in [({"batch_size": "0"}, "Batch size</a>: must be an integer in 1..100000, got 0"),
                           ({"batch_size": ""}, "give a value (default: 20)"),
                           ({"config": "{nope"}, "not valid JSON"),
                           ({"config": "[1]"}, "give a JSON object"),
