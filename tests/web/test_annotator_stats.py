@@ -79,3 +79,19 @@ def test_the_statistics_take_the_same_queries_for_2_or_12_annotators(labeling_di
     small.delete()
     big, _, _ = build(n_extra=10)
     assert page_queries(big) == n_small, n_small
+
+
+def test_staff_page_says_why_a_batch_waits_for_checks_with_the_projects_own_settings(labeling_dirs):
+    project, _, _ = build()
+    project.config = {**project.config, "probation_labels": 6, "epsilon": 0.07, "verify_labels": False}
+    project.save(update_fields=["config"])
+    c = Client()
+    c.force_login(StaffFactory(username="st_why"))
+    html = c.get(f"/labeling/staff/projects/{project.pk}/").content.decode()
+    why = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", html.split('id="reannotation-why"', 1)[1].split("</p>", 1)[0]))
+    assert "fewer than 6 of their labels confirmed" in why and "by more than 0.07" in why
+    assert "second opinion" not in why
+    project.config = {**project.config, "verify_labels": True}
+    project.save(update_fields=["config"])
+    html = c.get(f"/labeling/staff/projects/{project.pk}/").content.decode()
+    assert "every label gets a second opinion" in re.sub(r"\s+", " ", html)
