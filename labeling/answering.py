@@ -324,12 +324,13 @@ def retire_stale_skips(*, project: Project) -> int:
     """Skipped first labels that waited a whole lease in the queue leave their batch (the items
     return to the pool, where the strategy may pick them again); returns how many.
 
-    A skip puts the item back for someone else (:func:`skip_assignment`). Queued slots are handed
-    out before anything else, so a copy still queued a lease later means nobody working may take
-    it: the eligible members who could are absent. Waiting for them would stall the batch for
-    whoever is working (the absent-annotator rule of a claim, applied to a skip). Re-annotation
-    slots keep waiting: a check of someone's label needs another person. Called when someone asks
-    for work and gets none (one indexed query on that path only).
+    A skip puts the item back for someone else (:func:`skip_assignment`). A copy still queued a
+    lease later, that no member working now may take (:func:`labeling.queue.someone_working_may_take`:
+    those who could are absent), would stall the batch for whoever is working; it leaves instead
+    (the absent-annotator rule of a claim, applied to a skip). A copy someone working may take
+    keeps waiting for them, however old (in a long batch it queues behind older slots).
+    Re-annotation slots keep waiting: a check of someone's label needs another person. Called when
+    someone asks for work and gets none (one indexed query on that path while nothing is stale).
     """
     cutoff = timezone.now() - timedelta(seconds=queue.lease_seconds())
     stale = Assignment.objects.filter(
@@ -342,7 +343,10 @@ def retire_stale_skips(*, project: Project) -> int:
         locked = Project.objects.select_for_update().get(pk=project.pk)  # the locking rule: project first
         if locked.state != Project.State.LABELING or locked.is_paused:
             return 0
-        rows = list(stale.select_for_update(of=("self",)).values_list("pk", "batch_id"))
+        rows = [(a.pk, a.batch_id) for a in stale.select_for_update(of=("self",))
+                if not queue.someone_working_may_take(a, locked)]
+        if not rows:
+            return 0
         _, deleted = Assignment.objects.filter(pk__in=[pk for pk, _ in rows], status=Assignment.Status.QUEUED).delete()
         retired = deleted.get(Assignment._meta.label, 0)
         for batch_id in sorted({b for _, b in rows}):

@@ -235,19 +235,30 @@ def release_claims(*, user, project: Project | None = None) -> int:
     return released
 
 
-def active_labeler_count(project: Project, *, now=None) -> int:
-    """Members of ``project`` working now, at least 1 (``LiveConfig.batch_per_annotator`` sizes
-    the next batch by it): active annotators, neither suspended nor flagged, who answered or
-    skipped one of its items within the last lease, or hold a claim in it whose lease runs (taken
-    or renewed within the last lease). One query."""
+def _working(project: Project, now=None):
+    """Members of ``project`` working now: active annotators, neither suspended nor flagged, who
+    answered or skipped one of its items within the last lease, or hold a claim in it whose lease
+    runs (taken or renewed within the last lease)."""
     now = now or timezone.now()
     since = now - timedelta(seconds=lease_seconds())
     recent = Assignment.objects.filter(labeler=OuterRef("pk"), batch__project=project).filter(
         Q(completed_at__gte=since) | Q(status=Assignment.Status.OPEN, lease_until__gte=now))
-    working = (selectors.annotators().filter(project_memberships__project=project)
-               .exclude(labeler_profile__is_suspended=True).exclude(labeler_profile__is_flagged=True)
-               .filter(Exists(recent)))
-    return max(working.count(), 1)
+    return (selectors.annotators().filter(project_memberships__project=project)
+            .exclude(labeler_profile__is_suspended=True).exclude(labeler_profile__is_flagged=True)
+            .filter(Exists(recent)))
+
+
+def active_labeler_count(project: Project, *, now=None) -> int:
+    """Members of ``project`` working now (:func:`_working`), at least 1
+    (``LiveConfig.batch_per_annotator`` sizes the next batch by it). One query."""
+    return max(_working(project, now).count(), 1)
+
+
+def someone_working_may_take(asg: Assignment, project: Project) -> bool:
+    """Whether a member working now (:func:`_working`) may claim ``asg``'s item in its batch."""
+    others = set(_working(project).values_list("pk", flat=True)) - selectors.item_holders(asg)
+    others.discard(asg.original_labeler_id)
+    return bool(others)
 
 
 def someone_else_may_take(asg: Assignment, user, project: Project) -> bool:
@@ -270,4 +281,4 @@ def requeue(asg: Assignment) -> Assignment:
 
 
 __all__ = ["Work", "active_labeler_count", "lease_seconds", "next_work", "release_claims", "someone_else_may_take",
-           "requeue"]
+           "someone_working_may_take", "requeue"]

@@ -291,6 +291,22 @@ def test_a_skip_nobody_working_takes_leaves_the_batch_after_a_lease(labeling_dir
     assert answering.retire_stale_skips(project=project) == 0  # nothing left to retire, and not while updating
 
 
+def test_an_old_skip_waits_for_a_member_who_is_working(project, annotators, settings):
+    """A copy older than a lease stays while someone working may take it (in a long batch it
+    queues behind older slots); it leaves once they are away too."""
+    a, b, _ = annotators
+    settings.LABELING_LEASE_SECONDS = 30
+    held = claim(b, project)  # b works: their claim's lease runs
+    asg = claim(a, project)
+    copy_id = answering.skip_assignment(user=a, assignment_id=asg.pk).requeued_as_id
+    Assignment.objects.filter(pk=copy_id).update(created_at=timezone.now() - timedelta(seconds=31))
+    assert answering.retire_stale_skips(project=project) == 0
+    assert Assignment.objects.filter(pk=copy_id, status="queued").exists()
+    expire(held)  # b stopped answering: nobody working may take it (c never came, a skipped it)
+    assert answering.retire_stale_skips(project=project) == 1
+    assert not Assignment.objects.filter(pk=copy_id).exists()
+
+
 def test_a_check_of_your_own_answer_keeps_waiting_and_the_page_says_so(project, annotators, settings):
     """Re-annotation slots never leave the batch, however long they wait (a check needs another
     person); their original labeler, who may not take them, is told what is left."""
